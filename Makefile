@@ -1,0 +1,32 @@
+# Palisade developer tasks. Every target does its own set-up on a fresh machine.
+PY      ?= .venv/bin/python
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+
+.PHONY: install setup proto check lint types test test-fast bench demo clean
+
+install setup: ## create .venv, install Python deps and the test peers (idempotent)
+	scripts/setup
+
+proto: setup ## regenerate palisade/v1 stubs from proto/
+	scripts/gen-proto
+
+check: setup ## ruff, mypy --strict, import contracts, fresh proto stubs
+	scripts/check
+
+lint: check
+types: check
+
+test: setup ## the whole test suite (unit, property, e2e with real peers)
+	scripts/test
+
+test-fast: setup ## unit tests only (no e2e peers)
+	scripts/test -m "not e2e"
+
+bench: setup ## benchmarks: prints tables, writes bench/results/*.json
+	$(PY) -m bench
+
+demo: setup ## the worked example end to end on embedded defaults
+	$(PY) -m palisade.demo
+
+clean:
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-out

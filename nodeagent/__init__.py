@@ -1,0 +1,1 @@
+"""The GPU node agent (``palisade nodeagent``)."""

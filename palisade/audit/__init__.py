@@ -1,0 +1,1 @@
+"""Audit records: redaction, hash chain, Ed25519 signatures, rotating files, verification."""

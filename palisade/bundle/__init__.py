@@ -1,0 +1,1 @@
+"""Policy bundles: the YAML format, parsing with positions, validation, canonical form, signing."""

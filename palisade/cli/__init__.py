@@ -1,0 +1,1 @@
+"""The ``palisade`` command line: one console script, one module per command group."""

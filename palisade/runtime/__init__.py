@@ -1,0 +1,1 @@
+"""Runtime plumbing shared by the daemons: settings, lifecycle, logging, metrics."""
