@@ -26,7 +26,7 @@ bench: setup ## benchmarks: prints tables, writes bench/results/*.json
 	$(PY) -m bench
 
 demo: setup ## the worked example end to end on embedded defaults
-	$(PY) -m palisade.demo
+	$(PY) examples/demo.py
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-out
