@@ -1,0 +1,379 @@
+"""The bundle client used by the sidecar and the node agent.
+
+One ``DistributionClient`` per process. It
+
+1. loads the last-known-good bundle from disk, verifies it again and activates it
+   (so a restarted client enforces before it reaches any distributor);
+2. connects to one of the distributor targets (rotating, with backoff and full
+   jitter), opens ``DistributionService/Subscribe`` and says ``Hello`` with the
+   revision it holds, so a distributor with nothing newer answers ``up_to_date``
+   instead of resending;
+3. for each pushed bundle: verifies it against the trusted keys, refuses a
+   revision older than the active one (no flap on failover), hands it to the
+   caller's ``activate`` (which builds its engine and swaps it in, or raises),
+   persists it as last-known-good, and ACKs; any failure NACKs with the error and
+   the previous bundle stays active;
+4. sends heartbeats (revision, counters, health, optional summary);
+5. carries approval requests out and approval answers in;
+6. ships spooled audit records in batches and advances the on-disk cursor only
+   when the distributor says they are stored.
+
+Errors never escape the background tasks: they are logged, reflected in
+``status`` and retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from palisade.distribution import status as st
+from palisade.distribution.approvals import ApprovalBook
+from palisade.distribution.backoff import Backoff
+from palisade.distribution.lkg import LastKnownGood
+from palisade.distribution.signing import TrustedKeys, VerificationError, verify_bundle
+from palisade.distribution.spool import AuditSpool
+from palisade.v1 import (
+    audit_pb2,
+    bundle_pb2,
+    distribution_pb2,
+    distribution_pb2_grpc,
+    policy_pb2,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveBundle:
+    """A verified bundle, as handed to ``activate``."""
+
+    revision: int
+    digest: str
+    name: str
+    document: Mapping[str, Any]
+    signed: bundle_pb2.SignedBundle
+
+
+#: Builds the caller's engine from a bundle and swaps it in; raises to refuse it.
+Activate = Callable[[ActiveBundle], None]
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    targets: Sequence[str]
+    """Distributor gRPC addresses (``host:port``); tried in turn."""
+    state_dir: Path
+    """Holds ``bundle.pb`` (last-known-good) and ``audit/`` (the spool)."""
+    trusted: TrustedKeys
+    heartbeat_interval_s: float = 10.0
+    backoff: Backoff = field(default_factory=Backoff)
+    audit_batch: int = 500
+    audit_interval_s: float = 0.5
+    rpc_timeout_s: float = 10.0
+
+
+class DistributionClient:
+    def __init__(
+        self,
+        settings: ClientSettings,
+        identity: distribution_pb2.ClientIdentity,
+        activate: Activate,
+        *,
+        counters: Callable[[], Mapping[str, float]] | None = None,
+        health: Callable[[], str] | None = None,
+        summary: Callable[[], Mapping[str, Any]] | None = None,
+        rand: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not settings.targets:
+            raise ValueError("at least one distributor target is required")
+        self.settings = settings
+        self.identity = identity
+        self._activate = activate
+        self._counters = counters
+        self._health = health
+        self._summary = summary
+        self._rand = rand
+        self.status = st.Status()
+        self.active: ActiveBundle | None = None
+        self.lkg = LastKnownGood(settings.state_dir / "bundle.pb")
+        self.spool = AuditSpool(settings.state_dir / "audit")
+        self.approvals = ApprovalBook(clock=clock)
+        self.target = ""
+        self.acks = 0
+        self.nacks = 0
+        self.connects = 0
+        self._channel: grpc.aio.Channel | None = None
+        self._call: Any = None
+        self._write_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self._changed = asyncio.Condition()
+
+    # -- lifecycle ---------------------------------------------------------
+    async def start(self) -> None:
+        self.load_last_known_good()
+        self._tasks = [
+            asyncio.create_task(self._run_streams(), name="distribution-stream"),
+            asyncio.create_task(self._run_audit(), name="distribution-audit"),
+        ]
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._call is not None:
+            self._call.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        await self._close_channel()
+
+    def load_last_known_good(self) -> bool:
+        """Activate the bundle persisted on disk, if it still verifies."""
+        try:
+            signed = self.lkg.load()
+        except Exception as exc:  # a corrupt file must not stop the client
+            log.warning("last-known-good unreadable", extra={"error": str(exc)})
+            return False
+        if signed is None:
+            return False
+        error = self._apply(signed, persist=False)
+        if error:
+            log.warning("last-known-good refused", extra={"error": error})
+            return False
+        return True
+
+    # -- public helpers ----------------------------------------------------
+    def record_audit(self, records: list[audit_pb2.AuditRecord]) -> None:
+        """Queue records on disk; they are shipped in the background."""
+        self.spool.append(records)
+
+    async def request_approval(
+        self,
+        call: policy_pb2.CheckRequest,
+        *,
+        call_digest: str,
+        tenant: str = "",
+        rule_id: str = "",
+        reason: str = "",
+        approval_id: str = "",
+    ) -> str:
+        """Send an approval request over the stream; returns its id. Raises if offline."""
+        approval_id = approval_id or uuid.uuid4().hex
+        req = distribution_pb2.ApprovalRequest(
+            approval_id=approval_id,
+            call=call,
+            tenant=tenant,
+            rule_id=rule_id,
+            reason=reason,
+            call_digest=call_digest,
+        )
+        await self._send(distribution_pb2.SubscribeRequest(approval_request=req))
+        return approval_id
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds; re-checked after every stream event."""
+        async with self._changed:
+            await self._changed.wait_for(predicate)
+
+    # -- bundle handling (sync, pure apart from activate and the disk) ------
+    def _apply(self, signed: bundle_pb2.SignedBundle, *, persist: bool) -> str:
+        """Verify and activate; returns "" on success or the error to NACK with."""
+        try:
+            document = verify_bundle(signed, self.settings.trusted)
+        except VerificationError as exc:
+            return self._reject(f"verification failed: {exc}")
+        if self.active is not None:
+            if signed.revision < self.active.revision:
+                return self._reject(
+                    f"revision {signed.revision} is older than active {self.active.revision}"
+                )
+            if signed.revision == self.active.revision and signed.digest == self.active.digest:
+                return ""
+        bundle = ActiveBundle(signed.revision, signed.digest, signed.name, document, signed)
+        try:
+            self._activate(bundle)
+        except Exception as exc:
+            return self._reject(f"activation failed: {exc}")
+        self.active = bundle
+        self.status = st.activated(self.status, bundle.revision, bundle.digest)
+        log.info("bundle activated", extra={"revision": bundle.revision, "digest": bundle.digest})
+        if persist:
+            try:
+                self.lkg.save(signed)
+            except OSError as exc:
+                log.error("cannot persist last-known-good", extra={"error": str(exc)})
+        return ""
+
+    def _reject(self, error: str) -> str:
+        self.status = st.rejected(self.status, error)
+        log.warning("bundle rejected", extra={"error": error})
+        return error
+
+    # -- stream ------------------------------------------------------------
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _close_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await channel.close()
+
+    async def _run_streams(self) -> None:
+        attempt = 0
+        index = 0
+        targets = list(self.settings.targets)
+        while not self._stopping.is_set():
+            self.target = targets[index % len(targets)]
+            index += 1
+            got_response = False
+            try:
+                self._channel = grpc.aio.insecure_channel(self.target)
+                got_response = await self._session(self._channel)
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                log.info(
+                    "distributor stream ended",
+                    extra={"target": self.target, "code": exc.code().name},
+                )
+            except Exception:
+                log.exception("distributor stream failed", extra={"target": self.target})
+            finally:
+                self._call = None
+                self.status = st.connection(self.status, False)
+                await self._close_channel()
+                await self._notify()
+            attempt = 0 if got_response else attempt + 1
+            delay = self.settings.backoff.delay(attempt, self._rand)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _session(self, channel: grpc.aio.Channel) -> bool:
+        stub = distribution_pb2_grpc.DistributionServiceStub(channel)  # type: ignore[no-untyped-call]
+        call = stub.Subscribe()
+        self._call = call
+        hello = distribution_pb2.Hello(identity=self.identity)
+        if self.active is not None:
+            hello.current_revision = self.active.revision
+            hello.current_digest = self.active.digest
+        await call.write(distribution_pb2.SubscribeRequest(hello=hello))
+        heartbeat = asyncio.create_task(self._heartbeats())
+        got_response = False
+        try:
+            while True:
+                resp = await call.read()
+                if resp is grpc.aio.EOF:
+                    return got_response
+                if not got_response:
+                    got_response = True
+                    self.connects += 1
+                    self.status = st.connection(self.status, True)
+                await self._handle(resp)
+                await self._notify()
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await heartbeat
+
+    async def _handle(self, resp: distribution_pb2.SubscribeResponse) -> None:
+        kind = resp.WhichOneof("msg")
+        if kind == "bundle":
+            signed = resp.bundle
+            error = self._apply(signed, persist=True)
+            if error:
+                self.nacks += 1
+                nack = distribution_pb2.Nack(
+                    revision=signed.revision, digest=signed.digest, error=error
+                )
+                await self._send(distribution_pb2.SubscribeRequest(nack=nack))
+            else:
+                self.acks += 1
+                ack = distribution_pb2.Ack(revision=signed.revision, digest=signed.digest)
+                await self._send(distribution_pb2.SubscribeRequest(ack=ack))
+        elif kind == "up_to_date":
+            log.debug("up to date", extra={"revision": resp.up_to_date.revision})
+        elif kind == "approval":
+            self.approvals.record(resp.approval)
+
+    async def _send(self, req: distribution_pb2.SubscribeRequest) -> None:
+        call = self._call
+        if call is None:
+            raise ConnectionError("not connected to a distributor")
+        async with self._write_lock:
+            await call.write(req)
+
+    def heartbeat_message(self) -> distribution_pb2.SubscribeRequest:
+        hb = distribution_pb2.Heartbeat(
+            revision=self.active.revision if self.active else 0,
+            health=self._health() if self._health else self.status.state.value,
+        )
+        hb.time.GetCurrentTime()
+        if self._counters:
+            for key, value in self._counters().items():
+                hb.counters[key] = float(value)
+        if self._summary:
+            hb.summary.update(dict(self._summary()))
+        return distribution_pb2.SubscribeRequest(heartbeat=hb)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            try:
+                await self._send(self.heartbeat_message())
+            except Exception as exc:
+                log.info("heartbeat not sent", extra={"error": str(exc)})
+                return
+
+    # -- audit shipping ----------------------------------------------------
+    async def _run_audit(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            shipped = False
+            try:
+                shipped = await self._ship_once()
+                attempt = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                log.info("audit shipping deferred", extra={"error": str(exc)})
+            if shipped:
+                continue  # more may be waiting
+            delay = (
+                self.settings.backoff.delay(attempt, self._rand)
+                if attempt
+                else self.settings.audit_interval_s
+            )
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _ship_once(self) -> bool:
+        records, offset = self.spool.read_batch(self.settings.audit_batch)
+        if not records:
+            return False
+        channel = self._channel
+        if channel is None or not self.status.connected:
+            raise ConnectionError("not connected to a distributor")
+        stub = distribution_pb2_grpc.DistributionServiceStub(channel)  # type: ignore[no-untyped-call]
+        batch = distribution_pb2.AuditBatch(identity=self.identity, records=records)
+        ack = await stub.SendAudit(batch, timeout=self.settings.rpc_timeout_s)
+        top = max(r.seq for r in records)
+        if ack.stored_through_seq < top:
+            raise ConnectionError(f"distributor stored through {ack.stored_through_seq} < {top}")
+        self.spool.commit(offset)
+        return True
