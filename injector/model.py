@@ -1,0 +1,379 @@
+"""The pod model: pod + namespace labels + settings -> Inject | Skip | Refuse.
+
+Pure: plain dicts in, frozen dataclasses out. This is the only module that
+reads pod internals; ``patch.py`` turns a ``Plan`` into JSON Patch operations
+and ``webhook.py`` never looks inside the pod at all.
+
+Selection, in order:
+1. Not a CREATE of a Pod -> Skip (quietly).
+2. System namespaces and the injector's own namespace -> Skip.
+3. Namespace not labelled ``palisade.dev/inject=enabled|required`` -> Skip.
+4. Pod without the ``palisade.dev/mcp-server`` label -> Skip.
+5. Already injected (status annotation, or a container with our name) -> Skip.
+6. Opt-out annotation ``palisade.dev/inject: "false"`` -> Skip with a warning,
+   or Refuse in a ``required`` namespace.
+7. ``hostNetwork`` -> Skip with a reason recorded in the status annotation and a
+   warning, or Refuse in a ``required`` namespace (it cannot be governed there).
+8. Otherwise Inject.
+
+Port takeover (see docs/injector.md, "Ports"): the MCP container's port named
+``mcp`` (or the ``palisade.dev/port`` annotation) loses its name, the sidecar
+declares that name on its own port, and the sidecar forwards to the original
+port number on 127.0.0.1. Probes and lifecycle hooks of the MCP container that
+referred to the port by name are rewritten to the number, because a named
+probe port resolves only inside its own container.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from injector.settings import SYSTEM_NAMESPACES, InjectionSettings
+
+LABEL_INJECT = "palisade.dev/inject"
+LABEL_TENANT = "palisade.dev/tenant"
+LABEL_MCP_SERVER = "palisade.dev/mcp-server"
+ANNOTATION_INJECT = "palisade.dev/inject"
+ANNOTATION_STATUS = "palisade.dev/status"
+ANNOTATION_PORT = "palisade.dev/port"
+ANNOTATION_CONTAINER = "palisade.dev/mcp-container"
+ANNOTATION_UPSTREAM_PORT = "palisade.dev/upstream-port"
+ANNOTATION_SIDECAR_PORT = "palisade.dev/sidecar-port"
+
+INJECT_VALUES = ("enabled", "required")
+STATUS_VERSION = 1
+
+VOLUME_SOCKET = "palisade-socket"
+VOLUME_BUNDLES = "palisade-bundle-cache"
+VOLUME_AUDIT = "palisade-audit"
+SOCKET_DIR = "/var/run/palisade"
+BUNDLE_DIR = "/var/lib/palisade/bundles"
+AUDIT_DIR = "/var/lib/palisade/audit"
+SA_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"  # noqa: S105 - a path
+
+_PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
+_HOOKS = ("postStart", "preStop")
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Leave the pod alone. ``status`` set: record it in the status annotation."""
+
+    reason: str
+    warnings: tuple[str, ...] = ()
+    status: str | None = None
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """Refuse the pod with a message a person can act on."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class PortRef:
+    """Index of a container and of one of its ports."""
+
+    container: int
+    port: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the patch builder needs; indices refer to the pod as received."""
+
+    pod_label: str
+    namespace: str
+    server_name: str
+    tenant: str
+    native: bool
+    sidecar_port: int
+    upstream_port: int
+    port_name: str
+    app_index: int
+    takeover: PortRef | None
+    port_rewrites: tuple[tuple[str, int], ...]
+    app_has_volume_mounts: bool
+    token_mount: Mapping[str, Any] | None
+    has_annotations: bool
+    has_volumes: bool
+    existing_volumes: frozenset[str]
+    has_init_containers: bool
+    status: str
+    warnings: tuple[str, ...] = field(default=())
+
+
+Decision = Plan | Skip | Refuse
+
+
+def _as_dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _as_list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _pod_label(meta: Mapping[str, Any], namespace: str) -> str:
+    name = meta.get("name") or (str(meta.get("generateName") or "") + "<generated>")
+    return f"{namespace}/{name}"
+
+
+def _port_number(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 < value < 65536 else None
+    if isinstance(value, str) and value.isdigit():
+        number = int(value)
+        return number if 0 < number < 65536 else None
+    return None
+
+
+def status_value(state: str, **fields: object) -> str:
+    """The ``palisade.dev/status`` annotation: compact JSON, stable key order."""
+    doc: dict[str, object] = {"state": state, "version": STATUS_VERSION, **fields}
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+
+
+def already_injected(annotations: Mapping[str, Any], spec: Mapping[str, Any], name: str) -> bool:
+    """True when the status annotation says injected or our container is present."""
+    raw = annotations.get(ANNOTATION_STATUS)
+    if isinstance(raw, str) and raw:
+        try:
+            state = json.loads(raw).get("state")
+        except (ValueError, AttributeError):
+            state = raw
+        if state == "injected":
+            return True
+    for key in ("containers", "initContainers"):
+        for container in _as_list(spec.get(key)):
+            if isinstance(container, dict) and container.get("name") == name:
+                return True
+    return False
+
+
+def _used_ports(spec: Mapping[str, Any]) -> set[int]:
+    used: set[int] = set()
+    for key in ("containers", "initContainers"):
+        for container in _as_list(spec.get(key)):
+            for port in _as_list(_as_dict(container).get("ports")):
+                number = _port_number(_as_dict(port).get("containerPort"))
+                if number:
+                    used.add(number)
+    return used
+
+
+def _find_named_port(containers: list[Any], name: str) -> PortRef | None:
+    for ci, container in enumerate(containers):
+        for pi, port in enumerate(_as_list(_as_dict(container).get("ports"))):
+            if _as_dict(port).get("name") == name:
+                return PortRef(ci, pi)
+    return None
+
+
+def _rewrites(
+    container: Mapping[str, Any], index: int, name: str, number: int
+) -> list[tuple[str, int]]:
+    """Paths in the app container whose port refers to ``name``: rewrite to ``number``."""
+    out: list[tuple[str, int]] = []
+    base = f"/spec/containers/{index}"
+    for probe in _PROBES:
+        handler = _as_dict(container.get(probe))
+        for kind in ("httpGet", "tcpSocket"):
+            if _as_dict(handler.get(kind)).get("port") == name:
+                out.append((f"{base}/{probe}/{kind}/port", number))
+    lifecycle = _as_dict(container.get("lifecycle"))
+    for hook in _HOOKS:
+        handler = _as_dict(lifecycle.get(hook))
+        for kind in ("httpGet", "tcpSocket"):
+            if _as_dict(handler.get(kind)).get("port") == name:
+                out.append((f"{base}/lifecycle/{hook}/{kind}/port", number))
+    return out
+
+
+def decide(
+    request: Mapping[str, Any],
+    namespace_labels: Mapping[str, str] | None,
+    settings: InjectionSettings,
+) -> Decision:
+    """Decide what to do with one admission request (already envelope-checked)."""
+    kind = _as_dict(request.get("kind"))
+    if kind.get("kind") != "Pod" or kind.get("group", "") != "":
+        return Skip(f"not a Pod: {kind.get('group') or 'core'}/{kind.get('kind')}")
+    if request.get("operation") != "CREATE" or request.get("subResource"):
+        return Skip("only pod creation is mutated")
+    pod = request.get("object")
+    if not isinstance(pod, dict):
+        raise ValueError("the request has no pod object")
+    meta = _as_dict(pod.get("metadata"))
+    spec = pod.get("spec")
+    if not isinstance(spec, dict):
+        raise ValueError("the pod has no spec")
+    namespace = str(request.get("namespace") or meta.get("namespace") or "")
+    label = _pod_label(meta, namespace)
+    if namespace in SYSTEM_NAMESPACES or namespace == settings.own_namespace:
+        return Skip(f"namespace {namespace} is never injected")
+    ns_labels = namespace_labels or {}
+    mode = ns_labels.get(LABEL_INJECT)
+    if mode not in INJECT_VALUES:
+        return Skip(f"namespace {namespace} is not labelled {LABEL_INJECT}=enabled|required")
+    labels = _as_dict(meta.get("labels"))
+    server_name = labels.get(LABEL_MCP_SERVER)
+    if not isinstance(server_name, str) or LABEL_MCP_SERVER not in labels:
+        return Skip(f"pod {label} has no {LABEL_MCP_SERVER} label")
+    annotations = _as_dict(meta.get("annotations"))
+    sidecar = settings.sidecar
+    if already_injected(annotations, spec, sidecar.container_name):
+        return Skip(f"pod {label} already has the Palisade sidecar")
+    required = mode == "required"
+    opt_out = str(annotations.get(ANNOTATION_INJECT, "")).strip().lower()
+    if opt_out in ("false", "no", "off", "0", "disabled"):
+        if required:
+            return Refuse(
+                f"namespace {namespace} requires the Palisade sidecar on MCP servers "
+                f"({LABEL_INJECT}=required); pod {label} opts out with the annotation "
+                f'{ANNOTATION_INJECT}: "{annotations.get(ANNOTATION_INJECT)}". Remove the '
+                f"annotation, or ask the platform team to set {LABEL_INJECT}=enabled."
+            )
+        return Skip(
+            f"pod {label} opts out ({ANNOTATION_INJECT}: false)",
+            warnings=(
+                f"palisade: MCP server pod {label} opted out of injection and is not governed",
+            ),
+        )
+    if spec.get("hostNetwork") is True:
+        reason = "hostNetwork pods share the node network; the sidecar cannot take over a port"
+        if required:
+            return Refuse(
+                f"namespace {namespace} requires the Palisade sidecar on MCP servers "
+                f"({LABEL_INJECT}=required) but pod {label} uses hostNetwork: {reason}."
+            )
+        return Skip(
+            reason,
+            warnings=(f"palisade: pod {label} not injected: {reason}",),
+            status=status_value("skipped", reason=reason),
+        )
+    return _plan(pod, meta, spec, annotations, namespace, label, server_name, ns_labels, settings)
+
+
+def _plan(
+    pod: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    annotations: Mapping[str, Any],
+    namespace: str,
+    label: str,
+    server_name: str,
+    ns_labels: Mapping[str, str],
+    settings: InjectionSettings,
+) -> Decision:
+    sidecar = settings.sidecar
+    containers = _as_list(spec.get("containers"))
+    if not containers or not all(isinstance(c, dict) for c in containers):
+        return Refuse(f"pod {label} has no containers")
+    warnings: list[str] = []
+    port_name = str(annotations.get(ANNOTATION_PORT) or sidecar.port_name)
+    wanted = annotations.get(ANNOTATION_CONTAINER)
+    takeover = _find_named_port(containers, port_name)
+    if wanted is not None:
+        names = [c.get("name") for c in containers]
+        if wanted not in names:
+            return Refuse(
+                f"pod {label}: annotation {ANNOTATION_CONTAINER} names container {wanted!r}, "
+                f"which the pod does not have (containers: {', '.join(map(str, names))})"
+            )
+        app_index = names.index(wanted)
+        if takeover is not None and takeover.container != app_index:
+            return Refuse(
+                f"pod {label}: port {port_name!r} belongs to container "
+                f"{names[takeover.container]!r}, not to {wanted!r} named by {ANNOTATION_CONTAINER}"
+            )
+    else:
+        app_index = takeover.container if takeover else 0
+    app = containers[app_index]
+    explicit_upstream = annotations.get(ANNOTATION_UPSTREAM_PORT)
+    if takeover is not None:
+        port = containers[takeover.container]["ports"][takeover.port]
+        upstream = _port_number(port.get("containerPort"))
+        if upstream is None:
+            return Refuse(f"pod {label}: port {port_name!r} has no valid containerPort")
+        if str(port.get("protocol") or "TCP") != "TCP":
+            return Refuse(f"pod {label}: port {port_name!r} is not TCP; MCP runs over HTTP")
+        if port.get("hostPort"):
+            warnings.append(
+                f"palisade: port {port_name!r} of pod {label} has a hostPort, which still "
+                "reaches the MCP server directly"
+            )
+    elif explicit_upstream is not None:
+        number = _port_number(explicit_upstream)
+        if number is None:
+            return Refuse(
+                f"pod {label}: annotation {ANNOTATION_UPSTREAM_PORT}={explicit_upstream!r} "
+                "is not a port number"
+            )
+        upstream = number
+    else:
+        declared = [_as_dict(p) for p in _as_list(app.get("ports"))]
+        tcp = [p for p in declared if str(p.get("protocol") or "TCP") == "TCP"]
+        single = _port_number(tcp[0].get("containerPort")) if len(tcp) == 1 else None
+        upstream = single or sidecar.default_upstream_port
+        warnings.append(
+            f"palisade: pod {label} has no port named {port_name!r}; the sidecar forwards to "
+            f"127.0.0.1:{upstream}. Point Services at the port named {port_name!r} (the sidecar)."
+        )
+    used = _used_ports(spec)
+    requested = annotations.get(ANNOTATION_SIDECAR_PORT)
+    if requested is not None:
+        sidecar_port = _port_number(requested)
+        if sidecar_port is None or sidecar_port in used or sidecar_port == upstream:
+            return Refuse(
+                f"pod {label}: annotation {ANNOTATION_SIDECAR_PORT}={requested!r} is not a free "
+                "port number in this pod"
+            )
+    else:
+        sidecar_port = sidecar.port
+        while sidecar_port in used or sidecar_port == upstream:
+            sidecar_port += 1
+    rewrites = _rewrites(app, app_index, port_name, upstream) if takeover else []
+    token_mount = None
+    for mount in _as_list(app.get("volumeMounts")):
+        if _as_dict(mount).get("mountPath") == SA_TOKEN_PATH:
+            token_mount = dict(mount)
+            break
+    volumes = _as_list(spec.get("volumes"))
+    existing = frozenset(str(_as_dict(v).get("name")) for v in volumes)
+    native = settings.native
+    status = status_value(
+        "injected",
+        container=sidecar.container_name,
+        mode="native" if native else "container",
+        port=sidecar_port,
+        portName=port_name,
+        upstream=upstream,
+    )
+    return Plan(
+        pod_label=label,
+        namespace=namespace,
+        server_name=server_name,
+        tenant=str(ns_labels.get(LABEL_TENANT) or namespace),
+        native=native,
+        sidecar_port=sidecar_port,
+        upstream_port=upstream,
+        port_name=port_name,
+        app_index=app_index,
+        takeover=takeover,
+        port_rewrites=tuple(rewrites),
+        app_has_volume_mounts=isinstance(app.get("volumeMounts"), list),
+        token_mount=token_mount,
+        has_annotations=isinstance(meta.get("annotations"), dict),
+        has_volumes=isinstance(spec.get("volumes"), list),
+        existing_volumes=existing,
+        has_init_containers=isinstance(spec.get("initContainers"), list),
+        status=status,
+        warnings=tuple(warnings),
+    )

@@ -1,0 +1,177 @@
+"""The patch builder: an injection ``Plan`` -> RFC 6902 JSON Patch operations.
+
+Pure. Only emits operations; every fact about the pod it needs is already in
+the plan (indices, which lists exist). Conventions, as in vault-k8s:
+- a list that is absent is added whole (``add /spec/volumes [...]``); a list
+  that is present is appended to with ``/-`` (or, for the native sidecar,
+  inserted at index 0 so it starts before the other init containers);
+- map keys in paths are escaped per RFC 6901 (``~`` -> ``~0``, ``/`` -> ``~1``),
+  which matters for annotation keys such as ``palisade.dev/status``;
+- operations refer to the pod exactly as received; nothing is removed except
+  the name of the port the sidecar takes over.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from injector.model import (
+    ANNOTATION_STATUS,
+    AUDIT_DIR,
+    BUNDLE_DIR,
+    SOCKET_DIR,
+    VOLUME_AUDIT,
+    VOLUME_BUNDLES,
+    VOLUME_SOCKET,
+    Plan,
+)
+from injector.review import PatchOp
+from injector.settings import SidecarSettings
+
+SOCKET_FILE = f"{SOCKET_DIR}/check.sock"
+
+_DOWNWARD_ENV = (
+    ("PALISADE_POD_NAME", "metadata.name"),
+    ("PALISADE_POD_NAMESPACE", "metadata.namespace"),
+    ("PALISADE_POD_UID", "metadata.uid"),
+    ("PALISADE_NODE_NAME", "spec.nodeName"),
+    ("PALISADE_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+    ("PALISADE_POD_IP", "status.podIP"),
+)
+
+
+def escape(key: str) -> str:
+    """Escape one JSON Pointer reference token (RFC 6901 section 3)."""
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def volumes() -> list[dict[str, Any]]:
+    """The volumes the sidecar needs, in the order they are added."""
+    return [
+        {"name": VOLUME_SOCKET, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+        {"name": VOLUME_BUNDLES, "emptyDir": {"sizeLimit": "64Mi"}},
+        {"name": VOLUME_AUDIT, "emptyDir": {"sizeLimit": "256Mi"}},
+    ]
+
+
+def sidecar_args(plan: Plan, sidecar: SidecarSettings) -> list[str]:
+    """``palisade sidecar ...``: listen on the taken-over port, forward to 127.0.0.1."""
+    args = [
+        "sidecar",
+        "--listen",
+        f"0.0.0.0:{plan.sidecar_port}",
+        "--upstream",
+        f"http://127.0.0.1:{plan.upstream_port}",
+        "--server-name",
+        plan.server_name,
+        "--socket",
+        SOCKET_FILE,
+        "--bundle",
+        BUNDLE_DIR,
+        "--audit-dir",
+        AUDIT_DIR,
+    ]
+    if sidecar.distributor:
+        args += ["--distributor", sidecar.distributor]
+    return args + list(sidecar.extra_args)
+
+
+def _probe(path: str, port: int, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": port, "scheme": "HTTP"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 2,
+    }
+
+
+def sidecar_container(plan: Plan, sidecar: SidecarSettings) -> dict[str, Any]:
+    """The injected container, ready to be added as it is."""
+    env: list[dict[str, Any]] = [
+        {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
+        for name, path in _DOWNWARD_ENV
+    ]
+    env += [
+        {"name": "PALISADE_TENANT", "value": plan.tenant},
+        {"name": "PALISADE_MCP_SERVER", "value": plan.server_name},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": VOLUME_SOCKET, "mountPath": SOCKET_DIR},
+        {"name": VOLUME_BUNDLES, "mountPath": BUNDLE_DIR},
+        {"name": VOLUME_AUDIT, "mountPath": AUDIT_DIR},
+    ]
+    if plan.token_mount is not None:
+        # Containers added by a webhook miss the ServiceAccount token mount (the
+        # ServiceAccount admission plugin ran before us): reuse the app's.
+        mounts.append({**plan.token_mount, "readOnly": True})
+    container: dict[str, Any] = {
+        "name": sidecar.container_name,
+        "image": sidecar.image,
+        "imagePullPolicy": sidecar.pull_policy,
+        "command": ["palisade"],
+        "args": sidecar_args(plan, sidecar),
+        "ports": [{"name": plan.port_name, "containerPort": plan.sidecar_port, "protocol": "TCP"}],
+        "env": env,
+        "volumeMounts": mounts,
+        "startupProbe": _probe("/healthz", plan.sidecar_port, 1, 30),
+        "livenessProbe": _probe("/healthz", plan.sidecar_port, 10, 3),
+        "readinessProbe": _probe("/readyz", plan.sidecar_port, 5, 3),
+        "resources": {
+            "requests": {"cpu": sidecar.cpu_request, "memory": sidecar.memory_request},
+            "limits": {"cpu": sidecar.cpu_limit, "memory": sidecar.memory_limit},
+        },
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": sidecar.run_as_user,
+            "runAsGroup": sidecar.run_as_user,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if plan.native:
+        container["restartPolicy"] = "Always"
+    return container
+
+
+def build(plan: Plan, sidecar: SidecarSettings) -> list[PatchOp]:
+    """All operations for one injection, in an order valid against the received pod."""
+    ops: list[PatchOp] = []
+    app = f"/spec/containers/{plan.app_index}"
+    if plan.takeover is not None:
+        ref = plan.takeover
+        ops.append(
+            {"op": "remove", "path": f"/spec/containers/{ref.container}/ports/{ref.port}/name"}
+        )
+    for path, number in plan.port_rewrites:
+        ops.append({"op": "replace", "path": path, "value": number})
+    socket_mount = {"name": VOLUME_SOCKET, "mountPath": SOCKET_DIR, "readOnly": True}
+    if plan.app_has_volume_mounts:
+        ops.append({"op": "add", "path": f"{app}/volumeMounts/-", "value": socket_mount})
+    else:
+        ops.append({"op": "add", "path": f"{app}/volumeMounts", "value": [socket_mount]})
+    missing = [v for v in volumes() if v["name"] not in plan.existing_volumes]
+    if not plan.has_volumes:
+        ops.append({"op": "add", "path": "/spec/volumes", "value": missing})
+    else:
+        ops += [{"op": "add", "path": "/spec/volumes/-", "value": v} for v in missing]
+    container = sidecar_container(plan, sidecar)
+    if plan.native:
+        if plan.has_init_containers:
+            ops.append({"op": "add", "path": "/spec/initContainers/0", "value": container})
+        else:
+            ops.append({"op": "add", "path": "/spec/initContainers", "value": [container]})
+    else:
+        ops.append({"op": "add", "path": "/spec/containers/-", "value": container})
+    ops.append(annotation_op(plan.has_annotations, ANNOTATION_STATUS, plan.status))
+    return ops
+
+
+def annotation_op(has_annotations: bool, key: str, value: str) -> PatchOp:
+    """Set one annotation: into the map when present, else the map added whole."""
+    if has_annotations:
+        return {"op": "add", "path": f"/metadata/annotations/{escape(key)}", "value": value}
+    return {"op": "add", "path": "/metadata/annotations", "value": {key: value}}

@@ -1,0 +1,155 @@
+"""The injector's settings: grouped frozen dataclasses, one docstring per field.
+
+``main.py`` is the only place that reads flags and the environment into these;
+everything else receives them. Defaults here are the documented defaults of
+docs/injector.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+NativeMode = Literal["auto", "always", "never"]
+TLSMode = Literal["self-signed", "mounted"]
+
+#: Namespaces never injected, whatever their labels say.
+SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
+
+
+@dataclass(frozen=True)
+class SidecarSettings:
+    """What the injected sidecar container looks like."""
+
+    image: str = "palisade:0.1.0"
+    """Image of the sidecar; its entrypoint is the ``palisade`` console script."""
+
+    pull_policy: str = "IfNotPresent"
+    """imagePullPolicy of the injected container."""
+
+    container_name: str = "palisade-sidecar"
+    """Name of the injected container (also the idempotency name check)."""
+
+    port: int = 9400
+    """Port the sidecar listens on; moved up when the pod already declares it."""
+
+    port_name: str = "mcp"
+    """The MCP container's named port the sidecar takes over (pods may override it
+    with the annotation ``palisade.dev/port``)."""
+
+    default_upstream_port: int = 8080
+    """Upstream port assumed when the pod declares no port and no annotation."""
+
+    distributor: str | None = None
+    """Distributor address passed to the sidecar; None: the sidecar runs on its
+    bundle cache and embedded defaults."""
+
+    cpu_request: str = "50m"
+    """Sidecar CPU request."""
+
+    memory_request: str = "64Mi"
+    """Sidecar memory request."""
+
+    cpu_limit: str = "1"
+    """Sidecar CPU limit."""
+
+    memory_limit: str = "256Mi"
+    """Sidecar memory limit."""
+
+    run_as_user: int = 65532
+    """UID (and GID) the sidecar runs as (non-root)."""
+
+    extra_args: tuple[str, ...] = ()
+    """More arguments appended to ``palisade sidecar ...``."""
+
+
+@dataclass(frozen=True)
+class InjectionSettings:
+    """Which pods get the sidecar, and how."""
+
+    own_namespace: str = "palisade"
+    """The injector's own namespace, never injected."""
+
+    native_sidecar: NativeMode = "auto"
+    """auto: a native sidecar when the API server supports it; always; never."""
+
+    cluster_supports_native: bool = False
+    """Filled at start-up from the API server version (>= 1.29); used in auto mode."""
+
+    sidecar: SidecarSettings = field(default_factory=SidecarSettings)
+    """The injected container."""
+
+    @property
+    def native(self) -> bool:
+        """Whether the sidecar goes in as an init container with restartPolicy Always."""
+        if self.native_sidecar == "always":
+            return True
+        if self.native_sidecar == "never":
+            return False
+        return self.cluster_supports_native
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """Where the serving certificate comes from and who is told about its CA."""
+
+    mode: TLSMode = "self-signed"
+    """self-signed: own CA, shared through a Secret, caBundle kept; mounted: files."""
+
+    directory: str = "/var/run/palisade-injector/tls"
+    """tls.crt / tls.key (and ca.crt) are read from (mounted) or written to here."""
+
+    secret_name: str = "palisade-injector-tls"  # noqa: S105 - a name, not a secret
+    """Secret in the own namespace holding the shared CA and certificate."""
+
+    service_name: str = "palisade-injector"
+    """The webhook's Service; its DNS names go into the certificate."""
+
+    webhook_config: str = "palisade-injector"
+    """MutatingWebhookConfiguration whose caBundle the injector keeps."""
+
+    extra_sans: tuple[str, ...] = ()
+    """More DNS names or IP addresses for the serving certificate."""
+
+    cert_validity_days: int = 90
+    """Lifetime of the serving certificate."""
+
+    ca_validity_days: int = 3650
+    """Lifetime of the CA."""
+
+    rotate_before_days: int = 30
+    """A certificate with less than this left is replaced."""
+
+    resync_seconds: float = 60.0
+    """How often caBundle and certificate expiry are rechecked besides the watch."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The HTTPS listener."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - a webhook must be reachable from the API server
+    """Listen address."""
+
+    port: int = 8443
+    """Listen port."""
+
+    max_body_bytes: int = 8 * 2**20
+    """Largest AdmissionReview accepted (objects are at most ~1.5 MiB in etcd)."""
+
+    namespace_cache_seconds: float = 5.0
+    """How long namespace labels are cached."""
+
+    shutdown_seconds: float = 10.0
+    """Grace period for in-flight reviews on SIGTERM."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the injector needs, in one object."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    injection: InjectionSettings = field(default_factory=InjectionSettings)
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    kubeconfig: str | None = None
+    """Out-of-cluster kubeconfig; None: in-cluster configuration."""

@@ -1,0 +1,275 @@
+"""The patch builder, table-driven: for each pod shape, the operations (op, path) it emits.
+
+Every case also applies the patch to the pod and checks the result is a pod
+that the API server would accept: port names unique, the sidecar present once,
+the status annotation set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from injector import admission
+from injector.patch import escape
+from injector.review import decode_patch
+from injector.settings import InjectionSettings
+from tests.injector.pods import ENABLED, apply_patch, container, pod, review
+
+NATIVE = InjectionSettings(native_sidecar="always")
+REGULAR = InjectionSettings(native_sidecar="never")
+
+STATUS = "/metadata/annotations/palisade.dev~1status"
+ANNOTATIONS = "/metadata/annotations"
+SIDECAR_REGULAR = ("add", "/spec/containers/-")
+SIDECAR_NATIVE_NEW = ("add", "/spec/initContainers")
+SIDECAR_NATIVE_FIRST = ("add", "/spec/initContainers/0")
+VOLUMES_NEW = [("add", "/spec/volumes")]
+VOLUMES_APPEND = [("add", "/spec/volumes/-")] * 3
+
+
+def mounts(index: int = 0, present: bool = False) -> tuple[str, str]:
+    return ("add", f"/spec/containers/{index}/volumeMounts" + ("/-" if present else ""))
+
+
+def unname(c: int = 0, p: int = 0) -> tuple[str, str]:
+    return ("remove", f"/spec/containers/{c}/ports/{p}/name")
+
+
+@dataclass
+class Case:
+    id: str
+    pod: dict[str, Any]
+    ops: list[tuple[str, str]]
+    settings: InjectionSettings = field(default_factory=lambda: REGULAR)
+    namespace: str = "payments"
+    labels: dict[str, str] = field(default_factory=lambda: dict(ENABLED))
+
+
+existing_volume = {"name": "data", "emptyDir": {}}
+native_peer = {"name": "mesh-proxy", "image": "mesh:1", "restartPolicy": "Always"}
+init_step = {"name": "migrate", "image": "migrate:1"}
+probe_by_name = {"httpGet": {"path": "/health", "port": "mcp"}}
+probe_by_number = {"httpGet": {"path": "/health", "port": 8080}}
+
+CASES = [
+    Case(
+        "minimal pod, regular container",
+        pod(),
+        [unname(), mounts(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", ANNOTATIONS)],
+    ),
+    Case(
+        "minimal pod, native sidecar",
+        pod(),
+        [unname(), mounts(), *VOLUMES_NEW, SIDECAR_NATIVE_NEW, ("add", ANNOTATIONS)],
+        NATIVE,
+    ),
+    Case(
+        "volumes and annotations present: appended, not replaced",
+        pod(
+            container("app", ("mcp", 8080), volumeMounts=[{"name": "data", "mountPath": "/d"}]),
+            annotations={"team": "sre"},
+            volumes=[existing_volume],
+        ),
+        [unname(), mounts(present=True), *VOLUMES_APPEND, SIDECAR_REGULAR, ("add", STATUS)],
+    ),
+    Case(
+        "empty annotation map gets a key, not a new map",
+        pod(annotations={}),
+        [unname(), mounts(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", STATUS)],
+    ),
+    Case(
+        "init containers present, native sidecar goes first",
+        pod(initContainers=[init_step]),
+        [unname(), mounts(), *VOLUMES_NEW, SIDECAR_NATIVE_FIRST, ("add", ANNOTATIONS)],
+        NATIVE,
+    ),
+    Case(
+        "init containers present, regular sidecar stays among containers",
+        pod(initContainers=[init_step]),
+        [unname(), mounts(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", ANNOTATIONS)],
+    ),
+    Case(
+        "another injector's native sidecar present",
+        pod(initContainers=[native_peer]),
+        [unname(), mounts(), *VOLUMES_NEW, SIDECAR_NATIVE_FIRST, ("add", ANNOTATIONS)],
+        NATIVE,
+    ),
+    Case(
+        "MCP port on the second container",
+        pod(container("log-shipper"), container("server", ("mcp", 3000))),
+        [unname(1, 0), mounts(1), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", ANNOTATIONS)],
+    ),
+    Case(
+        "several ports, the MCP one second",
+        pod(container("app", ("metrics", 9090), ("mcp", 8080))),
+        [unname(0, 1), mounts(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", ANNOTATIONS)],
+    ),
+    Case(
+        "no ports at all: nothing to take over",
+        pod(container("app")),
+        [mounts(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", ANNOTATIONS)],
+    ),
+    Case(
+        "an unnamed port only: nothing to take over",
+        pod(container("app", (None, 8080))),
+        [mounts(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", ANNOTATIONS)],
+    ),
+    Case(
+        "probes on the named port are rewritten to the number",
+        pod(
+            container(
+                "app",
+                ("mcp", 8080),
+                livenessProbe=probe_by_name,
+                readinessProbe=probe_by_name,
+                startupProbe={"tcpSocket": {"port": "mcp"}},
+            )
+        ),
+        [
+            unname(),
+            ("replace", "/spec/containers/0/livenessProbe/httpGet/port"),
+            ("replace", "/spec/containers/0/readinessProbe/httpGet/port"),
+            ("replace", "/spec/containers/0/startupProbe/tcpSocket/port"),
+            mounts(),
+            *VOLUMES_NEW,
+            SIDECAR_REGULAR,
+            ("add", ANNOTATIONS),
+        ],
+    ),
+    Case(
+        "lifecycle hook on the named port is rewritten",
+        pod(container("app", ("mcp", 8080), lifecycle={"preStop": {"httpGet": {"port": "mcp"}}})),
+        [
+            unname(),
+            ("replace", "/spec/containers/0/lifecycle/preStop/httpGet/port"),
+            mounts(),
+            *VOLUMES_NEW,
+            SIDECAR_REGULAR,
+            ("add", ANNOTATIONS),
+        ],
+    ),
+    Case(
+        "probes by number are left alone",
+        pod(container("app", ("mcp", 8080), livenessProbe=probe_by_number)),
+        [unname(), mounts(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", ANNOTATIONS)],
+    ),
+    Case(
+        "port name chosen by annotation",
+        pod(
+            container("app", ("http", 8000), ("mcp", 8080)),
+            annotations={"palisade.dev/port": "http"},
+        ),
+        [unname(0, 0), mounts(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", STATUS)],
+    ),
+    Case(
+        "MCP container chosen by annotation, without ports",
+        pod(
+            container("sidekick"),
+            container("server"),
+            annotations={
+                "palisade.dev/mcp-container": "server",
+                "palisade.dev/upstream-port": "3000",
+            },
+        ),
+        [mounts(1), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", STATUS)],
+    ),
+    Case(
+        "one of our volumes already present is not added twice",
+        pod(volumes=[{"name": "palisade-socket", "emptyDir": {}}]),
+        [
+            unname(),
+            mounts(),
+            ("add", "/spec/volumes/-"),
+            ("add", "/spec/volumes/-"),
+            SIDECAR_REGULAR,
+            ("add", ANNOTATIONS),
+        ],
+    ),
+    Case(
+        "hostNetwork pod: only the skip reason is recorded",
+        pod(hostNetwork=True),
+        [("add", ANNOTATIONS)],
+    ),
+    Case(
+        "hostNetwork pod with annotations: the reason key is added",
+        pod(annotations={"a": "b"}, hostNetwork=True),
+        [("add", STATUS)],
+    ),
+    Case(
+        "opted out in an enabled namespace", pod(annotations={"palisade.dev/inject": "false"}), []
+    ),
+    Case(
+        "already injected (status annotation)",
+        pod(annotations={"palisade.dev/status": '{"state":"injected","version":1}'}),
+        [],
+    ),
+    Case(
+        "already injected (container name)",
+        pod(container("app", ("mcp", 8080)), container("palisade-sidecar")),
+        [],
+    ),
+    Case(
+        "already injected as a native sidecar (init container name)",
+        pod(initContainers=[{"name": "palisade-sidecar", "image": "x", "restartPolicy": "Always"}]),
+        [],
+        NATIVE,
+    ),
+    Case("namespace not labelled", pod(), [], labels={}),
+    Case(
+        "namespace labelled with another value",
+        pod(),
+        [],
+        labels={"palisade.dev/inject": "disabled"},
+    ),
+    Case("kube-system is never injected", pod(), [], namespace="kube-system"),
+    Case("kube-node-lease is never injected", pod(), [], namespace="kube-node-lease"),
+    Case("the injector's own namespace is never injected", pod(), [], namespace="palisade"),
+    Case("a pod that is not an MCP server", pod(labels={"app": "web"}), []),
+    Case("a pod without labels", pod(labels={}), []),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_patch_operations_for_each_pod_shape(case: Case) -> None:
+    answer = admission.serve(review(case.pod, namespace=case.namespace), case.labels, case.settings)
+    assert answer["response"]["allowed"] is True
+    ops = decode_patch(answer)
+    assert [(op["op"], op["path"]) for op in ops] == case.ops
+    patched = apply_patch(case.pod, ops)
+    spec = patched["spec"]
+    everything = spec["containers"] + spec.get("initContainers", [])
+    names = [p["name"] for c in everything for p in c.get("ports", []) if "name" in p]
+    assert len(names) == len(set(names)), "port names must stay unique in the pod"
+    sidecars = [c for c in everything if c["name"] == "palisade-sidecar"]
+    assert len(sidecars) <= 1
+    if ops:
+        assert "palisade.dev/status" in patched["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.ops], ids=lambda c: c.id)
+def test_patching_twice_changes_nothing_more(case: Case) -> None:
+    first = admission.serve(review(case.pod, namespace=case.namespace), case.labels, case.settings)
+    patched = apply_patch(case.pod, decode_patch(first))
+    again = admission.serve(review(patched, namespace=case.namespace), case.labels, case.settings)
+    assert decode_patch(again) == []
+
+
+def test_there_are_at_least_twenty_pod_shapes() -> None:
+    assert len(CASES) >= 20
+
+
+@pytest.mark.parametrize(
+    ("key", "escaped"),
+    [
+        ("palisade.dev/status", "palisade.dev~1status"),
+        ("a~b", "a~0b"),
+        ("x/~y", "x~1~0y"),
+        ("~1", "~01"),
+        ("plain", "plain"),
+    ],
+)
+def test_annotation_keys_are_escaped_as_json_pointer_tokens(key: str, escaped: str) -> None:
+    assert escape(key) == escaped
