@@ -7,10 +7,17 @@ Public surface (the proxy uses only these names):
   ``protected_resource_metadata() -> dict`` (RFC 9728).
 - :class:`AuthError` -> :class:`Unauthenticated` (HTTP 401) and :class:`Forbidden`
   (HTTP 403), each with ``reason``, ``www_authenticate`` and ``status``.
+- :class:`ResourceServer`: the OAuth 2.1 resource server (JWT via JWKS, TokenReview).
 - :class:`DevAuthenticator`: static token table, only when explicitly enabled.
+- :class:`IdentitySettings` + :class:`IdentityStack`: build one from settings.
+- :class:`IdentityMap`: bundle ``spec.agents[].identities`` -> agents.
+- :func:`metadata_paths`: where to serve ``/.well-known/oauth-protected-resource``.
 """
 
+from sidecar.identity.challenge import metadata_paths, metadata_url
 from sidecar.identity.dev import DevAgent, DevAuthenticator
+from sidecar.identity.jwks import IssuerConfig
+from sidecar.identity.mapping import IdentityMap, MappingError
 from sidecar.identity.principal import (
     Authenticator,
     AuthError,
@@ -19,6 +26,8 @@ from sidecar.identity.principal import (
     Unauthenticated,
     bearer_token,
 )
+from sidecar.identity.resource_server import ResourceServer
+from sidecar.identity.stack import IdentitySettings, IdentityStack, TokenReviewSettings
 
 __all__ = [
     "AuthError",
@@ -26,7 +35,16 @@ __all__ = [
     "DevAgent",
     "DevAuthenticator",
     "Forbidden",
+    "IdentityMap",
+    "IdentitySettings",
+    "IdentityStack",
+    "IssuerConfig",
+    "MappingError",
     "Principal",
+    "ResourceServer",
+    "TokenReviewSettings",
     "Unauthenticated",
     "bearer_token",
+    "metadata_paths",
+    "metadata_url",
 ]

@@ -1,0 +1,124 @@
+"""The sidecar as an OAuth 2.1 resource server (MCP authorization specification).
+
+:class:`ResourceServer` is the production :class:`~sidecar.identity.Authenticator`:
+it takes the bearer token from the ``Authorization`` header (header only; query
+and body tokens are not accepted), picks the verifier by the token's claimed
+issuer (a trusted OIDC/OAuth issuer -> JWKS, otherwise Kubernetes TokenReview when
+configured), checks required scopes, maps the claims to a bundle agent and
+returns a :class:`Principal`. Every failure becomes an :class:`AuthError` with the
+RFC 6750 / RFC 9728 challenge; the token itself never appears in a log line, an
+error or a challenge.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from sidecar.identity.challenge import ChallengeBuilder, metadata_url, protected_resource_metadata
+from sidecar.identity.jwt_verifier import JwtVerifier, unverified_issuer
+from sidecar.identity.mapping import IdentityMap, MappingError
+from sidecar.identity.principal import Forbidden, Principal, Unauthenticated, bearer_token
+from sidecar.identity.verified import TokenRejected, VerifiedToken
+
+log = logging.getLogger(__name__)
+
+#: Tokens longer than this are refused before any parsing (headers are bounded anyway).
+MAX_TOKEN_BYTES = 16 * 1024
+
+
+class Verifier(Protocol):
+    async def verify(self, token: str) -> VerifiedToken: ...
+
+
+class ResourceServer:
+    """Verifies bearer tokens for one MCP server (one resource URI, one audience)."""
+
+    def __init__(
+        self,
+        *,
+        resource: str,
+        identities: IdentityMap,
+        jwt: JwtVerifier | None = None,
+        token_review: Verifier | None = None,
+        authorization_servers: Sequence[str] = (),
+        required_scopes: Sequence[str] = (),
+        resource_name: str = "",
+    ) -> None:
+        if jwt is None and token_review is None:
+            raise ValueError("a resource server needs a JWT verifier or TokenReview, or both")
+        self.resource = resource
+        self._identities = identities
+        self._jwt = jwt
+        self._review = token_review
+        self._required = tuple(required_scopes)
+        self._metadata_url = metadata_url(resource)
+        self._challenge = ChallengeBuilder(self._metadata_url, scopes=self._required)
+        servers = list(authorization_servers) or sorted(jwt.issuers if jwt else ())
+        self._metadata = protected_resource_metadata(
+            resource,
+            servers,
+            scopes=self._required,
+            algorithms=jwt.algorithms if jwt else (),
+            resource_name=resource_name,
+        )
+
+    @property
+    def metadata_url(self) -> str:
+        return self._metadata_url
+
+    def update_identities(self, identities: IdentityMap) -> None:
+        """Swap the claim -> agent table when a new bundle is activated (atomic)."""
+        self._identities = identities
+
+    def protected_resource_metadata(self) -> dict[str, Any]:
+        return dict(self._metadata)
+
+    async def authenticate(self, headers: Mapping[str, str]) -> Principal:
+        try:
+            token = bearer_token(headers)
+        except ValueError as exc:
+            # RFC 6750 3.1 would allow 400 here; the MCP spec answers 401 for any
+            # request without a usable token, so clients start their OAuth flow.
+            raise Unauthenticated(str(exc), self._challenge.invalid_request(str(exc))) from None
+        if token is None:
+            raise Unauthenticated("no bearer token", self._challenge.missing())
+        if len(token) > MAX_TOKEN_BYTES:
+            raise self._invalid("the token is too large")
+        verified = await self._verify(token)
+        missing = [s for s in self._required if s not in verified.scopes]
+        if missing:
+            reason = "the token lacks the scope(s) " + " ".join(missing)
+            log.info("token refused", extra={"reason": reason})
+            raise Forbidden(reason, self._challenge.insufficient_scope(reason, self._required))
+        try:
+            match = self._identities.resolve(verified.claims, cluster=verified.cluster)
+        except MappingError as exc:
+            reason = f"the token names no agent of this server: {exc}"
+            log.info("token refused", extra={"reason": reason})
+            raise Forbidden(reason, self._challenge.insufficient_scope(reason)) from None
+        return Principal(
+            agent=match.agent.agent,
+            tenant=match.agent.tenant,
+            on_behalf_of=match.on_behalf_of,
+            subject=match.subject,
+            issuer=match.issuer,
+            dev_mode=False,
+        )
+
+    async def _verify(self, token: str) -> VerifiedToken:
+        verifier: Verifier | None
+        if self._jwt is not None and unverified_issuer(token) in self._jwt.issuers:
+            verifier = self._jwt
+        else:
+            verifier = self._review or self._jwt
+        assert verifier is not None
+        try:
+            return await verifier.verify(token)
+        except TokenRejected as exc:
+            raise self._invalid(exc.description) from None
+
+    def _invalid(self, reason: str) -> Unauthenticated:
+        log.info("token refused", extra={"reason": reason})
+        return Unauthenticated(reason, self._challenge.invalid_token(reason))
