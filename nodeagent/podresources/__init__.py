@@ -1,0 +1,1 @@
+"""Vendored kubelet PodResources v1 API (generated; see generate.sh)."""

@@ -1,0 +1,1 @@
+"""Generated stubs of proto/k8s/podresources/v1/api.proto; never edited by hand."""
