@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from google.protobuf import struct_pb2, timestamp_pb2  # type: ignore[import-untyped]
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from palisade.v1 import audit_pb2, policy_pb2
 

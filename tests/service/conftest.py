@@ -1,0 +1,96 @@
+"""A real PolicyService on a real Unix socket, with a tiny engine written for the tests."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+
+from palisade.audit import AuditWriter, Signer
+from palisade.policy.types import Call, Decision, Risk, RuleTrace, Verdict
+from palisade.runtime.metrics import DecisionMetrics
+from palisade.service import EngineHolder, PolicyServicer, ServerSettings, start_server
+from palisade.service.server import stop_server
+from palisade.v1 import policy_pb2_grpc
+
+
+class TinyEngine:
+    """Allows reads, denies ``*delete*``, throttles ``slow``, raises on ``boom``."""
+
+    revision = 3
+
+    def decide(self, call: Call, *, dry_run: bool = False, explain: bool = False) -> Verdict:
+        if call.tool == "boom":
+            raise RuntimeError("engine bug with a secret=hunter2 in its message")
+        trace = (RuleTrace("deny-delete", "delete" in call.tool, "tool glob *delete*"),)
+        if "delete" in call.tool:
+            return Verdict(
+                Decision.DENY,
+                "deny-delete",
+                "destructive",
+                3,
+                tenant="payments",
+                risk=Risk.DESTRUCTIVE,
+                explanation=trace if explain else (),
+            )
+        if call.tool == "slow":
+            return Verdict(Decision.THROTTLE, "rate", "slow down", 3, retry_after_s=0.2501)
+        return Verdict(
+            Decision.ALLOW,
+            "allow-reads",
+            "reads are fine",
+            3,
+            bundle_digest="sha256:x",
+            tenant="payments",
+            risk=Risk.READ,
+            explanation=trace if explain else (),
+        )
+
+
+@dataclass
+class Served:
+    stub: policy_pb2_grpc.PolicyServiceStub
+    channel: grpc.aio.Channel
+    socket: str
+    audit_path: Path
+    signer: Signer
+    metrics: DecisionMetrics
+    engines: EngineHolder
+    writer: AuditWriter
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    # AF_UNIX paths are limited to ~107 bytes; pytest's tmp_path can be longer
+    sock_dir = tempfile.mkdtemp(prefix="pal-", dir="/tmp")
+    socket = f"{sock_dir}/check.sock"
+    signer = Signer.generate()
+    writer = AuditWriter(tmp_path / "audit.jsonl", signer, fsync="never")
+    await writer.start()
+    metrics = DecisionMetrics(CollectorRegistry())
+    engines = EngineHolder(TinyEngine())
+    servicer = PolicyServicer(engines, writer, metrics, secret_names=lambda s, t: ["kubeconfig"])
+    server, health, _ = await start_server(servicer, ServerSettings(socket_path=socket))
+    channel = grpc.aio.insecure_channel(f"unix:{socket}")
+    try:
+        yield Served(
+            policy_pb2_grpc.PolicyServiceStub(channel),
+            channel,
+            socket,
+            tmp_path / "audit.jsonl",
+            signer,
+            metrics,
+            engines,
+            writer,
+        )
+    finally:
+        await channel.close()
+        await stop_server(server, health, 0.5)
+        await writer.aclose()
+        shutil.rmtree(sock_dir, ignore_errors=True)
