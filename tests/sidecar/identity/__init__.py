@@ -1,0 +1,1 @@
+"""Tests of sidecar identity: the resource server, token verifiers, mapping."""
