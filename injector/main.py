@@ -1,0 +1,311 @@
+"""``palisade injector``: flags and environment -> Settings -> the running webhook.
+
+The only place that reads the environment. Start-up, in order: a Kubernetes
+client (in-cluster, or ``--kubeconfig``); the API server version, which decides
+native sidecars in ``auto`` mode; the serving certificate (self-signed: from
+the shared Secret, caBundle patched before serving; mounted: from files); then
+the HTTPS listener. SIGTERM/SIGINT stop it through palisade.runtime.lifecycle:
+the listener stops accepting, in-flight reviews finish, watches end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from injector import kube, tls
+from injector.settings import (
+    InjectionSettings,
+    ServerSettings,
+    Settings,
+    SidecarSettings,
+    TLSSettings,
+)
+from injector.webhook import Webhook
+from palisade.runtime.lifecycle import run_daemon
+from palisade.runtime.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+_IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+_DEFAULTS_SERVER = ServerSettings()
+_DEFAULTS_TLS = TLSSettings()
+_DEFAULTS_SIDECAR = SidecarSettings()
+
+
+def _default_namespace(env: Mapping[str, str]) -> str:
+    if env.get("PALISADE_INJECTOR_NAMESPACE"):
+        return env["PALISADE_INJECTOR_NAMESPACE"]
+    if env.get("POD_NAMESPACE"):
+        return env["POD_NAMESPACE"]
+    with contextlib.suppress(OSError):
+        return _IN_CLUSTER_NAMESPACE.read_text().strip()
+    return "palisade"
+
+
+def register(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> None:
+    """Add the injector's flags; each defaults to its environment variable."""
+    e = os.environ if env is None else env
+
+    def opt(flag: str, var: str, default: object, help_text: str, **kw: Any) -> None:
+        parser.add_argument(
+            flag, default=e.get(var, default), help=f"{help_text} (env {var})", **kw
+        )
+
+    opt(
+        "--listen",
+        "PALISADE_INJECTOR_LISTEN",
+        f"{_DEFAULTS_SERVER.host}:{_DEFAULTS_SERVER.port}",
+        "HTTPS host:port",
+    )
+    parser.add_argument(
+        "--namespace",
+        default=_default_namespace(e),
+        help="own namespace, never injected (env PALISADE_INJECTOR_NAMESPACE or POD_NAMESPACE)",
+    )
+    opt(
+        "--service-name",
+        "PALISADE_INJECTOR_SERVICE",
+        _DEFAULTS_TLS.service_name,
+        "the webhook's Service",
+    )
+    opt(
+        "--webhook-config",
+        "PALISADE_INJECTOR_WEBHOOK_CONFIG",
+        _DEFAULTS_TLS.webhook_config,
+        "MutatingWebhookConfiguration name",
+    )
+    opt(
+        "--tls-mode",
+        "PALISADE_INJECTOR_TLS_MODE",
+        _DEFAULTS_TLS.mode,
+        "self-signed or mounted",
+        choices=["self-signed", "mounted"],
+    )
+    opt("--tls-dir", "PALISADE_INJECTOR_TLS_DIR", _DEFAULTS_TLS.directory, "certificate directory")
+    opt(
+        "--tls-secret",
+        "PALISADE_INJECTOR_TLS_SECRET",
+        _DEFAULTS_TLS.secret_name,
+        "Secret shared by replicas (self-signed)",
+    )
+    parser.add_argument(
+        "--extra-san",
+        action="append",
+        default=[s for s in e.get("PALISADE_INJECTOR_EXTRA_SANS", "").split(",") if s.strip()],
+        help="more DNS names or IPs for the certificate (env PALISADE_INJECTOR_EXTRA_SANS)",
+    )
+    opt(
+        "--cert-validity-days",
+        "PALISADE_INJECTOR_CERT_VALIDITY_DAYS",
+        _DEFAULTS_TLS.cert_validity_days,
+        "serving certificate lifetime",
+        type=int,
+    )
+    opt(
+        "--ca-validity-days",
+        "PALISADE_INJECTOR_CA_VALIDITY_DAYS",
+        _DEFAULTS_TLS.ca_validity_days,
+        "CA lifetime",
+        type=int,
+    )
+    opt(
+        "--rotate-before-days",
+        "PALISADE_INJECTOR_ROTATE_BEFORE_DAYS",
+        _DEFAULTS_TLS.rotate_before_days,
+        "rotate with less than this left",
+        type=int,
+    )
+    opt(
+        "--resync-seconds",
+        "PALISADE_INJECTOR_RESYNC_SECONDS",
+        _DEFAULTS_TLS.resync_seconds,
+        "caBundle/certificate recheck period",
+        type=float,
+    )
+    opt("--kubeconfig", "KUBECONFIG", None, "kubeconfig for out-of-cluster runs")
+    opt("--sidecar-image", "PALISADE_SIDECAR_IMAGE", _DEFAULTS_SIDECAR.image, "sidecar image")
+    opt(
+        "--sidecar-pull-policy",
+        "PALISADE_SIDECAR_PULL_POLICY",
+        _DEFAULTS_SIDECAR.pull_policy,
+        "sidecar imagePullPolicy",
+    )
+    opt(
+        "--sidecar-port",
+        "PALISADE_SIDECAR_PORT",
+        _DEFAULTS_SIDECAR.port,
+        "sidecar listen port",
+        type=int,
+    )
+    opt(
+        "--port-name",
+        "PALISADE_PORT_NAME",
+        _DEFAULTS_SIDECAR.port_name,
+        "MCP named port to take over",
+    )
+    opt(
+        "--native-sidecar",
+        "PALISADE_NATIVE_SIDECAR",
+        "auto",
+        "auto, always or never",
+        choices=["auto", "always", "never"],
+    )
+    opt("--distributor", "PALISADE_DISTRIBUTOR", None, "distributor address for the sidecar")
+    opt(
+        "--sidecar-cpu-request",
+        "PALISADE_SIDECAR_CPU_REQUEST",
+        _DEFAULTS_SIDECAR.cpu_request,
+        "sidecar CPU request",
+    )
+    opt(
+        "--sidecar-memory-request",
+        "PALISADE_SIDECAR_MEMORY_REQUEST",
+        _DEFAULTS_SIDECAR.memory_request,
+        "sidecar memory request",
+    )
+    opt(
+        "--sidecar-cpu-limit",
+        "PALISADE_SIDECAR_CPU_LIMIT",
+        _DEFAULTS_SIDECAR.cpu_limit,
+        "sidecar CPU limit",
+    )
+    opt(
+        "--sidecar-memory-limit",
+        "PALISADE_SIDECAR_MEMORY_LIMIT",
+        _DEFAULTS_SIDECAR.memory_limit,
+        "sidecar memory limit",
+    )
+    opt(
+        "--namespace-cache-seconds",
+        "PALISADE_INJECTOR_NAMESPACE_CACHE_SECONDS",
+        _DEFAULTS_SERVER.namespace_cache_seconds,
+        "namespace label cache",
+        type=float,
+    )
+    opt("--log-level", "PALISADE_LOG_LEVEL", "info", "debug, info, warning, error")
+    parser.set_defaults(func=run)
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise SystemExit(f"palisade injector: --listen must be host:port, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
+
+
+def settings_from(ns: argparse.Namespace) -> Settings:
+    """Settings from parsed flags (pure)."""
+    host, port = _host_port(ns.listen)
+    return Settings(
+        server=ServerSettings(
+            host=host, port=port, namespace_cache_seconds=float(ns.namespace_cache_seconds)
+        ),
+        injection=InjectionSettings(
+            own_namespace=ns.namespace,
+            native_sidecar=ns.native_sidecar,
+            sidecar=SidecarSettings(
+                image=ns.sidecar_image,
+                pull_policy=ns.sidecar_pull_policy,
+                port=int(ns.sidecar_port),
+                port_name=ns.port_name,
+                distributor=ns.distributor or None,
+                cpu_request=ns.sidecar_cpu_request,
+                memory_request=ns.sidecar_memory_request,
+                cpu_limit=ns.sidecar_cpu_limit,
+                memory_limit=ns.sidecar_memory_limit,
+            ),
+        ),
+        tls=TLSSettings(
+            mode=ns.tls_mode,
+            directory=ns.tls_dir,
+            secret_name=ns.tls_secret,
+            service_name=ns.service_name,
+            webhook_config=ns.webhook_config,
+            extra_sans=tuple(ns.extra_san),
+            cert_validity_days=int(ns.cert_validity_days),
+            ca_validity_days=int(ns.ca_validity_days),
+            rotate_before_days=int(ns.rotate_before_days),
+            resync_seconds=float(ns.resync_seconds),
+        ),
+        kubeconfig=ns.kubeconfig or None,
+    )
+
+
+async def serve(
+    settings: Settings, stop: asyncio.Event, started: asyncio.Event | None = None
+) -> None:
+    """Run the webhook until ``stop`` is set."""
+    api = await kube.api_client(settings.kubeconfig)
+    try:
+        injection = settings.injection
+        if injection.native_sidecar == "auto":
+            try:
+                major, minor = await kube.server_version(api)
+                supported = kube.native_sidecars_supported(major, minor)
+            except Exception as exc:
+                log.warning(
+                    "API server version unknown; regular containers",
+                    extra={"error": type(exc).__name__},
+                )
+                supported = False
+            injection = dataclasses.replace(injection, cluster_supports_native=supported)
+            log.info("native sidecars", extra={"supported": supported})
+        serving = tls.ServingContext(settings.tls.directory)
+        manager: tls.SelfSignedTLS | tls.MountedTLS
+        if settings.tls.mode == "mounted":
+            manager = tls.MountedTLS(settings.tls, serving)
+        else:
+            manager = tls.SelfSignedTLS(settings.tls, injection.own_namespace, api, serving)
+        await manager.reconcile()
+        webhook = Webhook(
+            injection,
+            kube.KubeNamespaces(api, ttl=settings.server.namespace_cache_seconds),
+            ready=lambda: serving.ready,
+            max_body_bytes=settings.server.max_body_bytes,
+        )
+        runner = web.AppRunner(
+            webhook.app(),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=settings.server.shutdown_seconds,
+        )
+        await runner.setup()
+        site = web.TCPSite(
+            runner, settings.server.host, settings.server.port, ssl_context=serving.context
+        )
+        await site.start()
+        log.info(
+            "injector listening", extra={"host": settings.server.host, "port": settings.server.port}
+        )
+        tls_task = asyncio.create_task(manager.run(stop))
+        if started is not None:
+            started.set()
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+            tls_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tls_task
+    finally:
+        await api.close()
+
+
+def run(ns: argparse.Namespace) -> int:
+    setup_logging(ns.log_level)
+    settings = settings_from(ns)
+
+    async def main(stop: asyncio.Event) -> None:
+        await serve(settings, stop)
+
+    return run_daemon(main, grace_s=settings.server.shutdown_seconds + 5)
