@@ -1,0 +1,3 @@
+"""Shared pytest set-up: registers the Kubernetes control-plane harness fixtures."""
+
+pytest_plugins = ["tests.harness.plugin"]
