@@ -1,0 +1,257 @@
+"""The fleet API over HTTP/JSON (aiohttp): fleet, bundles, rollback, approvals, audit.
+
+Routes (all JSON; a bearer token is required when the replica has one):
+
+- ``GET  /healthz``, ``GET /readyz``
+- ``GET  /v1/fleet?kind=sidecar|node&all=1``: clients with live/stale/gone state
+- ``GET  /v1/bundles``: history with rollout counts, and the last source error
+- ``POST /v1/bundles/rollback`` ``{"to": N, "by": "..."}``: re-publish N as a new revision
+- ``GET  /v1/approvals?status=pending``
+- ``POST /v1/approvals/{id}`` ``{"decision": "approve"|"deny", "by": "...", "comment": "..."}``
+- ``GET  /v1/audit?agent=&tool=&decision=&source=&since=&until=&limit=``
+
+Domain errors (``StoreError``) become 404/409 here and nowhere else; a
+malformed body is a 400 with the reason.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from distributor.fleet import fleet_view, rollout
+from distributor.store import AuditRow, StoreError
+
+if TYPE_CHECKING:
+    from distributor.server import Distributor
+
+log = logging.getLogger(__name__)
+
+DIST_KEY = web.AppKey("distributor", object)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _dist(request: web.Request) -> Distributor:
+    return request.app[DIST_KEY]  # type: ignore[return-value]
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = _dist(request).settings.admin_token
+    if token and request.path.startswith("/v1/"):
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return web.json_response({"error": "unauthorized"}, status=401)
+    return await handler(request)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"body is not JSON: {exc}"}), content_type="application/json"
+        ) from exc
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "body must be a JSON object"}),
+            content_type="application/json",
+        )
+    return body
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    dist = _dist(request)
+    cur = dist.hub.current
+    body = {"ready": dist.ready.is_set(), "revision": cur.revision if cur else 0}
+    return web.json_response(body, status=200 if dist.ready.is_set() else 503)
+
+
+async def fleet(request: web.Request) -> web.Response:
+    dist = _dist(request)
+    rows = await dist.store.call(dist.store.store.clients)
+    view = fleet_view(
+        rows,
+        now=dist.clock(),
+        grace_s=dist.settings.heartbeat_grace_s,
+        gone_after_s=dist.settings.gone_after_s,
+        kind=request.query.get("kind", ""),
+        include_gone=request.query.get("all", "") in ("1", "true"),
+    )
+    return web.json_response({"clients": view})
+
+
+async def bundles(request: web.Request) -> web.Response:
+    dist = _dist(request)
+    store = dist.store.store
+    history = await dist.store.call(store.history, int(request.query.get("limit", "50")))
+    rows = await dist.store.call(store.clients)
+    clients = fleet_view(
+        rows,
+        now=dist.clock(),
+        grace_s=dist.settings.heartbeat_grace_s,
+        gone_after_s=dist.settings.gone_after_s,
+    )
+    last_error_raw = await dist.store.call(store.get_meta, "last_error")
+    last_error = json.loads(last_error_raw) if last_error_raw else None
+    return web.json_response(
+        {
+            "bundles": rollout([r.summary() for r in history], clients),
+            "last_error": last_error,
+        }
+    )
+
+
+async def rollback(request: web.Request) -> web.Response:
+    dist = _dist(request)
+    body = await _body(request)
+    to = body.get("to")
+    if not isinstance(to, int) or isinstance(to, bool) or to < 1:
+        return _error(400, "'to' must be a positive revision number")
+    by = str(body.get("by") or "unknown")
+    try:
+        rev, new = await dist.store.call(dist.store.store.rollback, to, by)
+    except StoreError as exc:
+        return _error(404, str(exc))
+    dist.hub.set_current(rev)
+    await _audit_admin(dist, "rollback", by, {"to": to, "revision": rev.revision})
+    log.info("rollback", extra={"to": to, "revision": rev.revision, "by": by})
+    return web.json_response({"revision": rev.summary(), "new": new})
+
+
+async def approvals(request: web.Request) -> web.Response:
+    dist = _dist(request)
+    rows = await dist.store.call(dist.store.store.approvals, request.query.get("status"))
+    return web.json_response({"approvals": rows})
+
+
+async def decide(request: web.Request) -> web.Response:
+    dist = _dist(request)
+    body = await _body(request)
+    decision = body.get("decision")
+    if decision not in ("approve", "deny"):
+        return _error(400, "'decision' must be approve or deny")
+    by = str(body.get("by") or "")
+    if not by:
+        return _error(400, "'by' (who decides) is required")
+    comment = str(body.get("comment") or "")
+    approval_id = request.match_info["id"]
+    try:
+        row = await dist.store.call(
+            dist.store.store.decide_approval,
+            approval_id,
+            decision == "approve",
+            by,
+            comment,
+            dist.settings.approval_window_s,
+        )
+    except StoreError as exc:
+        status = 404 if "no approval" in str(exc) else 409
+        return _error(status, str(exc))
+    await _audit_admin(
+        dist,
+        "approval",
+        by,
+        {
+            "approval_id": approval_id,
+            "decision": row["status"],
+            "comment": comment,
+            "agent": row["agent"],
+            "tool": row["tool"],
+            "call_digest": row["call_digest"],
+        },
+        agent=row["agent"] or "",
+        tool=row["tool"] or "",
+        server=row["server"] or "",
+    )
+    await dist.hub.deliver_approvals()
+    return web.json_response({"approval": row})
+
+
+async def _audit_admin(
+    dist: Distributor,
+    kind: str,
+    by: str,
+    details: dict[str, Any],
+    *,
+    agent: str = "",
+    tool: str = "",
+    server: str = "",
+) -> None:
+    """Administrative acts (approvals, rollbacks) are audit records too."""
+    now = dist.clock()
+    doc = {
+        "kind": kind,
+        "by": by,
+        "time": now,
+        "source": f"distributor/{dist.hub.replica}",
+        "agent": agent,
+        "tool": tool,
+        "server": server,
+        "details": details,
+        "decision": details.get("decision", ""),
+    }
+    seq = int(now * 1e6)
+    row = AuditRow(
+        source=doc["source"],
+        seq=seq,
+        hash="",
+        time=now,
+        kind=kind,
+        agent=agent,
+        tenant="",
+        server=server,
+        tool=tool,
+        decision=str(doc["decision"]),
+        rule_id="",
+        record=b"",
+        json=json.dumps(doc, sort_keys=True),
+    )
+    await dist.store.call(dist.store.store.add_audit, [row])
+
+
+async def audit(request: web.Request) -> web.Response:
+    dist = _dist(request)
+    q = request.query
+    try:
+        rows = await dist.store.call(
+            dist.store.store.query_audit,
+            agent=q.get("agent", ""),
+            tool=q.get("tool", ""),
+            decision=q.get("decision", ""),
+            source=q.get("source", ""),
+            kind=q.get("kind", ""),
+            since=float(q.get("since", "0") or 0),
+            until=float(q.get("until", "0") or 0),
+            limit=min(int(q.get("limit", "1000")), 100_000),
+        )
+    except ValueError as exc:
+        return _error(400, f"bad query: {exc}")
+    return web.json_response({"records": rows, "count": len(rows)})
+
+
+def make_app(dist: Distributor) -> web.Application:
+    app = web.Application(middlewares=[_auth], client_max_size=1 << 20)
+    app[DIST_KEY] = dist
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/v1/fleet", fleet)
+    app.router.add_get("/v1/bundles", bundles)
+    app.router.add_post("/v1/bundles/rollback", rollback)
+    app.router.add_get("/v1/approvals", approvals)
+    app.router.add_post("/v1/approvals/{id}", decide)
+    app.router.add_get("/v1/audit", audit)
+    return app

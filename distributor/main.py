@@ -1,0 +1,144 @@
+"""``palisade distributor``: flags and environment into settings, real backends, lifecycle.
+
+The only place of this daemon that reads the environment
+(``PALISADE_ADMIN_TOKEN`` as an alternative to ``--admin-token-file``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from distributor.server import Distributor, Settings, Source
+from distributor.sources import FileSource
+from palisade.distribution.lkg import atomic_write
+from palisade.distribution.signing import load_private_key
+
+log = logging.getLogger("distributor")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--policy-dir", type=Path, help="directory of PolicyBundle YAML files")
+    src.add_argument("--crd", action="store_true", help="watch PolicyBundle custom resources")
+    parser.add_argument("--namespace", default="", help="CRD mode: one namespace (default all)")
+    parser.add_argument("--kubeconfig", default="", help="CRD mode: kubeconfig (else in-cluster)")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=Path("distributor.db"),
+        help="SQLite store shared by the replicas",
+    )
+    parser.add_argument(
+        "--signing-key",
+        type=Path,
+        action="append",
+        default=[],
+        help="Ed25519 private key (PEM); repeat to sign with several",
+    )
+    parser.add_argument("--grpc-listen", default="0.0.0.0:8443")
+    parser.add_argument("--http-listen", default="0.0.0.0:8080")
+    parser.add_argument("--replica-id", default=socket.gethostname())
+    parser.add_argument("--debounce", type=float, default=0.2, help="seconds")
+    parser.add_argument("--poll", type=float, default=0.5, help="store poll, seconds")
+    parser.add_argument("--heartbeat-grace", type=float, default=40.0, help="seconds")
+    parser.add_argument("--gone-after", type=float, default=300.0, help="seconds")
+    parser.add_argument("--approval-window", type=float, default=300.0, help="seconds")
+    parser.add_argument("--admin-token-file", type=Path, help="bearer token for the HTTP API")
+    parser.add_argument(
+        "--ready-file", type=Path, help="write {grpc_port, http_port} here once serving"
+    )
+    parser.add_argument("--log-level", default="INFO")
+    parser.set_defaults(func=_run)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    token = os.environ.get("PALISADE_ADMIN_TOKEN", "")
+    if args.admin_token_file:
+        token = args.admin_token_file.read_text().strip()
+    return Settings(
+        replica_id=args.replica_id,
+        store_path=args.store,
+        grpc_listen=args.grpc_listen,
+        http_listen=args.http_listen,
+        debounce_s=args.debounce,
+        poll_s=args.poll,
+        heartbeat_grace_s=args.heartbeat_grace,
+        gone_after_s=args.gone_after,
+        approval_window_s=args.approval_window,
+        admin_token=token,
+    )
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    settings = settings_from(args)
+    keys = [load_private_key(p) for p in args.signing_key]
+    source: Source | None = None
+    reporter: Any = None
+    api_client: Any = None
+    if args.policy_dir:
+        source = FileSource(args.policy_dir)
+    elif args.crd:
+        from kubernetes_asyncio import client, config
+
+        from distributor.crd import CrdStatusReporter
+        from distributor.sources import CrdSource
+
+        if args.kubeconfig:
+            await config.load_kube_config(config_file=args.kubeconfig)
+        else:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        api_client = client.ApiClient()
+        crd_source = CrdSource(api_client, namespace=args.namespace)
+        reporter = CrdStatusReporter(crd_source)
+        source = crd_source
+    dist = Distributor(settings, keys, source, status_writer=reporter.write if reporter else None)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await dist.start()
+    extra: asyncio.Task[None] | None = None
+    if reporter is not None:
+        reporter.dist = dist
+        extra = asyncio.create_task(reporter.run())
+    if args.ready_file:
+        atomic_write(
+            args.ready_file,
+            json.dumps({"grpc_port": dist.grpc_port, "http_port": dist.http_port}).encode(),
+        )
+    await stop.wait()
+    if extra is not None:
+        extra.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await extra
+    try:
+        await asyncio.wait_for(dist.stop(), 10)
+    except TimeoutError:
+        log.error("shutdown deadline passed")
+    if api_client is not None:
+        await api_client.close()
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    if not args.signing_key:
+        log.error("at least one --signing-key is required")
+        return 2
+    try:
+        asyncio.run(_serve(args))
+    except (OSError, ValueError) as exc:
+        log.error("distributor failed: %s", exc)
+        return 1
+    return 0

@@ -1,0 +1,378 @@
+"""``palisade.v1.DistributionService`` over grpc.aio: the push hub.
+
+One ``Hub`` per replica holds the current revision, a cache of signed,
+serialized bundles per (revision, scope), and one ``Subscriber`` per open
+stream. A new revision wakes every subscriber's writer; each sends the
+pre-serialized bytes for its scope (serialized once per scope, not once per
+client), or ``up_to_date`` when the client's Hello already named that revision
+and digest. A replica never sends a revision older than the one a client holds,
+so failing over to a replica that is a poll behind causes no flap.
+
+ACKs, NACKs and heartbeats update the subscriber in memory; the server flushes
+changed subscribers to the store in batches. Approval requests go to the store;
+approval answers are delivered to the subscriber's stream by whichever replica
+holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf import json_format
+
+from distributor.compiler import FULL, NODE_AGENT, SIDECAR, scope_for, scope_key
+from distributor.store import AsyncStore, AuditRow, Revision
+from palisade.distribution.signing import sign_bundle
+from palisade.v1 import distribution_pb2, policy_pb2
+
+log = logging.getLogger(__name__)
+
+SERVICE = "palisade.v1.DistributionService"
+
+
+@dataclass(eq=False)
+class Subscriber:
+    identity: distribution_pb2.ClientIdentity
+    key: str
+    connected_at: float
+    last_seen: float
+    client_revision: int = 0
+    client_digest: str = ""
+    sent_revision: int = 0
+    revision: int = 0
+    digest: str = ""
+    nack_revision: int = 0
+    nack_error: str = ""
+    health: str = ""
+    counters: dict[str, float] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    connected: bool = True
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    outbox: collections.deque[bytes] = field(default_factory=collections.deque)
+
+    def row(self, replica: str) -> dict[str, Any]:
+        i = self.identity
+        return {
+            "id": i.id,
+            "kind": distribution_pb2.ClientKind.Name(i.kind),
+            "node": i.node,
+            "namespace": i.namespace,
+            "pod": i.pod,
+            "tenant": i.tenant,
+            "server": i.server,
+            "version": i.version,
+            "replica": replica,
+            "connected": int(self.connected),
+            "revision": self.revision,
+            "digest": self.digest,
+            "nack_revision": self.nack_revision,
+            "nack_error": self.nack_error,
+            "health": self.health,
+            "counters": self.counters,
+            "summary": self.summary,
+            "connected_at": self.connected_at,
+            "last_seen": self.last_seen,
+        }
+
+
+def key_for(identity: distribution_pb2.ClientIdentity) -> str:
+    if identity.kind == distribution_pb2.CLIENT_KIND_SIDECAR:
+        return scope_key(SIDECAR, identity.server)
+    if identity.kind == distribution_pb2.CLIENT_KIND_NODE_AGENT:
+        return scope_key(NODE_AGENT, "")
+    return scope_key(FULL, "")
+
+
+class Hub:
+    def __init__(
+        self,
+        replica: str,
+        store: AsyncStore,
+        keys: Iterable[Ed25519PrivateKey],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.replica = replica
+        self.store = store
+        self.keys = list(keys)
+        self.clock = clock
+        self.current: Revision | None = None
+        self._document: dict[str, Any] = {}
+        self._cache: dict[tuple[int, str], tuple[bytes, str]] = {}
+        self.subscribers: dict[str, Subscriber] = {}
+        self.dirty: set[str] = set()
+        self._detached: dict[str, Subscriber] = {}
+        self.pushes = 0
+
+    # -- revisions ---------------------------------------------------------
+    def set_current(self, rev: Revision) -> None:
+        if self.current is not None and rev.revision <= self.current.revision:
+            return
+        self.current = rev
+        self._document = json.loads(rev.document)
+        self._cache = {k: v for k, v in self._cache.items() if k[0] == rev.revision}
+        log.info("serving revision", extra={"revision": rev.revision, "digest": rev.digest})
+        for sub in self.subscribers.values():
+            sub.wake.set()
+
+    def scoped(self, key: str) -> tuple[bytes, str]:
+        """Serialized ``SubscribeResponse{bundle}`` for ``key`` at the current revision."""
+        rev = self.current
+        assert rev is not None
+        cached = self._cache.get((rev.revision, key))
+        if cached is None:
+            signed = sign_bundle(
+                scope_for(self._document, key),
+                rev.revision,
+                self.keys,
+                name=rev.name,
+                created_unix=rev.created,
+            )
+            msg = distribution_pb2.SubscribeResponse(bundle=signed)
+            cached = (msg.SerializeToString(), signed.digest)
+            self._cache[(rev.revision, key)] = cached
+        return cached
+
+    # -- streams -----------------------------------------------------------
+    async def subscribe(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        first = await context.read()
+        if first is grpc.aio.EOF:
+            return
+        req = distribution_pb2.SubscribeRequest.FromString(first)
+        if req.WhichOneof("msg") != "hello" or not req.hello.identity.id:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a Hello with an id"
+            )
+        hello = req.hello
+        now = self.clock()
+        sub = Subscriber(
+            identity=hello.identity,
+            key=key_for(hello.identity),
+            connected_at=now,
+            last_seen=now,
+            client_revision=hello.current_revision,
+            client_digest=hello.current_digest,
+            revision=hello.current_revision,
+            digest=hello.current_digest,
+        )
+        cid = hello.identity.id
+        previous = self.subscribers.get(cid)
+        if previous is not None:
+            previous.connected = False
+            previous.wake.set()
+        self.subscribers[cid] = sub
+        self.dirty.add(cid)
+        sub.wake.set()
+        writer = asyncio.create_task(self._writer(sub, context))
+        try:
+            while True:
+                raw = await context.read()
+                if raw is grpc.aio.EOF:
+                    break
+                self._on_message(sub, distribution_pb2.SubscribeRequest.FromString(raw))
+                if writer.done():
+                    break
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+            if self.subscribers.get(cid) is sub:
+                sub.connected = False
+                sub.last_seen = self.clock()
+                self.dirty.add(cid)
+                del self.subscribers[cid]
+                self._detached[cid] = sub
+
+    async def _writer(self, sub: Subscriber, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        while sub.connected:
+            await sub.wake.wait()
+            sub.wake.clear()
+            while sub.outbox:
+                await context.write(sub.outbox.popleft())
+            rev = self.current
+            if rev is None:
+                if sub.sent_revision == 0:
+                    sub.sent_revision = -1  # answer the Hello once, so the client sees a reply
+                    await context.write(self._up_to_date(sub))
+                continue
+            if rev.revision <= sub.sent_revision:
+                continue
+            if rev.revision < sub.client_revision:
+                # This replica is behind the client (it polled the store a moment
+                # later than another): never offer an older revision.
+                sub.sent_revision = sub.client_revision
+                await context.write(self._up_to_date(sub))
+                continue
+            data, digest = self.scoped(sub.key)
+            sub.sent_revision = rev.revision
+            if rev.revision == sub.client_revision and digest == sub.client_digest:
+                await context.write(self._up_to_date(sub))  # resume without a resend
+                continue
+            self.pushes += 1
+            await context.write(data)
+
+    @staticmethod
+    def _up_to_date(sub: Subscriber) -> bytes:
+        up = distribution_pb2.Ack(revision=sub.client_revision, digest=sub.client_digest)
+        return bytes(distribution_pb2.SubscribeResponse(up_to_date=up).SerializeToString())
+
+    def _on_message(self, sub: Subscriber, req: distribution_pb2.SubscribeRequest) -> None:
+        kind = req.WhichOneof("msg")
+        sub.last_seen = self.clock()
+        cid = sub.identity.id
+        self.dirty.add(cid)
+        if kind == "ack":
+            sub.revision, sub.digest = req.ack.revision, req.ack.digest
+            if sub.nack_revision and sub.nack_revision <= sub.revision:
+                sub.nack_revision, sub.nack_error = 0, ""
+        elif kind == "nack":
+            sub.nack_revision, sub.nack_error = req.nack.revision, req.nack.error[:2000]
+            log.warning(
+                "bundle NACKed",
+                extra={"client": cid, "revision": req.nack.revision, "error": sub.nack_error},
+            )
+        elif kind == "heartbeat":
+            hb = req.heartbeat
+            sub.health = hb.health[:200]
+            sub.counters = dict(hb.counters)
+            if hb.HasField("summary"):
+                sub.summary = json_format.MessageToDict(hb.summary)
+        elif kind == "approval_request":
+            asyncio.get_running_loop().create_task(self._store_approval(sub, req.approval_request))
+
+    async def _store_approval(self, sub: Subscriber, ar: distribution_pb2.ApprovalRequest) -> None:
+        if not ar.approval_id or not ar.call_digest:
+            log.warning("approval request without id or digest", extra={"client": sub.identity.id})
+            return
+        row = {
+            "id": ar.approval_id,
+            "client_id": sub.identity.id,
+            "agent": ar.call.agent,
+            "server": ar.call.server,
+            "tool": ar.call.tool,
+            "tenant": ar.tenant,
+            "rule_id": ar.rule_id,
+            "reason": ar.reason,
+            "call_digest": ar.call_digest,
+            "request": ar.SerializeToString(),
+            "arguments": json_format.MessageToDict(ar.call.arguments),
+        }
+        try:
+            await self.store.call(self.store.store.add_approval, row)
+            log.info(
+                "approval requested",
+                extra={"approval": ar.approval_id, "agent": ar.call.agent, "tool": ar.call.tool},
+            )
+        except Exception:
+            log.exception("cannot store approval request", extra={"approval": ar.approval_id})
+
+    # -- periodic work, called by the server -------------------------------
+    async def flush(self) -> None:
+        ids, self.dirty = self.dirty, set()
+        rows = []
+        for cid in ids:
+            sub = self.subscribers.get(cid) or self._detached.pop(cid, None)
+            if sub is not None:
+                rows.append(sub.row(self.replica))
+        if rows:
+            try:
+                await self.store.call(self.store.store.upsert_clients, rows)
+            except Exception:
+                log.exception("cannot flush fleet state")
+                self.dirty |= ids
+
+    async def deliver_approvals(self) -> None:
+        decided = await self.store.call(
+            self.store.store.undelivered_decisions, list(self.subscribers)
+        )
+        for d in decided:
+            sub = self.subscribers.get(d["client_id"])
+            if sub is None:
+                continue
+            dec = distribution_pb2.ApprovalDecision(
+                approval_id=d["id"],
+                approved=d["status"] == "approved",
+                by=d["by"],
+                comment=d["comment"],
+                call_digest=d["call_digest"],
+            )
+            if d["expires"]:
+                dec.expires.FromNanoseconds(int(d["expires"] * 1e9))
+            sub.outbox.append(distribution_pb2.SubscribeResponse(approval=dec).SerializeToString())
+            sub.wake.set()
+            await self.store.call(self.store.store.mark_delivered, d["id"])
+
+    # -- audit intake --------------------------------------------------------
+    async def send_audit(
+        self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> bytes:
+        batch = distribution_pb2.AuditBatch.FromString(request)
+        default_source = batch.identity.id
+        rows = []
+        top = 0
+        for r in batch.records:
+            top = max(top, r.seq)
+            doc = json_format.MessageToDict(r, preserving_proto_field_name=True)
+            doc.pop("signature", None)
+            rows.append(
+                AuditRow(
+                    source=r.source or default_source,
+                    seq=r.seq,
+                    hash=r.hash,
+                    time=r.time.ToNanoseconds() / 1e9 if r.HasField("time") else self.clock(),
+                    kind=r.kind or "decision",
+                    agent=r.agent,
+                    tenant=r.tenant,
+                    server=r.server,
+                    tool=r.tool,
+                    decision=_decision_name(r.decision),
+                    rule_id=r.rule_id,
+                    record=r.SerializeToString(),
+                    json=json.dumps(doc, sort_keys=True),
+                )
+            )
+        try:
+            await self.store.call(self.store.store.add_audit, rows)
+        except Exception:
+            log.exception("cannot store audit batch", extra={"client": default_source})
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "audit store unavailable; retry")
+        ack = distribution_pb2.AuditBatchAck(stored_through_seq=top)
+        return bytes(ack.SerializeToString())
+
+
+def _decision_name(value: int) -> str:
+    """``DECISION_REQUIRE_APPROVAL`` -> ``require_approval``, as the CLI filters by."""
+    if not value:
+        return ""
+    return str(policy_pb2.Decision.Name(value)).removeprefix("DECISION_").lower()
+
+
+def _identity(x: bytes) -> bytes:
+    return x
+
+
+def generic_handler(hub: Hub) -> grpc.GenericRpcHandler:
+    """Register the service with byte pass-through so a push is serialized once per scope."""
+
+    async def subscribe(request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await hub.subscribe(context)
+
+    handlers: Mapping[str, grpc.RpcMethodHandler] = {
+        "Subscribe": grpc.stream_stream_rpc_method_handler(
+            subscribe, request_deserializer=_identity, response_serializer=_identity
+        ),
+        "SendAudit": grpc.unary_unary_rpc_method_handler(
+            hub.send_audit, request_deserializer=_identity, response_serializer=_identity
+        ),
+    }
+    return grpc.method_handlers_generic_handler(SERVICE, dict(handlers))

@@ -1,0 +1,173 @@
+"""Where policy comes from: a directory of YAML files, or PolicyBundle custom resources.
+
+A source yields snapshots: a list of ``(name, yaml_text)`` pairs, in a stable
+order, each time its content may have changed. The server debounces the
+snapshots, compiles the last one and publishes it when it compiles.
+
+- ``FileSource`` polls the directory (``*.yaml``/``*.yml``, recursively) by
+  (path, size, mtime); polling works the same on every filesystem, including
+  the symlink swaps of a mounted ConfigMap, and costs one ``stat`` per file.
+- ``CrdSource`` lists and watches ``policybundles.palisade.dev`` with
+  kubernetes_asyncio and writes each resource's status (validity with file,
+  line and field, revision, digest, rollout) back through the status subresource.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+Snapshot = list[tuple[str, str]]
+GROUP = "palisade.dev"
+VERSION = "v1alpha1"
+PLURAL = "policybundles"
+
+
+class FileSource:
+    def __init__(self, directory: str | Path, *, interval_s: float = 1.0) -> None:
+        self.dir = Path(directory)
+        self.interval_s = interval_s
+
+    def _signature(self) -> tuple[tuple[str, int, int], ...]:
+        out = []
+        for path in sorted(self.dir.rglob("*")):
+            if path.suffix in (".yaml", ".yml") and path.is_file():
+                st = path.stat()
+                out.append((str(path), st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
+    def read(self) -> Snapshot:
+        out: Snapshot = []
+        for path in sorted(self.dir.rglob("*")):
+            if path.suffix in (".yaml", ".yml") and path.is_file():
+                out.append((str(path.relative_to(self.dir)), path.read_text()))
+        return out
+
+    async def snapshots(self) -> AsyncIterator[Snapshot]:
+        last: tuple[tuple[str, int, int], ...] | None = None
+        while True:
+            try:
+                sig = await asyncio.to_thread(self._signature)
+                if sig != last:
+                    last = sig
+                    yield await asyncio.to_thread(self.read)
+            except OSError as exc:
+                log.error(
+                    "cannot read policy directory", extra={"dir": str(self.dir), "error": str(exc)}
+                )
+            await asyncio.sleep(self.interval_s)
+
+
+def cr_source_name(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata", {})
+    return f"policybundle/{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+def cr_to_yaml(obj: Mapping[str, Any]) -> str:
+    """The parts of a PolicyBundle resource that make policy (no status, no server fields)."""
+    meta = obj.get("metadata", {})
+    doc = {
+        "apiVersion": obj.get("apiVersion", f"{GROUP}/{VERSION}"),
+        "kind": obj.get("kind", "PolicyBundle"),
+        "metadata": {"name": meta.get("name", "")},
+        "spec": obj.get("spec", {}),
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+class CrdSource:
+    """List+watch PolicyBundles (all namespaces or one) and report status on them."""
+
+    def __init__(self, api_client: Any, *, namespace: str = "") -> None:
+        from kubernetes_asyncio import client
+
+        self.api = client.CustomObjectsApi(api_client)
+        self.namespace = namespace
+        self.objects: dict[str, dict[str, Any]] = {}
+
+    def snapshot(self) -> Snapshot:
+        return [(name, cr_to_yaml(obj)) for name, obj in sorted(self.objects.items())]
+
+    async def _list(self) -> tuple[list[dict[str, Any]], str]:
+        if self.namespace:
+            resp = await self.api.list_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL
+            )
+        else:
+            resp = await self.api.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+        return list(resp.get("items", [])), str(resp["metadata"].get("resourceVersion", ""))
+
+    async def snapshots(self) -> AsyncIterator[Snapshot]:
+        from kubernetes_asyncio import watch
+
+        while True:
+            try:
+                items, rv = await self._list()
+                self.objects = {cr_source_name(o): o for o in items}
+                yield self.snapshot()
+                w = watch.Watch()
+                func = (
+                    self.api.list_namespaced_custom_object
+                    if self.namespace
+                    else self.api.list_cluster_custom_object
+                )
+                args: Sequence[str] = (
+                    (GROUP, VERSION, self.namespace, PLURAL)
+                    if self.namespace
+                    else (GROUP, VERSION, PLURAL)
+                )
+                async with w.stream(func, *args, resource_version=rv, timeout_seconds=300) as s:
+                    async for event in s:
+                        obj = event["object"]
+                        if not isinstance(obj, dict) or event["type"] == "ERROR":
+                            break
+                        name = cr_source_name(obj)
+                        old = self.objects.get(name)
+                        if event["type"] == "DELETED":
+                            self.objects.pop(name, None)
+                        else:
+                            self.objects[name] = obj
+                            if old is not None and old.get("spec") == obj.get("spec"):
+                                continue  # a status write of ours, not a policy change
+                        yield self.snapshot()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("PolicyBundle watch restarting", extra={"error": str(exc)})
+                await asyncio.sleep(1.0)
+
+    async def write_status(
+        self, name: str, status: Mapping[str, Any], *, now: Callable[[], str]
+    ) -> None:
+        """Patch one resource's status; ``conditions`` get lastTransitionTime ``now()``."""
+        _, namespace, cr_name = name.split("/", 2)
+        obj = self.objects.get(name)
+        if obj is None:
+            return
+        old = obj.get("status") or {}
+        body_status = dict(status)
+        conds = []
+        for cond in status.get("conditions", []):
+            prior = next(
+                (c for c in old.get("conditions", []) if c.get("type") == cond["type"]), None
+            )
+            same = prior is not None and prior.get("status") == cond["status"]
+            stamp = prior.get("lastTransitionTime") if same and prior else now()
+            conds.append({**cond, "lastTransitionTime": stamp})
+        body_status["conditions"] = conds
+        comparable = {k: v for k, v in old.items()}
+        if comparable == body_status:
+            return
+        with contextlib.suppress(Exception):
+            obj["status"] = body_status
+        await self.api.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, cr_name, {"status": body_status}
+        )

@@ -1,0 +1,495 @@
+"""The distributor's embedded store (SQLite): bundle history, fleet, approvals, audit.
+
+Every replica opens the same database (a file on a shared volume, or one
+replica's in a single-replica install). Revision numbers are agreed through
+it without a leader: ``publish`` runs in one ``BEGIN IMMEDIATE`` transaction
+that compares the compiled digest with what the sources last produced and with
+the latest revision, and inserts ``latest + 1`` only when the content is new.
+Two replicas compiling the same sources therefore end on the same revision
+with the same digest; whichever commits second finds it already there.
+
+History is append-only: a rollback inserts the old document as a new revision.
+
+All methods are synchronous and short; the server calls them from one worker
+thread (``AsyncStore``) so the event loop never waits on a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS revisions (
+  revision INTEGER PRIMARY KEY,
+  digest TEXT NOT NULL,
+  name TEXT NOT NULL,
+  document BLOB NOT NULL,
+  created REAL NOT NULL,
+  origin TEXT NOT NULL,
+  author TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS clients (
+  id TEXT PRIMARY KEY,
+  kind TEXT NOT NULL, node TEXT, namespace TEXT, pod TEXT, tenant TEXT, server TEXT,
+  version TEXT, replica TEXT, connected INTEGER NOT NULL DEFAULT 0,
+  revision INTEGER NOT NULL DEFAULT 0, digest TEXT NOT NULL DEFAULT '',
+  nack_revision INTEGER NOT NULL DEFAULT 0, nack_error TEXT NOT NULL DEFAULT '',
+  health TEXT NOT NULL DEFAULT '', counters TEXT NOT NULL DEFAULT '{}',
+  summary TEXT NOT NULL DEFAULT '{}', connected_at REAL, last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS approvals (
+  id TEXT PRIMARY KEY,
+  client_id TEXT NOT NULL, created REAL NOT NULL,
+  status TEXT NOT NULL DEFAULT 'pending',
+  agent TEXT, server TEXT, tool TEXT, tenant TEXT, rule_id TEXT, reason TEXT,
+  call_digest TEXT NOT NULL, request BLOB NOT NULL, arguments TEXT NOT NULL DEFAULT '{}',
+  by TEXT NOT NULL DEFAULT '', comment TEXT NOT NULL DEFAULT '',
+  decided_at REAL, expires REAL, delivered INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS audit (
+  source TEXT NOT NULL, seq INTEGER NOT NULL, hash TEXT NOT NULL,
+  time REAL, kind TEXT, agent TEXT, tenant TEXT, server TEXT, tool TEXT,
+  decision TEXT, rule_id TEXT, record BLOB, json TEXT NOT NULL, received REAL NOT NULL,
+  PRIMARY KEY (source, seq, hash)
+);
+CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
+"""
+
+
+class StoreError(Exception):
+    """A store operation was refused (unknown revision, approval already decided, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    revision: int
+    digest: str
+    name: str
+    document: bytes
+    created: float
+    origin: str
+    author: str
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "digest": self.digest,
+            "name": self.name,
+            "created": self.created,
+            "origin": self.origin,
+            "author": self.author,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    source: str
+    seq: int
+    hash: str
+    time: float
+    kind: str
+    agent: str
+    tenant: str
+    server: str
+    tool: str
+    decision: str
+    rule_id: str
+    record: bytes
+    json: str
+
+
+class Store:
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = str(path)
+        self.clock = clock
+        self._lock = threading.Lock()
+        self.db = sqlite3.connect(
+            self.path, timeout=30, check_same_thread=False, isolation_level=None
+        )
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(self.db)
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+            return result
+
+    # -- bundles -----------------------------------------------------------
+    @staticmethod
+    def _revision(row: sqlite3.Row | None) -> Revision | None:
+        if row is None:
+            return None
+        return Revision(
+            row["revision"],
+            row["digest"],
+            row["name"],
+            bytes(row["document"]),
+            row["created"],
+            row["origin"],
+            row["author"],
+        )
+
+    def latest(self) -> Revision | None:
+        with self._lock:
+            row = self.db.execute(
+                "SELECT * FROM revisions ORDER BY revision DESC LIMIT 1"
+            ).fetchone()
+        return self._revision(row)
+
+    def latest_number(self) -> int:
+        with self._lock:
+            row = self.db.execute("SELECT max(revision) FROM revisions").fetchone()
+        return int(row[0] or 0)
+
+    def get(self, revision: int) -> Revision | None:
+        with self._lock:
+            row = self.db.execute(
+                "SELECT * FROM revisions WHERE revision=?", (revision,)
+            ).fetchone()
+        return self._revision(row)
+
+    def history(self, limit: int = 50) -> list[Revision]:
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT * FROM revisions ORDER BY revision DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [r for r in (self._revision(row) for row in rows) if r is not None]
+
+    def publish(self, digest: str, name: str, document: bytes) -> tuple[Revision, bool]:
+        """Record compiled source content; returns (current revision, whether it is new)."""
+
+        def run(db: sqlite3.Connection) -> tuple[Revision, bool]:
+            seen = db.execute("SELECT value FROM meta WHERE key='source_digest'").fetchone()
+            latest = self._revision(
+                db.execute("SELECT * FROM revisions ORDER BY revision DESC LIMIT 1").fetchone()
+            )
+            if latest is not None and (
+                (seen is not None and seen[0] == digest) or latest.digest == digest
+            ):
+                db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('source_digest', ?)", (digest,)
+                )
+                return latest, False
+            rev = Revision(
+                (latest.revision if latest else 0) + 1,
+                digest,
+                name,
+                document,
+                self.clock(),
+                "source",
+                "",
+            )
+            self._insert(db, rev)
+            db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('source_digest', ?)", (digest,)
+            )
+            return rev, True
+
+        return self._tx(run)
+
+    def rollback(self, to: int, author: str) -> tuple[Revision, bool]:
+        """Re-publish revision ``to`` as a new revision (unless it is already the latest)."""
+
+        def run(db: sqlite3.Connection) -> tuple[Revision, bool]:
+            old = self._revision(
+                db.execute("SELECT * FROM revisions WHERE revision=?", (to,)).fetchone()
+            )
+            if old is None:
+                raise StoreError(f"no revision {to} in history")
+            latest = self._revision(
+                db.execute("SELECT * FROM revisions ORDER BY revision DESC LIMIT 1").fetchone()
+            )
+            assert latest is not None
+            if latest.digest == old.digest:
+                return latest, False
+            rev = Revision(
+                latest.revision + 1,
+                old.digest,
+                old.name,
+                old.document,
+                self.clock(),
+                f"rollback:{to}",
+                author,
+            )
+            self._insert(db, rev)
+            return rev, True
+
+        return self._tx(run)
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, rev: Revision) -> None:
+        db.execute(
+            "INSERT INTO revisions(revision, digest, name, document, created, origin, author)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (rev.revision, rev.digest, rev.name, rev.document, rev.created, rev.origin, rev.author),
+        )
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    # -- fleet -------------------------------------------------------------
+    def upsert_clients(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        cols = (
+            "id",
+            "kind",
+            "node",
+            "namespace",
+            "pod",
+            "tenant",
+            "server",
+            "version",
+            "replica",
+            "connected",
+            "revision",
+            "digest",
+            "nack_revision",
+            "nack_error",
+            "health",
+            "counters",
+            "summary",
+            "connected_at",
+            "last_seen",
+        )
+        # Column names are the constants above; values are bound parameters.
+        sql = (
+            f"INSERT OR REPLACE INTO clients({', '.join(cols)})"  # noqa: S608
+            f" VALUES ({', '.join('?' for _ in cols)})"
+        )
+        values = [
+            tuple(json.dumps(r[c]) if c in ("counters", "summary") else r[c] for c in cols)
+            for r in rows
+        ]
+        self._tx(lambda db: db.executemany(sql, values))
+
+    def disconnect_replica(self, replica: str) -> None:
+        with self._lock:
+            self.db.execute(
+                "UPDATE clients SET connected=0 WHERE replica=? AND connected=1", (replica,)
+            )
+
+    def clients(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self.db.execute("SELECT * FROM clients ORDER BY kind, id").fetchall()
+        out = []
+        for row in rows:
+            d = dict(row)
+            d["counters"] = json.loads(d["counters"])
+            d["summary"] = json.loads(d["summary"])
+            d["connected"] = bool(d["connected"])
+            out.append(d)
+        return out
+
+    # -- approvals ---------------------------------------------------------
+    def add_approval(self, row: Mapping[str, Any]) -> bool:
+        """Store a new pending request; False when that id is already known."""
+        with self._lock:
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO approvals(id, client_id, created, agent, server, tool,"
+                " tenant, rule_id, reason, call_digest, request, arguments)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    row["id"],
+                    row["client_id"],
+                    self.clock(),
+                    row["agent"],
+                    row["server"],
+                    row["tool"],
+                    row["tenant"],
+                    row["rule_id"],
+                    row["reason"],
+                    row["call_digest"],
+                    row["request"],
+                    json.dumps(row["arguments"]),
+                ),
+            )
+            return cur.rowcount == 1
+
+    def decide_approval(
+        self, approval_id: str, approved: bool, by: str, comment: str, window_s: float
+    ) -> dict[str, Any]:
+        def run(db: sqlite3.Connection) -> dict[str, Any]:
+            row = db.execute("SELECT * FROM approvals WHERE id=?", (approval_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no approval {approval_id!r}")
+            if row["status"] != "pending":
+                raise StoreError(f"approval {approval_id!r} is already {row['status']}")
+            now = self.clock()
+            db.execute(
+                "UPDATE approvals SET status=?, by=?, comment=?, decided_at=?, expires=?"
+                " WHERE id=?",
+                (
+                    "approved" if approved else "denied",
+                    by,
+                    comment,
+                    now,
+                    now + window_s if approved else now,
+                    approval_id,
+                ),
+            )
+            out = db.execute("SELECT * FROM approvals WHERE id=?", (approval_id,)).fetchone()
+            return self._approval(out)
+
+        return self._tx(run)
+
+    @staticmethod
+    def _approval(row: sqlite3.Row) -> dict[str, Any]:
+        d = dict(row)
+        d.pop("request", None)
+        d["arguments"] = json.loads(d["arguments"])
+        d["delivered"] = bool(d["delivered"])
+        return d
+
+    def approvals(self, status: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM approvals"
+        args: tuple[Any, ...] = ()
+        if status:
+            sql += " WHERE status=?"
+            args = (status,)
+        with self._lock:
+            rows = self.db.execute(sql + " ORDER BY created", args).fetchall()
+        return [self._approval(r) for r in rows]
+
+    def undelivered_decisions(self, client_ids: Iterable[str]) -> list[dict[str, Any]]:
+        ids = list(client_ids)
+        if not ids:
+            return []
+        out: list[dict[str, Any]] = []
+        with self._lock:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = self.db.execute(
+                    "SELECT * FROM approvals WHERE status != 'pending' AND delivered=0"  # noqa: S608
+                    f" AND client_id IN ({', '.join('?' for _ in chunk)})",
+                    chunk,
+                ).fetchall()
+                out.extend(self._approval(r) for r in rows)
+        return out
+
+    def mark_delivered(self, approval_id: str) -> None:
+        with self._lock:
+            self.db.execute("UPDATE approvals SET delivered=1 WHERE id=?", (approval_id,))
+
+    # -- audit -------------------------------------------------------------
+    def add_audit(self, rows: Sequence[AuditRow]) -> int:
+        """Store idempotently; returns how many rows were new."""
+        now = self.clock()
+
+        def run(db: sqlite3.Connection) -> int:
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO audit(source, seq, hash, time, kind, agent, tenant, server,"
+                " tool, decision, rule_id, record, json, received)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        r.source,
+                        r.seq,
+                        r.hash,
+                        r.time,
+                        r.kind,
+                        r.agent,
+                        r.tenant,
+                        r.server,
+                        r.tool,
+                        r.decision,
+                        r.rule_id,
+                        r.record,
+                        r.json,
+                        now,
+                    )
+                    for r in rows
+                ],
+            )
+            return db.total_changes - before
+
+        return self._tx(run)
+
+    def query_audit(
+        self,
+        *,
+        agent: str = "",
+        tool: str = "",
+        decision: str = "",
+        source: str = "",
+        kind: str = "",
+        since: float = 0.0,
+        until: float = 0.0,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        clauses: list[str] = []
+        args: list[Any] = []
+        for col, value in (
+            ("agent", agent),
+            ("tool", tool),
+            ("decision", decision),
+            ("source", source),
+            ("kind", kind),
+        ):
+            if value:
+                clauses.append(f"{col}=?")
+                args.append(value)
+        if since:
+            clauses.append("time>=?")
+            args.append(since)
+        if until:
+            clauses.append("time<?")
+            args.append(until)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        args.append(limit)
+        with self._lock:
+            rows = self.db.execute(
+                f"SELECT json FROM audit{where} ORDER BY time, source, seq LIMIT ?",  # noqa: S608
+                args,
+            ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def audit_count(self) -> int:
+        with self._lock:
+            return int(self.db.execute("SELECT count(*) FROM audit").fetchone()[0])
+
+
+class AsyncStore:
+    """Runs ``Store`` calls on one worker thread, off the event loop."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.store.close()
