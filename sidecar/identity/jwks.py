@@ -140,7 +140,9 @@ class JwksCache:
                 self._install(document)
             except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
                 log.warning(
-                    "jwks refresh failed; keeping the last good keys while they are fresh enough",
+                    "jwks refresh for %s failed (%s); keeping the last good keys while fresh",
+                    self.config.issuer,
+                    exc,
                     extra={"issuer": self.config.issuer, "error": str(exc)},
                 )
 
@@ -189,7 +191,7 @@ class JwksCache:
         raise ValueError(f"no authorization server metadata for {self.config.issuer}: {last}")
 
     async def _get_json(self, url: str) -> dict[str, Any]:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json, application/jwk-set+json"}
         if self.config.fetch_token_file:
             token = await asyncio.to_thread(_read_text, self.config.fetch_token_file)
             headers["Authorization"] = "Bearer " + token.strip()

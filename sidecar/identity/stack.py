@@ -23,7 +23,7 @@ from sidecar.identity.tokenreview import TokenReviewer, file_credential
 
 log = logging.getLogger(__name__)
 
-SA_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+SA_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 (a path)
 SA_CA_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 
 
