@@ -136,7 +136,7 @@ class CABundleKeeper:
         for _ in range(5):
             doc = await self._read()
             if doc is None:
-                log.warning("webhook configuration not found", extra={"name": self.name})
+                log.warning("webhook configuration not found", extra={"webhook_config": self.name})
                 return False
             ops = ca_bundle_ops(doc, self.wanted)
             if not ops:
@@ -148,7 +148,9 @@ class CABundleKeeper:
                     continue
                 raise
             self.patches += 1
-            log.info("caBundle patched", extra={"name": self.name, "webhooks": len(ops) // 2})
+            log.info(
+                "caBundle patched", extra={"webhook_config": self.name, "webhooks": len(ops) // 2}
+            )
             return True
         return False
 
@@ -172,7 +174,8 @@ class CABundleKeeper:
                             and ca_bundle_ops(obj, self.wanted)
                         ):
                             log.warning(
-                                "caBundle was overwritten; restoring", extra={"name": self.name}
+                                "caBundle was overwritten; restoring",
+                                extra={"webhook_config": self.name},
                             )
                             await self.ensure_current()
             except asyncio.CancelledError:

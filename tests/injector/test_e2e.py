@@ -1,0 +1,402 @@
+"""The injector against a real kube-apiserver: pods are created through the API and
+the stored pod is what is asserted.
+
+A real ``palisade injector`` process (self-signed TLS, shared Secret) is
+registered through a real MutatingWebhookConfiguration whose caBundle it fills
+itself; the API server calls it over HTTPS on 127.0.0.1. Namespaces used here
+also carry ``palisade.dev/e2e=injector`` so that this configuration touches no
+other test's namespaces.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness.controlplane import ApiError, ControlPlane
+from tests.harness.process import ManagedProcess, free_port
+
+pytestmark = pytest.mark.e2e
+
+OWN_NAMESPACE = "palisade-inj-e2e"
+CONFIG = "palisade-injector-e2e"
+SECRET = "palisade-injector-e2e-tls"
+E2E = {"palisade.dev/e2e": "injector"}
+SIDECAR = "palisade-sidecar"
+
+
+def webhook_configuration(port: int) -> dict[str, Any]:
+    """The same shape as the chart's, pointed at 127.0.0.1 instead of a Service."""
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": CONFIG},
+        "webhooks": [
+            {
+                "name": "inject.palisade.dev",
+                "admissionReviewVersions": ["v1"],
+                "clientConfig": {"url": f"https://127.0.0.1:{port}/mutate"},
+                "rules": [
+                    {
+                        "operations": ["CREATE"],
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "resources": ["pods"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "reinvocationPolicy": "IfNeeded",
+                "timeoutSeconds": 5,
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        {
+                            "key": "palisade.dev/inject",
+                            "operator": "In",
+                            "values": ["enabled", "required"],
+                        },
+                        {"key": "palisade.dev/e2e", "operator": "In", "values": ["injector"]},
+                        {
+                            "key": "kubernetes.io/metadata.name",
+                            "operator": "NotIn",
+                            "values": [
+                                "kube-system",
+                                "kube-public",
+                                "kube-node-lease",
+                                OWN_NAMESPACE,
+                            ],
+                        },
+                    ]
+                },
+                "objectSelector": {
+                    "matchExpressions": [{"key": "palisade.dev/mcp-server", "operator": "Exists"}]
+                },
+            }
+        ],
+    }
+
+
+class Injector:
+    """A ``palisade injector`` process pointed at the test control plane."""
+
+    def __init__(self, kube: ControlPlane, port: int, workdir: Path) -> None:
+        self.kube = kube
+        self.port = port
+        self.workdir = workdir
+        self.proc: ManagedProcess | None = None
+
+    def start(self) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "palisade.cli.main",
+            "injector",
+            "--kubeconfig",
+            str(self.kube.kubeconfig),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--namespace",
+            OWN_NAMESPACE,
+            "--webhook-config",
+            CONFIG,
+            "--tls-secret",
+            SECRET,
+            "--tls-dir",
+            str(self.workdir / "tls"),
+            "--extra-san",
+            "127.0.0.1",
+            "--resync-seconds",
+            "2",
+            "--namespace-cache-seconds",
+            "0",
+            "--sidecar-image",
+            "palisade:e2e",
+        ]
+        self.proc = ManagedProcess(
+            "injector", argv, self.workdir / "injector.log", env=self.kube.env()
+        )
+        self.proc.start()
+        deadline = time.monotonic() + 30
+        while not self.ready():
+            if not self.proc.running() or time.monotonic() > deadline:
+                raise RuntimeError(f"injector did not become ready:\n{self.proc.log_tail()}")
+            time.sleep(0.2)
+
+    def ca_bundle(self) -> bytes:
+        doc = self.kube.request(
+            "GET", f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{CONFIG}"
+        )
+        return base64.b64decode(doc["webhooks"][0]["clientConfig"].get("caBundle", ""))
+
+    def ready(self) -> bool:
+        bundle = self.ca_bundle()
+        if not bundle:
+            return False
+        context = ssl.create_default_context(cadata=bundle.decode())
+        try:
+            with urllib.request.urlopen(
+                f"https://127.0.0.1:{self.port}/readyz", context=context, timeout=2
+            ) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+    def log(self) -> str:
+        return self.proc.log_tail(60) if self.proc else ""
+
+
+@pytest.fixture(scope="module")
+def injector(kube: ControlPlane) -> Iterator[Injector]:
+    kube.create_namespace(OWN_NAMESPACE)
+    port = free_port()
+    path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+    kube.request("POST", path, webhook_configuration(port))
+    with tempfile.TemporaryDirectory(prefix="palisade-injector-") as tmp:
+        proc = Injector(kube, port, Path(tmp))
+        try:
+            proc.start()
+            yield proc
+        finally:
+            proc.stop()
+            kube.request("DELETE", f"{path}/{CONFIG}")
+
+
+def namespace(kube: ControlPlane, mode: str | None) -> str:
+    name = f"inj-{mode or 'plain'}-{uuid.uuid4().hex[:6]}"
+    labels = dict(E2E)
+    if mode:
+        labels["palisade.dev/inject"] = mode
+    kube.create_namespace(name, labels=labels)
+    return name
+
+
+def mcp_pod(name: str = "mcp", **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "containers": [
+            {
+                "name": "server",
+                "image": "example/mcp:1",
+                "ports": [{"name": "mcp", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/health", "port": "mcp"}},
+            }
+        ]
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"palisade.dev/mcp-server": "kubernetes-mcp"}},
+        "spec": body,
+    }
+
+
+def create(kube: ControlPlane, ns: str, pod: dict[str, Any]) -> dict[str, Any]:
+    """Create the pod and return it as stored (read back from the API)."""
+    kube.request("POST", f"/api/v1/namespaces/{ns}/pods", pod)
+    stored: dict[str, Any] = kube.request(
+        "GET", f"/api/v1/namespaces/{ns}/pods/{pod['metadata']['name']}"
+    )
+    return stored
+
+
+def sidecars(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = pod["spec"]
+    return [c for c in spec["containers"] + spec.get("initContainers", []) if c["name"] == SIDECAR]
+
+
+def status(pod: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(pod["metadata"].get("annotations", {}).get("palisade.dev/status", "{}"))
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+# --- registration -----------------------------------------------------------------
+
+
+def test_the_webhook_is_registered_with_the_ca_it_generated(
+    kube: ControlPlane, injector: Injector
+) -> None:
+    secret = kube.request("GET", f"/api/v1/namespaces/{OWN_NAMESPACE}/secrets/{SECRET}")
+    ca = base64.b64decode(secret["data"]["ca.crt"])
+    assert injector.ca_bundle() == ca
+    assert b"BEGIN CERTIFICATE" in ca
+
+
+# --- selection ----------------------------------------------------------------------
+
+
+def test_an_mcp_pod_in_an_enabled_namespace_gets_a_native_sidecar(
+    kube: ControlPlane, injector: Injector
+) -> None:
+    pod = create(kube, namespace(kube, "enabled"), mcp_pod())
+    (side,) = sidecars(pod)
+    assert pod["spec"]["initContainers"][0]["name"] == SIDECAR
+    assert side["restartPolicy"] == "Always"
+    assert side["ports"][0]["name"] == "mcp"
+    assert "http://127.0.0.1:8080" in side["args"]
+    server = pod["spec"]["containers"][0]
+    assert server["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
+    assert server["readinessProbe"]["httpGet"]["port"] == 8080
+    assert side["securityContext"]["readOnlyRootFilesystem"] is True
+    assert side["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert {"palisade-socket", "palisade-bundle-cache"} <= {
+        v["name"] for v in pod["spec"]["volumes"]
+    }
+    assert status(pod)["state"] == "injected"
+    assert status(pod)["mode"] == "native"
+
+
+def test_a_pod_in_an_unlabelled_namespace_is_untouched(
+    kube: ControlPlane, injector: Injector
+) -> None:
+    pod = create(kube, namespace(kube, None), mcp_pod())
+    assert sidecars(pod) == []
+    assert pod["spec"]["containers"][0]["ports"][0]["name"] == "mcp"
+
+
+def test_a_pod_that_is_not_an_mcp_server_is_untouched(
+    kube: ControlPlane, injector: Injector
+) -> None:
+    body = mcp_pod()
+    body["metadata"]["labels"] = {"app": "web"}
+    assert sidecars(create(kube, namespace(kube, "enabled"), body)) == []
+
+
+def test_an_opt_out_is_honoured_in_an_enabled_namespace(
+    kube: ControlPlane, injector: Injector
+) -> None:
+    body = mcp_pod()
+    body["metadata"]["annotations"] = {"palisade.dev/inject": "false"}
+    assert sidecars(create(kube, namespace(kube, "enabled"), body)) == []
+
+
+def test_an_opt_out_is_refused_in_a_required_namespace(
+    kube: ControlPlane, injector: Injector
+) -> None:
+    ns = namespace(kube, "required")
+    body = mcp_pod()
+    body["metadata"]["annotations"] = {"palisade.dev/inject": "false"}
+    with pytest.raises(ApiError) as refused:
+        create(kube, ns, body)
+    assert refused.value.status == 403
+    assert "requires the Palisade sidecar" in str(refused.value)
+    assert len(sidecars(create(kube, ns, mcp_pod("governed")))) == 1
+
+
+def test_a_host_network_pod_is_skipped_with_a_reason(
+    kube: ControlPlane, injector: Injector
+) -> None:
+    pod = create(kube, namespace(kube, "enabled"), mcp_pod(hostNetwork=True))
+    assert sidecars(pod) == []
+    assert status(pod)["state"] == "skipped"
+    assert "hostNetwork" in status(pod)["reason"]
+
+
+# --- pod shapes -----------------------------------------------------------------------
+
+
+def test_an_existing_native_sidecar_and_init_containers_are_kept(
+    kube: ControlPlane, injector: Injector
+) -> None:
+    inits = [
+        {"name": "mesh-proxy", "image": "mesh:1", "restartPolicy": "Always"},
+        {"name": "migrate", "image": "migrate:1"},
+    ]
+    pod = create(kube, namespace(kube, "enabled"), mcp_pod(initContainers=inits))
+    assert [c["name"] for c in pod["spec"]["initContainers"]] == [SIDECAR, "mesh-proxy", "migrate"]
+
+
+def test_multiple_containers_and_ports(kube: ControlPlane, injector: Injector) -> None:
+    body = mcp_pod()
+    body["spec"]["containers"] = [
+        {
+            "name": "shipper",
+            "image": "shipper:1",
+            "ports": [{"name": "metrics", "containerPort": 9090}],
+        },
+        {
+            "name": "server",
+            "image": "example/mcp:1",
+            "ports": [
+                {"name": "admin", "containerPort": 8081},
+                {"name": "mcp", "containerPort": 3000},
+            ],
+        },
+    ]
+    pod = create(kube, namespace(kube, "enabled"), body)
+    (side,) = sidecars(pod)
+    assert "http://127.0.0.1:3000" in side["args"]
+    server = pod["spec"]["containers"][1]
+    assert [p.get("name") for p in server["ports"]] == ["admin", None]
+    assert pod["spec"]["containers"][0]["ports"][0]["name"] == "metrics"
+    assert {
+        "name": "palisade-socket",
+        "mountPath": "/var/run/palisade",
+        "readOnly": True,
+    } in server["volumeMounts"]
+
+
+def test_a_pod_without_ports(kube: ControlPlane, injector: Injector) -> None:
+    body = mcp_pod()
+    del body["spec"]["containers"][0]["ports"]
+    del body["spec"]["containers"][0]["readinessProbe"]
+    pod = create(kube, namespace(kube, "enabled"), body)
+    (side,) = sidecars(pod)
+    assert side["ports"] == [{"name": "mcp", "containerPort": 9400, "protocol": "TCP"}]
+    assert "http://127.0.0.1:8080" in side["args"]
+
+
+# --- certificates and failure -------------------------------------------------------
+
+
+def test_an_overwritten_ca_bundle_is_patched_back(kube: ControlPlane, injector: Injector) -> None:
+    good = injector.ca_bundle()
+    path = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{CONFIG}"
+    bogus = base64.b64encode(
+        b"-----BEGIN CERTIFICATE-----\nbogus\n-----END CERTIFICATE-----\n"
+    ).decode()
+    kube.request(
+        "PATCH",
+        path,
+        [{"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": bogus}],
+        content_type="application/json-patch+json",
+    )
+    wait_for(lambda: injector.ca_bundle() == good, 15, "caBundle to be restored")
+    assert len(sidecars(create(kube, namespace(kube, "enabled"), mcp_pod()))) == 1
+
+
+def test_with_the_webhook_down_labelled_namespaces_refuse_pods_and_others_do_not(
+    kube: ControlPlane, injector: Injector
+) -> None:
+    enabled, plain = namespace(kube, "enabled"), namespace(kube, None)
+    injector.stop()
+    try:
+        with pytest.raises(ApiError) as refused:
+            create(kube, enabled, mcp_pod())
+        assert "inject.palisade.dev" in str(refused.value)
+        assert sidecars(create(kube, plain, mcp_pod())) == []
+    finally:
+        injector.start()
+    assert len(sidecars(create(kube, enabled, mcp_pod("after-restart")))) == 1
