@@ -1,0 +1,664 @@
+"""Plain document (from YAML or JSON) -> checked :class:`Bundle`, or every error at once.
+
+The checks, each with its own message: missing or wrong ``apiVersion`` and
+``kind``; unknown fields (with a suggestion); wrong types; bad enum values;
+missing required fields; duplicate servers, tools, tenants, agents, rules,
+budgets and tests; references to unknown servers, agents and tenants; bad
+globs; empty match lists; CEL that does not compile or uses unknown variables;
+bad budget and quota numbers; tests expecting an unknown rule.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterable, Mapping
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import cel
+
+from palisade.bundle.errors import BundleValidationError, Issue
+from palisade.bundle.globs import glob_problem, is_glob
+from palisade.bundle.schema import (
+    API_VERSION,
+    KIND,
+    Agent,
+    Budgets,
+    Bundle,
+    BundleTest,
+    Enforcement,
+    FailureMode,
+    GpuQuota,
+    Identity,
+    Match,
+    RateLimit,
+    RatePer,
+    Rule,
+    Server,
+    SpendCap,
+    Tenant,
+    TestCall,
+    TestExpect,
+    Tool,
+)
+from palisade.bundle.yamlpos import Path, Positions, path_str
+from palisade.policy.types import Decision, Risk
+
+E = TypeVar("E", bound=StrEnum)
+T = TypeVar("T")
+
+#: Variables a ``when`` expression may use (comprehension variables aside).
+CEL_VARIABLES = frozenset({"args", "agent", "call"})
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
+_COMPREHENSION = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)")
+_MISSING = object()
+
+
+def _typename(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+class _Checker:
+    """Collects issues while reading one document."""
+
+    def __init__(self, positions: Positions) -> None:
+        self.positions = positions
+        self.issues: list[Issue] = []
+
+    def err(self, path: Path, message: str) -> None:
+        self.issues.append(Issue(self.positions.at(path), path_str(path), message))
+
+    # -- shapes -------------------------------------------------------------
+
+    def obj(
+        self, value: Any, path: Path, required: Iterable[str], optional: Iterable[str]
+    ) -> dict[str, Any] | None:
+        req = tuple(required)
+        allowed = (*req, *optional)
+        if not isinstance(value, dict):
+            self.err(path, f"must be a mapping, got {_typename(value)}")
+            return None
+        for key in value:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                self.err(
+                    (*path, key),
+                    f"unknown field {key!r}{hint} (allowed here: {', '.join(allowed)})",
+                )
+        for key in req:
+            if key not in value:
+                self.err(path, f"missing required field {key!r}")
+        return value
+
+    def string(self, d: Mapping[str, Any], key: str, path: Path, default: str = "") -> str:
+        value = d.get(key, _MISSING)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, str):
+            self.err((*path, key), f"must be a string, got {_typename(value)}")
+            return default
+        return value
+
+    def name(self, d: Mapping[str, Any], key: str, path: Path) -> str:
+        value = self.string(d, key, path)
+        if key in d and isinstance(d[key], str) and not value.strip():
+            self.err((*path, key), "must not be empty")
+        return value
+
+    def number(
+        self,
+        d: Mapping[str, Any],
+        key: str,
+        path: Path,
+        default: float | None,
+        *,
+        minimum: float | None = 0.0,
+        exclusive: bool = False,
+    ) -> float | None:
+        value = d.get(key, _MISSING)
+        if value is _MISSING or (value is None and default is None):
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.err((*path, key), f"must be a number, got {_typename(value)}")
+            return default
+        if value != value or value in (float("inf"), float("-inf")):
+            self.err((*path, key), "must be a finite number")
+            return default
+        if minimum is not None and (value <= minimum if exclusive else value < minimum):
+            word = "greater than" if exclusive else "at least"
+            self.err((*path, key), f"must be {word} {minimum:g}, got {value:g}")
+            return default
+        return float(value)
+
+    def integer(
+        self, d: Mapping[str, Any], key: str, path: Path, default: int | None, minimum: int = 0
+    ) -> int | None:
+        value = d.get(key, _MISSING)
+        if value is _MISSING or (value is None and default is None):
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.err((*path, key), f"must be a whole number, got {_typename(value)}")
+            return default
+        if value < minimum:
+            self.err((*path, key), f"must be at least {minimum}, got {value}")
+            return default
+        return value
+
+    def boolean(self, d: Mapping[str, Any], key: str, path: Path, default: bool) -> bool:
+        value = d.get(key, _MISSING)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, bool):
+            self.err((*path, key), f"must be true or false, got {_typename(value)}")
+            return default
+        return value
+
+    def enum(self, d: Mapping[str, Any], key: str, path: Path, kind: type[E], default: E) -> E:
+        value = d.get(key, _MISSING)
+        if value is _MISSING:
+            return default
+        got = self.enum_value(value, (*path, key), kind)
+        return default if got is None else got
+
+    def enum_value(self, value: Any, path: Path, kind: type[E]) -> E | None:
+        choices = [m.value for m in kind]
+        if isinstance(value, str) and value in choices:
+            return kind(value)
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        self.err(path, f"{value!r} is not one of {', '.join(choices)}{hint}")
+        return None
+
+    def items(self, d: Mapping[str, Any], key: str, path: Path) -> list[tuple[Path, Any]]:
+        value = d.get(key, _MISSING)
+        if value is _MISSING or value is None:
+            return []
+        if not isinstance(value, list):
+            self.err((*path, key), f"must be a list, got {_typename(value)}")
+            return []
+        return [((*path, key, i), v) for i, v in enumerate(value)]
+
+    def strings(
+        self, d: Mapping[str, Any], key: str, path: Path, *, globs: bool = False
+    ) -> tuple[str, ...]:
+        out: list[str] = []
+        for p, v in self.items(d, key, path):
+            if not isinstance(v, str):
+                self.err(p, f"must be a string, got {_typename(v)}")
+                continue
+            if globs:
+                problem = glob_problem(v)
+                if problem:
+                    self.err(p, f"bad glob {v!r}: {problem}")
+                    continue
+            out.append(v)
+        return tuple(out)
+
+    def str_map(self, d: Mapping[str, Any], key: str, path: Path) -> dict[str, str]:
+        value = d.get(key, _MISSING)
+        if value is _MISSING or value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.err((*path, key), f"must be a mapping of strings, got {_typename(value)}")
+            return {}
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            if not isinstance(v, str):
+                self.err((*path, key, k), f"must be a string, got {_typename(v)}")
+            else:
+                out[k] = v
+        return out
+
+    def unique(self, entries: Iterable[tuple[Path, str]], what: str) -> None:
+        seen: dict[str, Path] = {}
+        for path, name in entries:
+            if not name:
+                continue
+            if name in seen:
+                first = self.positions.at(seen[name])
+                where = f" (first at line {first.line})" if first.line else ""
+                self.err(path, f"duplicate {what} {name!r}{where}; {what}s must be unique")
+            else:
+                seen[name] = path
+
+
+# -- sections -----------------------------------------------------------------
+
+
+def _tool(c: _Checker, path: Path, raw: Any) -> Tool | None:
+    d = c.obj(raw, path, ["name"], ["risk", "cost", "untrustedOutput", "secretArguments", "pinned"])
+    if d is None:
+        return None
+    risk = c.enum_value(d["risk"], (*path, "risk"), Risk) if "risk" in d else None
+    pinned = c.string(d, "pinned", path)
+    if pinned and not _SHA256.match(pinned):
+        c.err((*path, "pinned"), "must be 'sha256:' followed by 64 lowercase hex digits")
+    return Tool(
+        name=c.name(d, "name", path),
+        risk=risk,
+        cost=c.number(d, "cost", path, 0.0) or 0.0,
+        untrusted_output=c.boolean(d, "untrustedOutput", path, False),
+        secret_arguments=c.strings(d, "secretArguments", path),
+        pinned=pinned,
+    )
+
+
+def _server(c: _Checker, path: Path, raw: Any) -> Server | None:
+    d = c.obj(raw, path, ["name", "tools"], ["versions", "images"])
+    if d is None:
+        return None
+    images = c.strings(d, "images", path)
+    for i, image in enumerate(images):
+        if not _SHA256.match(image):
+            c.err((*path, "images", i), "must be an image digest 'sha256:<64 hex digits>'")
+    tools: list[Tool] = []
+    tool_names: list[tuple[Path, str]] = []
+    for p, raw_t in c.items(d, "tools", path):
+        t = _tool(c, p, raw_t)
+        if t is not None:
+            tools.append(t)
+            tool_names.append(((*p, "name"), t.name))
+    c.unique(tool_names, "tool")
+    return Server(
+        name=c.name(d, "name", path),
+        versions=c.strings(d, "versions", path, globs=True),
+        images=images,
+        tools=tuple(tools),
+    )
+
+
+def _quota(c: _Checker, path: Path, raw: Any) -> GpuQuota | None:
+    d = c.obj(
+        raw,
+        path,
+        [],
+        [
+            "gpus",
+            "gpuMemoryBytes",
+            "migInstances",
+            "powerWatts",
+            "allocatedDevicesOnly",
+            "enforcement",
+            "gracePeriodSeconds",
+        ],
+    )
+    if d is None:
+        return None
+    mig: dict[str, int] = {}
+    raw_mig = d.get("migInstances") or {}
+    if not isinstance(raw_mig, dict):
+        c.err((*path, "migInstances"), f"must be a mapping, got {_typename(raw_mig)}")
+    else:
+        for profile in raw_mig:
+            n = c.integer(raw_mig, profile, (*path, "migInstances"), None)
+            if n is not None:
+                mig[profile] = n
+    return GpuQuota(
+        gpus=c.integer(d, "gpus", path, None),
+        gpu_memory_bytes=c.integer(d, "gpuMemoryBytes", path, None),
+        mig_instances=mig,
+        power_watts=c.number(d, "powerWatts", path, None),
+        allocated_devices_only=c.boolean(d, "allocatedDevicesOnly", path, False),
+        enforcement=c.enum(d, "enforcement", path, Enforcement, Enforcement.REPORT),
+        grace_period_seconds=c.number(d, "gracePeriodSeconds", path, 30.0) or 0.0,
+    )
+
+
+def _tenant(c: _Checker, path: Path, raw: Any) -> Tenant | None:
+    d = c.obj(raw, path, ["name"], ["namespaces", "gpuQuota"])
+    if d is None:
+        return None
+    quota = _quota(c, (*path, "gpuQuota"), d["gpuQuota"]) if "gpuQuota" in d else None
+    return Tenant(
+        name=c.name(d, "name", path),
+        namespaces=c.strings(d, "namespaces", path),
+        gpu_quota=quota,
+    )
+
+
+def _agent(c: _Checker, path: Path, raw: Any) -> Agent | None:
+    d = c.obj(raw, path, ["id"], ["tenant", "namespaces", "scopes", "identities"])
+    if d is None:
+        return None
+    identities: list[Identity] = []
+    for p, raw_i in c.items(d, "identities", path):
+        i = c.obj(raw_i, p, [], ["issuer", "subject", "serviceAccount"])
+        if i is None:
+            continue
+        ident = Identity(
+            issuer=c.string(i, "issuer", p),
+            subject=c.string(i, "subject", p),
+            service_account=c.string(i, "serviceAccount", p),
+        )
+        if not ident.service_account and not (ident.issuer and ident.subject):
+            c.err(p, "needs either 'serviceAccount' or both 'issuer' and 'subject'")
+        identities.append(ident)
+    return Agent(
+        id=c.name(d, "id", path),
+        tenant=c.string(d, "tenant", path),
+        namespaces=c.strings(d, "namespaces", path),
+        scopes=c.strings(d, "scopes", path),
+        identities=tuple(identities),
+    )
+
+
+def _match(c: _Checker, path: Path, raw: Any) -> Match:
+    if raw is None:
+        return Match()
+    d = c.obj(raw, path, [], ["servers", "tools", "risk", "agents", "tenants", "labels"])
+    if d is None:
+        return Match()
+    for key in ("servers", "tools", "risk", "agents", "tenants"):
+        if d.get(key) == []:
+            c.err((*path, key), "an empty list matches nothing; leave the field out to match any")
+    risks = tuple(
+        r for p, v in c.items(d, "risk", path) if (r := c.enum_value(v, p, Risk)) is not None
+    )
+    labels = c.str_map(d, "labels", path)
+    for k, v in labels.items():
+        problem = glob_problem(v)
+        if problem:
+            c.err((*path, "labels", k), f"bad glob {v!r}: {problem}")
+    return Match(
+        servers=c.strings(d, "servers", path, globs=True),
+        tools=c.strings(d, "tools", path, globs=True),
+        risk=risks,
+        agents=c.strings(d, "agents", path, globs=True),
+        tenants=c.strings(d, "tenants", path, globs=True),
+        labels=labels,
+    )
+
+
+def check_cel(expr: str) -> str:
+    """Return why ``expr`` is not a usable ``when`` condition, or "" when it is."""
+    try:
+        program = cel.compile(expr)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"CEL does not compile: {first}"
+    bound = set(_COMPREHENSION.findall(expr))
+    unknown = sorted(set(program.variables()) - CEL_VARIABLES - bound)
+    if unknown:
+        return (
+            f"CEL uses unknown variable(s) {', '.join(unknown)}; "
+            f"only {', '.join(sorted(CEL_VARIABLES))} are defined"
+        )
+    return ""
+
+
+def _rule(c: _Checker, path: Path, raw: Any) -> Rule | None:
+    d = c.obj(raw, path, ["id", "decision"], ["match", "when", "reason", "retryAfterSeconds"])
+    if d is None:
+        return None
+    decision = c.enum(d, "decision", path, Decision, Decision.DENY)
+    when = c.string(d, "when", path)
+    if when:
+        problem = check_cel(when)
+        if problem:
+            c.err((*path, "when"), problem)
+    return Rule(
+        id=c.name(d, "id", path),
+        decision=decision,
+        match=_match(c, (*path, "match"), d.get("match")),
+        when=when,
+        reason=c.string(d, "reason", path),
+        retry_after_seconds=c.number(d, "retryAfterSeconds", path, 1.0) or 0.0,
+    )
+
+
+def _budgets(c: _Checker, path: Path, raw: Any) -> tuple[Budgets, list[tuple[Path, Match]]]:
+    """The budgets, plus (path, match) of each limit for the reference checks."""
+    if raw is None:
+        return Budgets(), []
+    d = c.obj(raw, path, [], ["rateLimits", "spendCaps", "mutationsPerSession"])
+    if d is None:
+        return Budgets(), []
+    ids: list[tuple[Path, str]] = []
+    matches: list[tuple[Path, Match]] = []
+    rates: list[RateLimit] = []
+    for p, raw_r in c.items(d, "rateLimits", path):
+        r = c.obj(raw_r, p, ["id", "rate", "burst"], ["per", "match"])
+        if r is None:
+            continue
+        rate = c.number(r, "rate", p, None, minimum=0.0, exclusive=True)
+        burst = c.number(r, "burst", p, None, minimum=1.0)
+        rates.append(
+            RateLimit(
+                id=c.name(r, "id", p),
+                rate=rate or 1.0,
+                burst=burst or 1.0,
+                per=c.enum(r, "per", p, RatePer, RatePer.AGENT),
+                match=_match(c, (*p, "match"), r.get("match")),
+            )
+        )
+        ids.append(((*p, "id"), rates[-1].id))
+        matches.append(((*p, "match"), rates[-1].match))
+    caps: list[SpendCap] = []
+    for p, raw_s in c.items(d, "spendCaps", path):
+        s = c.obj(raw_s, p, ["id", "limit", "windowSeconds"], ["match"])
+        if s is None:
+            continue
+        caps.append(
+            SpendCap(
+                id=c.name(s, "id", p),
+                limit=c.number(s, "limit", p, None) or 0.0,
+                window_seconds=c.number(s, "windowSeconds", p, None, exclusive=True) or 1.0,
+                match=_match(c, (*p, "match"), s.get("match")),
+            )
+        )
+        ids.append(((*p, "id"), caps[-1].id))
+        matches.append(((*p, "match"), caps[-1].match))
+    c.unique(ids, "budget id")
+    budgets = Budgets(
+        rate_limits=tuple(rates),
+        spend_caps=tuple(caps),
+        mutations_per_session=c.integer(d, "mutationsPerSession", path, None),
+    )
+    return budgets, matches
+
+
+def _test(c: _Checker, path: Path, raw: Any) -> BundleTest | None:
+    d = c.obj(raw, path, ["name", "call", "expect"], ["repeat", "everySeconds"])
+    if d is None:
+        return None
+    cp = (*path, "call")
+    call_d = c.obj(
+        d.get("call"),
+        cp,
+        ["agent", "server", "tool"],
+        [
+            "arguments",
+            "session",
+            "onBehalfOf",
+            "serverVersion",
+            "labels",
+            "serverDeclaredRisk",
+        ],
+    )
+    ep = (*path, "expect")
+    expect_d = c.obj(d.get("expect"), ep, ["decision"], ["rule", "reasonContains"])
+    if call_d is None or expect_d is None:
+        return None
+    args = call_d.get("arguments", {})
+    if not isinstance(args, dict):
+        c.err((*cp, "arguments"), f"must be a mapping, got {_typename(args)}")
+        args = {}
+    declared = (
+        c.enum_value(call_d["serverDeclaredRisk"], (*cp, "serverDeclaredRisk"), Risk)
+        if "serverDeclaredRisk" in call_d
+        else None
+    )
+    call = TestCall(
+        agent=c.string(call_d, "agent", cp),
+        server=c.string(call_d, "server", cp),
+        tool=c.string(call_d, "tool", cp),
+        arguments=args,
+        session=c.string(call_d, "session", cp, "test-session"),
+        on_behalf_of=c.string(call_d, "onBehalfOf", cp),
+        server_version=c.string(call_d, "serverVersion", cp),
+        labels=c.str_map(call_d, "labels", cp),
+        server_declared_risk=declared,
+    )
+    expect = TestExpect(
+        decision=c.enum(expect_d, "decision", ep, Decision, Decision.DENY),
+        rule=c.string(expect_d, "rule", ep),
+        reason_contains=c.string(expect_d, "reasonContains", ep),
+    )
+    return BundleTest(
+        name=c.name(d, "name", path),
+        call=call,
+        expect=expect,
+        repeat=c.integer(d, "repeat", path, 1, minimum=1) or 1,
+        every_seconds=c.number(d, "everySeconds", path, 0.0) or 0.0,
+    )
+
+
+def _section(
+    c: _Checker,
+    d: Mapping[str, Any],
+    key: str,
+    path: Path,
+    build: Callable[[_Checker, Path, Any], T | None],
+) -> tuple[list[tuple[Path, Any]], list[T | None]]:
+    items = c.items(d, key, path)
+    return items, [build(c, p, raw) for p, raw in items]
+
+
+def _refs(c: _Checker, path: Path, patterns: tuple[str, ...], known: set[str], what: str) -> None:
+    """Exact names must exist; a glob must match at least one known name."""
+    for i, pat in enumerate(patterns):
+        if is_glob(pat):
+            from fnmatch import fnmatchcase
+
+            if known and not any(fnmatchcase(k, pat) for k in known):
+                c.err((*path, i), f"glob {pat!r} matches no declared {what}")
+        elif pat not in known:
+            close = difflib.get_close_matches(pat, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            c.err((*path, i), f"unknown {what} {pat!r}{hint} (declare it under spec.{what}s)")
+
+
+_BUILTIN_RULE_IDS = ("default", "registry", "failure")
+
+
+def build_bundle(doc: Any, positions: Positions) -> Bundle:
+    """Check ``doc`` and build the bundle; raise :class:`BundleValidationError` with every issue."""
+    c = _Checker(positions)
+    root = c.obj(doc, (), ["apiVersion", "kind", "metadata", "spec"], [])
+    if root is None:
+        raise BundleValidationError(c.issues)
+    if "apiVersion" in root and root["apiVersion"] != API_VERSION:
+        c.err(
+            ("apiVersion",), f"unsupported apiVersion {root['apiVersion']!r}; use {API_VERSION!r}"
+        )
+    if "kind" in root and root["kind"] != KIND:
+        c.err(("kind",), f"kind must be {KIND!r}, got {root['kind']!r}")
+    meta = c.obj(root.get("metadata", {}), ("metadata",), ["name"], ["labels", "annotations"]) or {}
+    name = c.string(meta, "name", ("metadata",))
+    if "name" in meta and isinstance(meta["name"], str) and not _DNS_LABEL.match(name):
+        c.err(
+            ("metadata", "name"),
+            f"{name!r} is not a DNS-1123 label (lowercase letters, digits and '-', at most 63)",
+        )
+    labels = c.str_map(meta, "labels", ("metadata",))
+    c.str_map(meta, "annotations", ("metadata",))
+    sp: Path = ("spec",)
+    spec = (
+        c.obj(
+            root.get("spec", {}),
+            sp,
+            [],
+            [
+                "defaultDecision",
+                "failureMode",
+                "servers",
+                "tenants",
+                "agents",
+                "budgets",
+                "rules",
+                "tests",
+            ],
+        )
+        or {}
+    )
+    default = c.enum(spec, "defaultDecision", sp, Decision, Decision.DENY)
+    failure = c.enum(spec, "failureMode", sp, FailureMode, FailureMode.CLOSED)
+
+    s_items, servers = _section(c, spec, "servers", sp, _server)
+    t_items, tenants = _section(c, spec, "tenants", sp, _tenant)
+    a_items, agents = _section(c, spec, "agents", sp, _agent)
+    budgets, budget_items = _budgets(c, (*sp, "budgets"), spec.get("budgets"))
+    r_items, rules = _section(c, spec, "rules", sp, _rule)
+    x_items, tests = _section(c, spec, "tests", sp, _test)
+
+    def named(items: list[tuple[Path, Any]], objs: list[Any], attr: str) -> list[tuple[Path, str]]:
+        return [((*p, attr), getattr(o, attr)) for (p, _), o in zip(items, objs, strict=True) if o]
+
+    c.unique(named(s_items, servers, "name"), "server")
+    c.unique(named(t_items, tenants, "name"), "tenant")
+    c.unique(named(a_items, agents, "id"), "agent")
+    c.unique(named(r_items, rules, "id"), "rule id")
+    c.unique(named(x_items, tests, "name"), "test name")
+
+    server_names = {s.name for s in servers if s}
+    tenant_names = {t.name for t in tenants if t}
+    agent_ids = {a.id for a in agents if a}
+    rule_ids = {r.id for r in rules if r}
+    for (p, _), r in zip(r_items, rules, strict=True):
+        if r is None:
+            continue
+        if r.id in _BUILTIN_RULE_IDS:
+            c.err((*p, "id"), f"rule id {r.id!r} is reserved for the engine; pick another")
+        mp = (*p, "match")
+        _refs(c, (*mp, "servers"), r.match.servers, server_names, "server")
+        _refs(c, (*mp, "agents"), r.match.agents, agent_ids, "agent")
+        _refs(c, (*mp, "tenants"), r.match.tenants, tenant_names, "tenant")
+    for (p, _), a in zip(a_items, agents, strict=True):
+        if a is not None and a.tenant and a.tenant not in tenant_names:
+            c.err((*p, "tenant"), f"unknown tenant {a.tenant!r} (declare it under spec.tenants)")
+    for mp, m in budget_items:
+        _refs(c, (*mp, "servers"), m.servers, server_names, "server")
+        _refs(c, (*mp, "agents"), m.agents, agent_ids, "agent")
+        _refs(c, (*mp, "tenants"), m.tenants, tenant_names, "tenant")
+    known_rules = (
+        rule_ids
+        | set(_BUILTIN_RULE_IDS)
+        | {f"budget/{b.id}" for b in budgets.rate_limits}
+        | {f"budget/{b.id}" for b in budgets.spend_caps}
+        | {"budget/mutationsPerSession"}
+    )
+    for (p, _), t in zip(x_items, tests, strict=True):
+        if t is not None and t.expect.rule and t.expect.rule not in known_rules:
+            close = difflib.get_close_matches(t.expect.rule, sorted(known_rules), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            c.err((*p, "expect", "rule"), f"test expects unknown rule {t.expect.rule!r}{hint}")
+
+    if c.issues:
+        raise BundleValidationError(c.issues)
+    return Bundle(
+        name=name,
+        default_decision=default,
+        failure_mode=failure,
+        servers=tuple(s for s in servers if s),
+        tenants=tuple(t for t in tenants if t),
+        agents=tuple(a for a in agents if a),
+        budgets=budgets,
+        rules=tuple(r for r in rules if r),
+        tests=tuple(t for t in tests if t),
+        labels=labels,
+    )

@@ -1,0 +1,150 @@
+"""``palisade bundle lint|test|sign|verify``: policy bundles on files.
+
+Exit codes: 0 fine, 1 the bundle is wrong (lint errors, failing tests, bad
+signature), 2 the command was used wrongly (missing key file, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from palisade.bundle import (
+    BundleError,
+    BundleValidationError,
+    TrustedKeys,
+    from_bytes,
+    load_file,
+    load_private_key,
+    sign_bundle,
+    to_bytes,
+    verify_bundle,
+)
+from palisade.bundle.canonical import bundle_digest
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def cmd_lint(ns: argparse.Namespace) -> int:
+    bad = 0
+    for path in ns.files:
+        try:
+            bundle = load_file(path)
+        except BundleValidationError as exc:
+            bad += 1
+            for issue in exc.issues:
+                print(issue)
+            continue
+        if not ns.quiet:
+            print(
+                f"{path}: ok ({len(bundle.rules)} rules, {len(bundle.servers)} servers,"
+                f" {len(bundle.agents)} agents, {len(bundle.tests)} tests) {bundle_digest(bundle)}"
+            )
+    return 1 if bad else 0
+
+
+def cmd_test(ns: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from palisade.policy.bundletests import run_tests
+
+    try:
+        bundle = load_file(ns.file)
+    except BundleValidationError as exc:
+        for issue in exc.issues:
+            print(issue)
+        return 1
+    results = run_tests(bundle)
+    console = Console(width=160)
+    table = Table(title=f"{ns.file}: {bundle.name}", title_justify="left")
+    for col in ("", "test", "decision", "rule", "problem"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(
+            "[green]PASS[/]" if r.passed else "[red]FAIL[/]",
+            r.test.name,
+            r.verdict.decision.value,
+            r.verdict.rule_id,
+            r.problem,
+        )
+    console.print(table)
+    failed = sum(1 for r in results if not r.passed)
+    console.print(f"{len(results) - failed} passed, {failed} failed")
+    if not results:
+        console.print("the bundle has no tests (spec.tests)")
+    return 1 if failed else 0
+
+
+def cmd_sign(ns: argparse.Namespace) -> int:
+    try:
+        keys = [load_private_key(k) for k in ns.key]
+    except (OSError, BundleError) as exc:
+        _err(f"palisade bundle sign: cannot load signing key: {exc}")
+        return 2
+    try:
+        bundle = load_file(ns.file)
+    except BundleValidationError as exc:
+        for issue in exc.issues:
+            print(issue)
+        return 1
+    signed = sign_bundle(bundle, keys, ns.revision)
+    Path(ns.output).write_bytes(to_bytes(signed))
+    kids = ", ".join(s.key_id for s in signed.signatures)
+    print(f"{ns.output}: revision {signed.revision} {signed.digest} signed by {kids}")
+    return 0
+
+
+def cmd_verify(ns: argparse.Namespace) -> int:
+    try:
+        trusted = TrustedKeys.from_files(ns.trusted)
+    except (OSError, BundleError, ValueError) as exc:
+        _err(f"palisade bundle verify: cannot load trusted key: {exc}")
+        return 2
+    try:
+        data = Path(ns.file).read_bytes()
+    except OSError as exc:
+        _err(f"palisade bundle verify: {exc}")
+        return 2
+    try:
+        verified = verify_bundle(from_bytes(data), trusted)
+    except BundleError as exc:
+        print(f"{ns.file}: NOT VERIFIED: {exc}")
+        return 1
+    print(
+        f"{ns.file}: verified: bundle {verified.bundle.name!r} revision {verified.revision}"
+        f" {verified.digest} signed by {', '.join(verified.key_ids)}"
+    )
+    return 0
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+
+    p = sub.add_parser("lint", help="check bundle files; errors as file:line:col: field: message")
+    p.add_argument("files", nargs="+", metavar="FILE", help="bundle file or directory")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    p.set_defaults(func=cmd_lint)
+
+    p = sub.add_parser("test", help="run the tests inside a bundle")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("sign", help="write a signed palisade.v1.SignedBundle")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument(
+        "--key", action="append", required=True, help="Ed25519 private key PEM (repeatable)"
+    )
+    p.add_argument("--revision", type=int, default=1, help="monotonic revision (default 1)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.set_defaults(func=cmd_sign)
+
+    p = sub.add_parser("verify", help="verify a signed bundle against trusted public keys")
+    p.add_argument("file", metavar="SIGNED")
+    p.add_argument(
+        "--trusted", nargs="+", required=True, metavar="PUBKEY", help="trusted public key PEMs"
+    )
+    p.set_defaults(func=cmd_verify)

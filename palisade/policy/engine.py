@@ -1,0 +1,595 @@
+"""The compiled decision engine: a bundle turned into lookups, deciding tool calls.
+
+Order of evaluation (docs/bundle-format.md, "Order of evaluation"):
+
+1. Registry: the server must be registered and run an allowed version or
+   image; the tool must be registered for it; the agent must be declared.
+   Otherwise DENY with rule id ``registry``.
+2. Rules: the first rule in file order whose ``match`` and ``when`` hold
+   decides. None -> ``defaultDecision`` with rule id ``default``.
+3. Budgets, only for ALLOW: the mutation cap per session (-> REQUIRE_APPROVAL),
+   then rate limits (-> THROTTLE), then spend caps (-> DENY); rule ids
+   ``budget/mutationsPerSession`` and ``budget/<id>``.
+4. A ``when`` that fails to evaluate (or is not a boolean) -> the bundle's
+   ``failureMode``: DENY (closed, default) or ALLOW (open), rule id ``failure``.
+
+How it stays fast: everything that depends only on (server, tool, agent,
+risk) is worked out once, the first time that combination is seen, into a
+:class:`_Route`: the rules that can match it (in file order, already
+filtered by server, tool, risk, agent and tenant), the budgets that apply,
+and the agent's CEL view. A decision is then a few dict lookups plus the
+per-call checks that truly depend on the call (labels, ``when``, budgets).
+The set of routes is finite (it ranges over names declared in the bundle),
+so the cache needs no eviction. Building a route looks only at rules whose
+tool pattern could match (an index by exact tool name plus the wildcards).
+
+The engine is pure apart from the injected clock and the budget state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import cel
+
+from palisade.bundle.canonical import bundle_digest
+from palisade.bundle.globs import compile_glob, compile_globs, is_glob
+from palisade.bundle.schema import Agent, Bundle, FailureMode, Match, RatePer, Server, Tool
+from palisade.policy.budgets import BudgetState
+from palisade.policy.digests import approval_id
+from palisade.policy.types import Call, Clock, Decision, Risk, RuleTrace, Verdict
+
+Pred = Callable[[str], bool] | None
+
+REGISTRY = "registry"
+DEFAULT = "default"
+FAILURE = "failure"
+MUTATION_CAP = "budget/mutationsPerSession"
+
+
+class _Matcher:
+    """A compiled ``match`` block."""
+
+    __slots__ = ("agents", "labels", "risks", "servers", "tenants", "tools")
+
+    def __init__(self, m: Match) -> None:
+        self.servers: Pred = compile_globs(m.servers)
+        self.tools: Pred = compile_globs(m.tools)
+        self.risks: frozenset[Risk] | None = frozenset(m.risk) if m.risk else None
+        self.agents: Pred = compile_globs(m.agents)
+        self.tenants: Pred = compile_globs(m.tenants)
+        self.labels: tuple[tuple[str, Callable[[str], bool]], ...] | None = (
+            tuple((k, compile_glob(v)) for k, v in m.labels.items()) if m.labels else None
+        )
+
+    def static(self, server: str, tool: str, agent: Agent, risk: Risk | None) -> bool:
+        """Everything but labels, for one route."""
+        return (
+            (self.servers is None or self.servers(server))
+            and (self.tools is None or self.tools(tool))
+            and (self.risks is None or (risk is not None and risk in self.risks))
+            and (self.agents is None or self.agents(agent.id))
+            and (self.tenants is None or self.tenants(agent.tenant))
+        )
+
+
+def _labels_ok(
+    wanted: tuple[tuple[str, Callable[[str], bool]], ...], labels: Mapping[str, str]
+) -> bool:
+    for key, pred in wanted:
+        value = labels.get(key)
+        if value is None or not pred(value):
+            return False
+    return True
+
+
+class _Rule:
+    __slots__ = ("decision", "id", "index", "matcher", "program", "reason", "retry_after", "when")
+
+    def __init__(self, index: int, rule: Any) -> None:
+        self.index: int = index
+        self.id: str = rule.id
+        self.decision: Decision = rule.decision
+        self.reason: str = rule.reason or f"rule {rule.id!r} decided {rule.decision.value}"
+        self.retry_after: float = rule.retry_after_seconds
+        self.matcher = _Matcher(rule.match)
+        self.when: str = rule.when
+        self.program: Any = cel.compile(rule.when) if rule.when else None
+
+
+class _Limit:
+    """A compiled rate limit or spend cap."""
+
+    __slots__ = ("burst", "id", "labels", "limit", "matcher", "per", "rate", "window")
+
+    def __init__(
+        self,
+        id: str,
+        match: Match,
+        *,
+        per: RatePer = RatePer.AGENT,
+        rate: float = 0.0,
+        burst: float = 0.0,
+        limit: float = 0.0,
+        window: float = 0.0,
+    ) -> None:
+        self.id = id
+        self.matcher = _Matcher(match)
+        self.labels = self.matcher.labels
+        self.per = per
+        self.rate = rate
+        self.burst = burst
+        self.limit = limit
+        self.window = window
+
+
+class _Route:
+    """Everything about (server, tool, agent, risk) that does not change per call."""
+
+    __slots__ = (
+        "agent",
+        "agent_view",
+        "caps",
+        "cost",
+        "mutating",
+        "rates",
+        "risk",
+        "rules",
+        "server",
+        "tool",
+        "verdicts",
+    )
+
+    def __init__(
+        self,
+        server: str,
+        tool: Tool,
+        agent: Agent,
+        risk: Risk | None,
+        rules: tuple[_Rule, ...],
+        rates: tuple[_Limit, ...],
+        caps: tuple[_Limit, ...],
+        mutating: bool,
+    ) -> None:
+        self.server = server
+        self.tool = tool.name
+        self.agent = agent
+        self.risk = risk
+        self.rules = rules
+        self.rates = rates
+        self.caps = caps
+        self.cost = tool.cost
+        self.mutating = mutating
+        self.agent_view: dict[str, Any] = {
+            "id": agent.id,
+            "tenant": agent.tenant,
+            "namespaces": list(agent.namespaces),
+            "scopes": list(agent.scopes),
+        }
+        self.verdicts: dict[int, Verdict] = {}
+
+
+class _Server:
+    __slots__ = ("any_version", "images", "name", "tools", "version_cache", "versions")
+
+    def __init__(self, s: Server) -> None:
+        self.name = s.name
+        self.tools: dict[str, Tool] = {t.name: t for t in s.tools}
+        self.images = frozenset(s.images)
+        self.versions: Pred = compile_globs(s.versions) if s.versions else None
+        self.any_version = (not s.versions and not s.images) or "*" in s.versions
+        self.version_cache: dict[str, bool] = {}
+
+    def version_ok(self, version: str) -> bool:
+        ok = self.version_cache.get(version)
+        if ok is None:
+            ok = (
+                self.any_version
+                or version in self.images
+                or (self.versions is not None and self.versions(version))
+            )
+            if len(self.version_cache) > 1024:
+                self.version_cache.clear()
+            self.version_cache[version] = ok
+        return ok
+
+
+class Engine:
+    """A bundle compiled for deciding. Build with :func:`compile_bundle`."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        revision: int = 0,
+        digest: str | None = None,
+        clock: Clock = time.monotonic,
+        state: BudgetState | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.revision = revision
+        self.digest = digest if digest is not None else bundle_digest(bundle)
+        self.failure_mode = bundle.failure_mode
+        self.clock = clock
+        self.state = state if state is not None else BudgetState()
+        self._servers = {s.name: _Server(s) for s in bundle.servers}
+        self._agents = {a.id: a for a in bundle.agents}
+        self._rules = tuple(_Rule(i, r) for i, r in enumerate(bundle.rules))
+        # Index for building routes: rules by exact tool name, plus the rest.
+        self._by_tool: dict[str, list[_Rule]] = {}
+        self._any_tool: list[_Rule] = []
+        for r in self._rules:
+            tools = bundle.rules[r.index].match.tools
+            if tools and not any(is_glob(t) for t in tools):
+                for t in set(tools):
+                    self._by_tool.setdefault(t, []).append(r)
+            else:
+                self._any_tool.append(r)
+        b = bundle.budgets
+        self._rates = tuple(
+            _Limit(x.id, x.match, per=x.per, rate=x.rate, burst=x.burst) for x in b.rate_limits
+        )
+        self._caps = tuple(
+            _Limit(x.id, x.match, limit=x.limit, window=x.window_seconds) for x in b.spend_caps
+        )
+        self._mutation_cap = b.mutations_per_session
+        self._routes: dict[tuple[str, str, str, Risk | None], _Route] = {}
+        self._default_reason = (
+            f"no rule matched; the bundle's defaultDecision is {bundle.default_decision.value}"
+        )
+        self._identities: dict[tuple[str, str], Agent] = {}
+        self._service_accounts: dict[str, Agent] = {}
+        for a in bundle.agents:
+            for ident in a.identities:
+                if ident.service_account:
+                    self._service_accounts[ident.service_account] = a
+                else:
+                    self._identities[(ident.issuer, ident.subject)] = a
+
+    # -- lookups for adapters -------------------------------------------------
+
+    def tool(self, server: str, tool: str) -> Tool | None:
+        s = self._servers.get(server)
+        return None if s is None else s.tools.get(tool)
+
+    def agent(self, agent_id: str) -> Agent | None:
+        return self._agents.get(agent_id)
+
+    def identify(
+        self, *, issuer: str = "", subject: str = "", service_account: str = ""
+    ) -> Agent | None:
+        """The agent an authenticated identity maps to, per the bundle's ``identities``."""
+        if service_account:
+            return self._service_accounts.get(service_account)
+        return self._identities.get((issuer, subject))
+
+    # -- verdicts -------------------------------------------------------------
+
+    def _verdict(
+        self,
+        decision: Decision,
+        rule_id: str,
+        reason: str,
+        route: _Route | None = None,
+        *,
+        approval: str = "",
+        retry_after: float = 0.0,
+        agent: Agent | None = None,
+        risk: Risk | None = None,
+    ) -> Verdict:
+        if route is not None:
+            agent = route.agent
+            risk = route.risk
+        return Verdict(
+            decision,
+            rule_id,
+            reason,
+            self.revision,
+            self.digest,
+            agent.tenant if agent is not None else "",
+            risk,
+            approval,
+            retry_after,
+        )
+
+    def _registry(self, reason: str, agent: Agent | None = None) -> Verdict:
+        return self._verdict(Decision.DENY, REGISTRY, reason, agent=agent)
+
+    # -- routes -----------------------------------------------------------------
+
+    def _route(self, server: _Server, tool: Tool, agent: Agent, risk: Risk | None) -> _Route:
+        name = server.name
+        candidates = sorted(
+            (*self._by_tool.get(tool.name, ()), *self._any_tool), key=lambda r: r.index
+        )
+        route = _Route(
+            name,
+            tool,
+            agent,
+            risk,
+            rules=tuple(r for r in candidates if r.matcher.static(name, tool.name, agent, risk)),
+            rates=tuple(x for x in self._rates if x.matcher.static(name, tool.name, agent, risk)),
+            caps=(
+                tuple(x for x in self._caps if x.matcher.static(name, tool.name, agent, risk))
+                if tool.cost > 0
+                else ()
+            ),
+            # Unknown risk counts as mutating: fail closed.
+            mutating=self._mutation_cap is not None and (risk is None or risk.mutating),
+        )
+        self._routes[(name, tool.name, agent.id, risk)] = route
+        return route
+
+    # -- deciding ------------------------------------------------------------------
+
+    def decide(self, call: Call, *, dry_run: bool = False, explain: bool = False) -> Verdict:
+        server = self._servers.get(call.server)
+        if server is None:
+            return self._registry(f"server {call.server!r} is not in the registry")
+        if not server.version_ok(call.server_version):
+            return self._registry(
+                f"server {call.server!r} version {call.server_version or '(not reported)'!r}"
+                " is not an approved version or image"
+            )
+        tool = server.tools.get(call.tool)
+        if tool is None:
+            return self._registry(
+                f"tool {call.tool!r} is not registered for server {call.server!r}"
+            )
+        agent = self._agents.get(call.agent)
+        if agent is None:
+            return self._registry(f"agent {call.agent!r} is not declared in the bundle")
+        risk = tool.risk or call.server_declared_risk
+        route = self._routes.get((call.server, call.tool, call.agent, risk))
+        if route is None:
+            route = self._route(server, tool, agent, risk)
+
+        ctx: dict[str, Any] | None = None
+        decided: _Rule | None = None
+        for rule in route.rules:
+            labels = rule.matcher.labels
+            if labels is not None and not _labels_ok(labels, call.labels):
+                continue
+            if rule.program is not None:
+                if ctx is None:
+                    ctx = self._cel_context(call, route)
+                try:
+                    result = rule.program.execute(ctx)
+                except Exception as exc:  # any CEL runtime error: failure mode decides
+                    return self._failed(rule, f"{type(exc).__name__}: {exc}", route, call, explain)
+                if result is not True:
+                    if result is False:
+                        continue
+                    return self._failed(
+                        rule,
+                        f"'when' gave {type(result).__name__}, not a boolean",
+                        route,
+                        call,
+                        explain,
+                    )
+            decided = rule
+            break
+
+        verdict: Verdict | None
+        if decided is None:
+            decision = self.bundle.default_decision
+            rule_key = DEFAULT
+            verdict = route.verdicts.get(-1)
+            if verdict is None:
+                verdict = self._verdict(decision, DEFAULT, self._default_reason, route)
+                route.verdicts[-1] = verdict
+        elif decided.decision is Decision.REQUIRE_APPROVAL:
+            decision = decided.decision
+            rule_key = decided.id
+            verdict = self._verdict(
+                decision,
+                decided.id,
+                decided.reason,
+                route,
+                approval=approval_id(
+                    call.agent, call.server, call.tool, call.arguments, call.session
+                ),
+            )
+        else:
+            decision = decided.decision
+            rule_key = decided.id
+            verdict = route.verdicts.get(decided.index)
+            if verdict is None:
+                verdict = self._verdict(
+                    decision,
+                    decided.id,
+                    decided.reason,
+                    route,
+                    retry_after=decided.retry_after if decision is Decision.THROTTLE else 0.0,
+                )
+                route.verdicts[decided.index] = verdict
+
+        if decision is Decision.ALLOW and (route.mutating or route.rates or route.caps):
+            budget_verdict = self._budgets(call, route, rule_key, dry_run)
+            if budget_verdict is not None:
+                verdict = budget_verdict
+        if explain:
+            verdict = _with_trace(verdict, self._explain(call, route, ctx))
+        return verdict
+
+    def _cel_context(self, call: Call, route: _Route) -> dict[str, Any]:
+        args = call.arguments
+        return {
+            "args": args if isinstance(args, dict) else dict(args),
+            "agent": route.agent_view,
+            "call": {
+                "server": call.server,
+                "tool": call.tool,
+                "risk": route.risk.value if route.risk is not None else "",
+                "session": call.session,
+                "on_behalf_of": call.on_behalf_of,
+                "labels": dict(call.labels),
+            },
+        }
+
+    def _failed(
+        self, rule: _Rule, problem: str, route: _Route, call: Call, explain: bool
+    ) -> Verdict:
+        if self.failure_mode is FailureMode.OPEN:
+            decision = Decision.ALLOW
+            tail = "failureMode is open, so the call is allowed"
+        else:
+            decision = Decision.DENY
+            tail = "failureMode is closed, so the call is denied"
+        verdict = self._verdict(
+            decision,
+            FAILURE,
+            f"the 'when' condition of rule {rule.id!r} could not be evaluated ({problem}); {tail}",
+            route,
+        )
+        if explain:
+            verdict = _with_trace(verdict, self._explain(call, route, None))
+        return verdict
+
+    def _budgets(self, call: Call, route: _Route, rule_key: str, dry_run: bool) -> Verdict | None:
+        state = self.state
+        now = self.clock()
+        with state.lock:
+            cap = self._mutation_cap
+            if route.mutating and cap is not None:
+                done = state.mutations(call.agent, call.session)
+                if done >= cap:
+                    return self._verdict(
+                        Decision.REQUIRE_APPROVAL,
+                        MUTATION_CAP,
+                        f"this session has made {done} mutating calls, the most allowed without"
+                        " a human's approval",
+                        route,
+                        approval=approval_id(
+                            call.agent, call.server, call.tool, call.arguments, call.session
+                        ),
+                    )
+            rate_keys: list[tuple[Any, ...]] = []
+            worst = 0.0
+            worst_limit: _Limit | None = None
+            for lim in route.rates:
+                if lim.labels is not None and not _labels_ok(lim.labels, call.labels):
+                    continue
+                if lim.per is RatePer.AGENT:
+                    key: tuple[Any, ...] = (lim.id, lim.rate, lim.burst, "agent", call.agent)
+                elif lim.per is RatePer.TOOL:
+                    key = (lim.id, lim.rate, lim.burst, "tool", call.server, call.tool)
+                else:
+                    key = (lim.id, lim.rate, lim.burst, "rule", rule_key)
+                wait = state.bucket_wait(key, lim.rate, lim.burst, now)
+                if wait > worst:
+                    worst, worst_limit = wait, lim
+                rate_keys.append((key, lim.burst))
+            if worst_limit is not None:
+                return self._verdict(
+                    Decision.THROTTLE,
+                    f"budget/{worst_limit.id}",
+                    f"rate limit {worst_limit.id!r} ({worst_limit.rate:g}/s, burst"
+                    f" {worst_limit.burst:g}) exceeded; retry in {worst:.3g}s",
+                    route,
+                    retry_after=worst,
+                )
+            spend_keys: list[tuple[Any, ...]] = []
+            cost = route.cost
+            for lim in route.caps:
+                if lim.labels is not None and not _labels_ok(lim.labels, call.labels):
+                    continue
+                skey = (lim.id, lim.limit, lim.window, call.agent)
+                spent = state.spent(skey, lim.window, now)
+                if spent + cost > lim.limit:
+                    left = state.window_left(skey, lim.window, now)
+                    return self._verdict(
+                        Decision.DENY,
+                        f"budget/{lim.id}",
+                        f"spend cap {lim.id!r} reached: {spent:g} of {lim.limit:g} cost units"
+                        f" used in this {lim.window:g}s window, this call costs {cost:g};"
+                        f" the window resets in {left:.0f}s",
+                        route,
+                    )
+                spend_keys.append((skey, lim.window))
+            if dry_run:
+                return None
+            if route.mutating:
+                state.count_mutation(call.agent, call.session)
+            for key, burst in rate_keys:
+                state.bucket_take(key, burst, now)
+            for skey, window in spend_keys:
+                state.spend(skey, cost, window, now)
+        return None
+
+    # -- explain ---------------------------------------------------------------------
+
+    def _explain(
+        self, call: Call, route: _Route, ctx: dict[str, Any] | None
+    ) -> tuple[RuleTrace, ...]:
+        """Why each rule, in file order up to the one that decided, did or did not match."""
+        traces: list[RuleTrace] = []
+        agent = route.agent
+        for rule in self._rules:
+            m = rule.matcher
+            src = self.bundle.rules[rule.index].match
+            detail = ""
+            if m.servers is not None and not m.servers(call.server):
+                detail = f"server {call.server!r} does not match {list(src.servers)}"
+            elif m.tools is not None and not m.tools(call.tool):
+                detail = f"tool {call.tool!r} does not match {list(src.tools)}"
+            elif m.risks is not None and (route.risk is None or route.risk not in m.risks):
+                got = route.risk.value if route.risk else "unknown"
+                detail = f"risk {got!r} is not in {[r.value for r in src.risk]}"
+            elif m.agents is not None and not m.agents(agent.id):
+                detail = f"agent {agent.id!r} does not match {list(src.agents)}"
+            elif m.tenants is not None and not m.tenants(agent.tenant):
+                detail = f"tenant {agent.tenant!r} does not match {list(src.tenants)}"
+            elif m.labels is not None and not _labels_ok(m.labels, call.labels):
+                detail = f"labels {dict(call.labels)} do not match {dict(src.labels)}"
+            elif rule.program is not None:
+                if ctx is None:
+                    ctx = self._cel_context(call, route)
+                try:
+                    result = rule.program.execute(ctx)
+                except Exception as exc:
+                    traces.append(RuleTrace(rule.id, False, f"'when' failed: {exc}"))
+                    break
+                if result is not True:
+                    traces.append(RuleTrace(rule.id, False, f"'when' is {result!r}: {rule.when}"))
+                    if result is not False:
+                        break
+                    continue
+                traces.append(RuleTrace(rule.id, True, f"match and 'when' hold: {rule.when}"))
+                break
+            if detail:
+                traces.append(RuleTrace(rule.id, False, detail))
+                continue
+            if rule.program is None:
+                traces.append(RuleTrace(rule.id, True, "every match field holds"))
+                break
+        return tuple(traces)
+
+
+def _with_trace(v: Verdict, trace: tuple[RuleTrace, ...]) -> Verdict:
+    return Verdict(
+        v.decision,
+        v.rule_id,
+        v.reason,
+        v.bundle_revision,
+        v.bundle_digest,
+        v.tenant,
+        v.risk,
+        v.approval_id,
+        v.retry_after_s,
+        trace,
+    )
+
+
+def compile_bundle(
+    bundle: Bundle,
+    *,
+    revision: int = 0,
+    digest: str | None = None,
+    clock: Clock = time.monotonic,
+    state: BudgetState | None = None,
+) -> Engine:
+    """Compile ``bundle`` once for deciding (CEL compiled, rules indexed)."""
+    return Engine(bundle, revision=revision, digest=digest, clock=clock, state=state)
