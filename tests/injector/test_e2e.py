@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import ssl
 import sys
 import tempfile
@@ -157,6 +158,18 @@ class Injector:
         if self.proc is not None:
             self.proc.stop()
 
+    def metric(self, name: str) -> dict[str, float]:
+        """One labelled counter from /metrics, by its ``result`` label."""
+        context = ssl.create_default_context(cadata=self.ca_bundle().decode())
+        with urllib.request.urlopen(f"https://127.0.0.1:{self.port}/metrics", context=context) as r:
+            text = r.read().decode()
+        values: dict[str, float] = {"injected": 0.0, "allowed": 0.0, "refused": 0.0}
+        for line in text.splitlines():
+            if line.startswith(name + "{"):
+                label = line.split('result="')[1].split('"')[0]
+                values[label] = float(line.rsplit(" ", 1)[1])
+        return values
+
     def log(self) -> str:
         return self.proc.log_tail(60) if self.proc else ""
 
@@ -224,6 +237,12 @@ def status(pod: dict[str, Any]) -> dict[str, Any]:
     return json.loads(pod["metadata"].get("annotations", {}).get("palisade.dev/status", "{}"))
 
 
+def normalized(containers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Containers with the per-pod ServiceAccount token volume name made generic."""
+    text = json.dumps(containers)
+    return list(json.loads(re.sub(r"kube-api-access-[a-z0-9]+", "kube-api-access", text)))
+
+
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -266,6 +285,8 @@ def test_an_mcp_pod_in_an_enabled_namespace_gets_a_native_sidecar(
     }
     assert status(pod)["state"] == "injected"
     assert status(pod)["mode"] == "native"
+    token = "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert any(m["mountPath"] == token for m in side["volumeMounts"]), "token mount reused"
 
 
 def test_a_pod_in_an_unlabelled_namespace_is_untouched(
@@ -400,3 +421,141 @@ def test_with_the_webhook_down_labelled_namespaces_refuse_pods_and_others_do_not
     finally:
         injector.start()
     assert len(sidecars(create(kube, enabled, mcp_pod("after-restart")))) == 1
+
+
+# --- controllers and other injectors ------------------------------------------------
+
+
+def test_a_deployments_pods_are_injected_like_bare_pods(
+    kube_with_controllers: ControlPlane, injector: Injector
+) -> None:
+    kube = kube_with_controllers
+    ns = namespace(kube, "enabled")
+    template = mcp_pod()
+    bare = create(kube, ns, template)
+    labels = {"palisade.dev/mcp-server": "kubernetes-mcp", "app": "mcp"}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "mcp"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "mcp"}},
+            "template": {"metadata": {"labels": labels}, "spec": template["spec"]},
+        },
+    }
+    kube.request("POST", f"/apis/apps/v1/namespaces/{ns}/deployments", deployment)
+
+    def pods() -> list[dict[str, Any]]:
+        found = kube.request("GET", f"/api/v1/namespaces/{ns}/pods?labelSelector=app%3Dmcp")
+        return list(found["items"])
+
+    wait_for(lambda: len(pods()) == 2, 60, "the Deployment's pods")
+    for pod in pods():
+        assert pod["metadata"]["generateName"].startswith("mcp-")
+        assert normalized(sidecars(pod)) == normalized(sidecars(bare))
+        assert normalized(pod["spec"]["containers"]) == normalized(bare["spec"]["containers"])
+        assert status(pod) == status(bare)
+
+
+class OtherInjector:
+    """Another team's mutating webhook (stdlib HTTPS server in a thread) that adds a
+    container of its own: it runs after ours, so the API server reinvokes ours."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        from injector import certs
+
+        cert_set = certs.create(["127.0.0.1"], _now(), 1, 1)
+        self.ca = cert_set.ca_cert
+        self.calls = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                outer.calls += 1
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                ops = [
+                    {
+                        "op": "add",
+                        "path": "/spec/containers/-",
+                        "value": {
+                            "name": "other-agent",
+                            "image": "other:1",
+                            "ports": [{"name": "other", "containerPort": 7000}],
+                        },
+                    }
+                ]
+                review = {
+                    "apiVersion": "admission.k8s.io/v1",
+                    "kind": "AdmissionReview",
+                    "response": {
+                        "uid": body["request"]["uid"],
+                        "allowed": True,
+                        "patchType": "JSONPatch",
+                        "patch": base64.b64encode(json.dumps(ops).encode()).decode(),
+                    },
+                }
+                data = json.dumps(review).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.dir = tempfile.TemporaryDirectory(prefix="other-injector-")
+        cert, key = Path(self.dir.name, "tls.crt"), Path(self.dir.name, "tls.key")
+        cert.write_text(cert_set.cert)
+        key.write_text(cert_set.key)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.dir.cleanup()
+
+
+def _now() -> Any:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC)
+
+
+def test_beside_another_injector_the_reinvocation_adds_nothing_twice(
+    kube: ControlPlane, injector: Injector
+) -> None:
+    other = OtherInjector()
+    path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+    config = webhook_configuration(other.port)
+    config["metadata"]["name"] = "zz-other-injector-e2e"  # sorts after ours: runs second
+    hook = config["webhooks"][0]
+    hook["name"] = "other.example.com"
+    hook["clientConfig"] = {
+        "url": f"https://127.0.0.1:{other.port}/",
+        "caBundle": base64.b64encode(other.ca.encode()).decode(),
+    }
+    hook["reinvocationPolicy"] = "Never"
+    kube.request("POST", path, config)
+    try:
+        before = injector.metric("palisade_injector_reviews_total")
+        pod = create(kube, namespace(kube, "enabled"), mcp_pod())
+        after = injector.metric("palisade_injector_reviews_total")
+    finally:
+        kube.request("DELETE", f"{path}/zz-other-injector-e2e")
+        other.close()
+    names = [c["name"] for c in pod["spec"]["containers"] + pod["spec"]["initContainers"]]
+    assert sorted(names) == sorted(["server", "other-agent", SIDECAR])
+    assert other.calls == 1
+    assert after["injected"] - before["injected"] == 1
+    assert after["allowed"] - before["allowed"] == 1, "ours was reinvoked and changed nothing"
