@@ -350,12 +350,16 @@ class SimulatedBackend:
             for at, uuid, code in self.scenario.xids
             if uuid == g.uuid and self._last_xid_t < at <= t
         )
+        unsupported = g.unsupported
+        if g.mig and "utilization" not in unsupported:
+            unsupported = (*unsupported, "utilization")
         return GpuSample(
             index=g.index,
             uuid=g.uuid,
             name=g.name,
             mig_enabled=bool(g.mig),
-            utilization_pct=None if "utilization" in g.unsupported else g.utilization(t),
+            # Like NVML: no whole-GPU utilisation in MIG mode.
+            utilization_pct=None if "utilization" in unsupported else g.utilization(t),
             memory_used_bytes=sum(s.used_memory_bytes or 0 for s in samples),
             memory_total_bytes=int(g.memory_total),
             power_watts=None if "power" in g.unsupported else power,
@@ -368,7 +372,7 @@ class SimulatedBackend:
             xid_events=xids,
             processes=samples,
             mig=mig,
-            unsupported=g.unsupported,
+            unsupported=unsupported,
         )
 
     def close(self) -> None:

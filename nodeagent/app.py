@@ -1,0 +1,259 @@
+"""Wiring and lifecycle of ``palisade nodeagent run``: real adapters in, agent loop out.
+
+:class:`Options` is every setting the command line gives; :func:`serve` builds
+the backend (NVML, falling back to no-GPU mode; or a simulated scenario), the
+cgroup reader, the pod index and its watcher, the kubelet PodResources client,
+the audit writer, the enforcer, the distributor client, the HTTP server, and
+runs until SIGTERM/SIGINT, then stops everything within a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nodeagent import quota
+from nodeagent.agent import Agent, AgentSettings, QuotaConfig
+from nodeagent.cgroup import CgroupReader, ProcCgroupReader
+from nodeagent.enforce import Enforcer, KubeApi
+from nodeagent.gpu import BackendUnavailable, GpuBackend, NoGpuBackend
+from nodeagent.pods import AllocationSource, PodIndex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Options:
+    node: str
+    listen_host: str = "0.0.0.0"  # noqa: S104 - a DaemonSet serves probes and scrapes
+    listen_port: int = 9400
+    backend: str = "auto"
+    """``auto`` (NVML, else no-GPU mode), ``nvml``, ``none`` or ``sim``."""
+    scenario: Path | None = None
+    interval_s: float = 1.0
+    dry_run: bool = False
+    proc_root: Path = Path("/proc")
+    pod_resources_socket: Path = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+    kube: str = "auto"
+    """``auto`` (in-cluster when running in a pod), ``off``, or a kubeconfig path."""
+    bundle: Path | None = None
+    distributors: tuple[str, ...] = ()
+    trusted_keys: tuple[Path, ...] = ()
+    state_dir: Path = Path("/var/lib/palisade-nodeagent")
+    audit_key: Path | None = None
+    kill_grace_s: float = 10.0
+    heartbeat_interval_s: float = 10.0
+    system_namespaces: frozenset[str] = field(default=quota.DEFAULT_SYSTEM_NAMESPACES)
+
+
+def load_bundle_file(path: Path) -> QuotaConfig:
+    """Quotas from a local bundle YAML (``quota.QuotaError``/``OSError`` on bad input)."""
+    doc = yaml.safe_load(path.read_text())
+    if not isinstance(doc, dict):
+        raise quota.QuotaError(f"{path}: a bundle must be a mapping")
+    quotas, namespaces = quota.quotas_from_bundle(doc)
+    return QuotaConfig(quotas, namespaces, revision=0, source=f"file:{path}")
+
+
+def make_backend(opts: Options) -> tuple[GpuBackend, CgroupReader, PodIndex, Any]:
+    """The backend, its cgroup reader, a pod index and static allocations (sim only)."""
+    if opts.backend == "sim":
+        from nodeagent.sim import Scenario, ScenarioCgroups, SimulatedBackend
+
+        if opts.scenario is None:
+            raise ValueError("--backend sim needs --scenario FILE")
+        scenario = Scenario.load(opts.scenario)
+        backend = SimulatedBackend(scenario, time.time)
+        return backend, ScenarioCgroups(scenario), scenario.pod_index(), scenario
+    cgroups = ProcCgroupReader(opts.proc_root)
+    if opts.backend == "none":
+        return NoGpuBackend("no-GPU mode requested (--backend none)"), cgroups, PodIndex(), None
+    try:
+        from nodeagent.nvml import NvmlBackend
+
+        return NvmlBackend(), cgroups, PodIndex(), None
+    except BackendUnavailable as exc:
+        if opts.backend == "nvml":
+            raise
+        log.warning("no NVIDIA driver: running in no-GPU mode", extra={"reason": str(exc)})
+        return NoGpuBackend(f"no NVIDIA driver on this node: {exc}"), cgroups, PodIndex(), None
+
+
+async def _kube_client(opts: Options) -> Any:
+    if opts.kube == "off":
+        return None
+    from kubernetes_asyncio import client, config
+
+    if opts.kube == "auto":
+        if "KUBERNETES_SERVICE_HOST" not in os.environ:
+            return None
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.ApiClient()
+    cfg = client.Configuration()
+    await config.load_kube_config(config_file=opts.kube, client_configuration=cfg)
+    return client.ApiClient(configuration=cfg)
+
+
+class _ShippingAudit:
+    """Writes records to the local signed chain, then queues them for the distributor."""
+
+    def __init__(self, writer: Any, dist: Any) -> None:
+        self._writer = writer
+        self._dist = dist
+
+    async def append(self, entry: Any, secret_names: Any = ()) -> dict[str, Any]:
+        record: dict[str, Any] = await self._writer.append(entry, secret_names)
+        if self._dist is not None:
+            from palisade.audit import to_proto
+
+            try:
+                self._dist.record_audit([to_proto(record)])
+            except Exception as exc:
+                log.warning("audit record not queued for shipping", extra={"error": str(exc)})
+        return record
+
+
+async def serve(opts: Options) -> int:
+    from nodeagent import server
+    from palisade.audit import AuditWriter, Signer, load_signer
+
+    backend, cgroups, pods, scenario = make_backend(opts)
+    api = await _kube_client(opts)
+    watcher = None
+    kube: KubeApi | None = None
+    if api is not None:
+        from nodeagent.kube import KubeActions, PodWatcher
+
+        pods = PodIndex()
+        watcher = PodWatcher(api, opts.node, pods)
+        kube = KubeActions(api, opts.node)
+    allocations: AllocationSource | None = None
+    if scenario is not None and api is None:
+        allocations = scenario.static_allocations()
+    elif opts.pod_resources_socket.exists():
+        from nodeagent.podresources.client import PodResourcesClient
+
+        allocations = PodResourcesClient(str(opts.pod_resources_socket))
+    signer = load_signer(opts.audit_key) if opts.audit_key else Signer.generate()
+    writer = AuditWriter(opts.state_dir / "audit" / "nodeagent.jsonl", signer, source=opts.node)
+    await writer.start()
+    agent_box: list[Agent] = []
+    enforcer = Enforcer(
+        audit=_ShippingAudit(writer, None),
+        kube=kube,
+        cgroups=cgroups,
+        kill_grace_s=opts.kill_grace_s,
+        bundle_revision=lambda: agent_box[0].config.revision if agent_box else 0,
+    )
+    agent = Agent(
+        AgentSettings(
+            node=opts.node,
+            interval_s=opts.interval_s,
+            dry_run=opts.dry_run,
+            system_namespaces=opts.system_namespaces,
+        ),
+        backend,
+        cgroups,
+        pods,
+        allocations,
+        enforcer,
+    )
+    agent_box.append(agent)
+    dist = _distribution_client(opts, agent_box)
+    if dist is not None:
+        enforcer.set_audit(_ShippingAudit(writer, dist))
+    if opts.bundle is not None:
+        agent.set_quotas(load_bundle_file(opts.bundle))
+    runner, port = await server.start(agent, opts.listen_host, opts.listen_port)
+    log.info("node agent serving", extra={"port": port, "mode": backend.mode.value})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if watcher is not None:
+        await watcher.start()
+    if dist is not None:
+        await dist.start()
+    try:
+        await agent.run(stop)
+    finally:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_shutdown(agent, watcher, dist, runner, writer, api), 10)
+        backend.close()
+    return 0
+
+
+async def _shutdown(
+    agent: Agent, watcher: Any, dist: Any, runner: Any, writer: Any, api: Any
+) -> None:
+    await agent.enforcer.close()
+    if watcher is not None:
+        await watcher.stop()
+    if dist is not None:
+        await dist.stop()
+    await runner.cleanup()
+    await writer.aclose()
+    if api is not None:
+        await api.close()
+    if agent.allocations is not None and hasattr(agent.allocations, "close"):
+        await agent.allocations.close()
+
+
+def _distribution_client(opts: Options, agent_box: list[Agent]) -> Any:
+    """The shared distributor client: quotas in (bundles), heartbeats out."""
+    if not opts.distributors:
+        return None
+    from palisade.distribution import ActiveBundle, ClientSettings, DistributionClient, TrustedKeys
+    from palisade.v1 import distribution_pb2
+
+    def activate(bundle: ActiveBundle) -> None:
+        quotas, namespaces = quota.quotas_from_bundle(dict(bundle.document))
+        config = QuotaConfig(quotas, namespaces, bundle.revision, bundle.digest, "distributor")
+        if agent_box:
+            agent_box[0].set_quotas(config)
+
+    def link() -> dict[str, Any]:
+        return {
+            "connected": client.status.connected,
+            "target": client.target,
+            "bundleAcks": client.acks,
+            "bundleNacks": client.nacks,
+            "state": client.status.state.value,
+            "lastError": client.status.last_error,
+        }
+
+    def summary() -> dict[str, Any]:
+        agent = agent_box[0]
+        agent.heartbeat["lastSent"] = time.time()
+        agent.heartbeat["sent"] = int(agent.heartbeat.get("sent", 0)) + 1
+        return agent.summary()
+
+    identity = distribution_pb2.ClientIdentity(
+        kind=distribution_pb2.CLIENT_KIND_NODE_AGENT, id=opts.node, node=opts.node
+    )
+    settings = ClientSettings(
+        targets=opts.distributors,
+        state_dir=opts.state_dir / "distribution",
+        trusted=TrustedKeys.from_files(opts.trusted_keys),
+        heartbeat_interval_s=opts.heartbeat_interval_s,
+    )
+    client = DistributionClient(
+        settings,
+        identity,
+        activate,
+        summary=summary,
+        health=lambda: agent_box[0].health() if agent_box else "starting",
+        counters=lambda: agent_box[0].counters() if agent_box else {},
+    )
+    if agent_box:
+        agent_box[0].link = link
+    return client

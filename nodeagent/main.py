@@ -1,0 +1,133 @@
+"""``palisade nodeagent``: ``run`` the GPU node agent, or show a running agent's ``status``.
+
+The only place that reads flags and the environment (``NODE_NAME`` from the
+downward API, ``PALISADE_NODEAGENT_*`` for the chart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from nodeagent.quota import DEFAULT_SYSTEM_NAMESPACES
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"PALISADE_NODEAGENT_{name}", default)
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    run = sub.add_parser("run", help="run the agent (DaemonSet entry point)")
+    run.add_argument("--node", default=os.environ.get("NODE_NAME", socket.gethostname()))
+    run.add_argument("--listen", default=_env("LISTEN", "0.0.0.0:9400"), help="HOST:PORT")
+    run.add_argument(
+        "--backend",
+        choices=["auto", "nvml", "none", "sim"],
+        default=_env("BACKEND", "auto"),
+        help="auto: NVML, else no-GPU mode; sim: a simulated node (--scenario)",
+    )
+    run.add_argument("--scenario", type=Path, help="simulated node YAML (examples/gpu-sim/)")
+    run.add_argument("--interval", type=float, default=float(_env("INTERVAL", "1.0")))
+    run.add_argument("--dry-run", action="store_true", default=_env("DRY_RUN", "") == "true")
+    run.add_argument("--proc-root", type=Path, default=Path(_env("PROC_ROOT", "/proc")))
+    run.add_argument(
+        "--pod-resources-socket",
+        type=Path,
+        default=Path(_env("POD_RESOURCES_SOCKET", "/var/lib/kubelet/pod-resources/kubelet.sock")),
+    )
+    run.add_argument(
+        "--kube", default=_env("KUBE", "auto"), help="auto (in-cluster), off, or a kubeconfig"
+    )
+    run.add_argument("--bundle", type=Path, help="local policy bundle YAML with gpuQuota")
+    run.add_argument(
+        "--distributor",
+        action="append",
+        default=[t for t in _env("DISTRIBUTORS", "").split(",") if t],
+        help="distributor gRPC address host:port (repeatable)",
+    )
+    run.add_argument("--trusted-key", type=Path, action="append", default=[])
+    run.add_argument(
+        "--state-dir", type=Path, default=Path(_env("STATE_DIR", "/var/lib/palisade-nodeagent"))
+    )
+    run.add_argument("--audit-key", type=Path, help="Ed25519 PEM key signing audit records")
+    run.add_argument("--kill-grace", type=float, default=10.0, help="SIGTERM -> SIGKILL seconds")
+    run.add_argument(
+        "--system-namespaces",
+        default=_env("SYSTEM_NAMESPACES", ",".join(sorted(DEFAULT_SYSTEM_NAMESPACES))),
+        help="comma-separated namespaces never acted on",
+    )
+    run.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    run.set_defaults(func=_run)
+
+    status = sub.add_parser("status", help="print a running agent's status as tables")
+    status.add_argument("--url", default=_env("URL", "http://127.0.0.1:9400"))
+    status.add_argument("--json", action="store_true", help="print the raw /status JSON")
+    status.set_defaults(func=_status)
+
+
+def _run(ns: argparse.Namespace) -> int:
+    from nodeagent.app import Options, serve
+
+    logging.basicConfig(
+        level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    host, _, port = ns.listen.rpartition(":")
+    opts = Options(
+        node=ns.node,
+        listen_host=host or "0.0.0.0",  # noqa: S104
+        listen_port=int(port),
+        backend=ns.backend,
+        scenario=ns.scenario,
+        interval_s=ns.interval,
+        dry_run=ns.dry_run,
+        proc_root=ns.proc_root,
+        pod_resources_socket=ns.pod_resources_socket,
+        kube=ns.kube,
+        bundle=ns.bundle,
+        distributors=tuple(ns.distributor),
+        trusted_keys=tuple(ns.trusted_key),
+        state_dir=ns.state_dir,
+        audit_key=ns.audit_key,
+        kill_grace_s=ns.kill_grace,
+        system_namespaces=frozenset(s for s in ns.system_namespaces.split(",") if s),
+    )
+    try:
+        return asyncio.run(serve(opts))
+    except Exception as exc:  # startup errors: one clear line, no traceback
+        print(f"palisade nodeagent: {exc}", file=sys.stderr)
+        return 1
+
+
+def fetch_status(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url.rstrip('/')}/status", timeout=timeout) as resp:  # noqa: S310
+        doc = json.loads(resp.read())
+    if not isinstance(doc, dict):
+        raise ValueError("status is not a JSON object")
+    return doc
+
+
+def _status(ns: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from nodeagent.status import render
+
+    try:
+        doc = fetch_status(ns.url)
+    except (OSError, ValueError, urllib.error.URLError) as exc:
+        print(f"palisade nodeagent status: cannot read {ns.url}/status: {exc}", file=sys.stderr)
+        return 1
+    if ns.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        render(doc, Console(width=160))
+    return 0
