@@ -1,0 +1,98 @@
+{{/* Names, labels and shared values. Slots for the distributor and node agent use these too. */}}
+
+{{- define "palisade.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "palisade.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "palisade.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "palisade.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: palisade
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one component: include with (dict "ctx" . "component" "injector"). */}}
+{{- define "palisade.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "palisade.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "palisade.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "palisade.sidecarImage" -}}
+{{- default (include "palisade.image" .) .Values.sidecar.image -}}
+{{- end -}}
+
+{{- define "palisade.injector.name" -}}
+{{- printf "%s-injector" (include "palisade.fullname" .) -}}
+{{- end -}}
+
+{{- define "palisade.injector.tlsSecret" -}}
+{{- printf "%s-injector-tls" (include "palisade.fullname" .) -}}
+{{- end -}}
+
+{{- define "palisade.distributor.name" -}}
+{{- printf "%s-distributor" (include "palisade.fullname" .) -}}
+{{- end -}}
+
+{{- define "palisade.nodeagent.name" -}}
+{{- printf "%s-nodeagent" (include "palisade.fullname" .) -}}
+{{- end -}}
+
+{{/* The distributor address handed to sidecars; empty when there is none. */}}
+{{- define "palisade.distributor.address" -}}
+{{- if .Values.distributor.address -}}
+{{- .Values.distributor.address -}}
+{{- else if .Values.distributor.enabled -}}
+{{- printf "%s.%s.svc:%v" (include "palisade.distributor.name" .) .Release.Namespace .Values.distributor.grpcPort -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Restricted pod and container security contexts (Pod Security Standard "restricted"). */}}
+{{- define "palisade.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "palisade.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+privileged: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Namespaces the webhook never sees. */}}
+{{- define "palisade.injector.excludedNamespaces" -}}
+{{- $ns := list "kube-system" "kube-public" "kube-node-lease" .Release.Namespace -}}
+{{- range .Values.injector.excludeNamespaces }}{{ $ns = append $ns . }}{{ end -}}
+{{- toJson (uniq $ns) -}}
+{{- end -}}
