@@ -18,8 +18,8 @@ from typing import Any
 
 from distributor.server import Distributor, Settings, Source
 from distributor.sources import FileSource
+from palisade.bundle import BundleError, load_private_key
 from palisade.distribution.lkg import atomic_write
-from palisade.distribution.signing import load_private_key
 
 log = logging.getLogger("distributor")
 
@@ -138,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         asyncio.run(_serve(args))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, BundleError) as exc:
         log.error("distributor failed: %s", exc)
         return 1
     return 0

@@ -33,7 +33,7 @@ from distributor.compiler import CompileError, SourceError, compile_bundle
 from distributor.service import Hub, generic_handler
 from distributor.sources import Snapshot
 from distributor.store import AsyncStore, Store
-from palisade.distribution.signing import canonical_json
+from palisade.bundle import canonical_json
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -32,7 +33,7 @@ from google.protobuf import json_format
 
 from distributor.compiler import FULL, NODE_AGENT, SIDECAR, scope_for, scope_key
 from distributor.store import AsyncStore, AuditRow, Revision
-from palisade.distribution.signing import sign_bundle
+from palisade.bundle import canonical_json, sign_document
 from palisade.v1 import distribution_pb2, policy_pb2
 
 log = logging.getLogger(__name__)
@@ -131,12 +132,14 @@ class Hub:
         assert rev is not None
         cached = self._cache.get((rev.revision, key))
         if cached is None:
-            signed = sign_bundle(
-                scope_for(self._document, key),
-                rev.revision,
+            # Ed25519 is deterministic and ``created`` comes from the store, so
+            # every replica produces byte-identical envelopes for a revision.
+            signed = sign_document(
+                canonical_json(scope_for(self._document, key)),
                 self.keys,
+                rev.revision,
                 name=rev.name,
-                created_unix=rev.created,
+                created=datetime.fromtimestamp(rev.created, UTC),
             )
             msg = distribution_pb2.SubscribeResponse(bundle=signed)
             cached = (msg.SerializeToString(), signed.digest)

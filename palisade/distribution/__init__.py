@@ -4,23 +4,16 @@ Public surface::
 
     DistributionClient, ClientSettings, ActiveBundle   # the client (client.py)
     Status, State                                      # readiness state machine
-    TrustedKeys, sign_bundle, verify_bundle            # SignedBundle wire contract
+    TrustedKeys                                        # re-exported from palisade.bundle
     AuditSpool                                         # audit waiting on disk
     ApprovalBook, call_digest                          # approvals bound to one call
     Backoff                                            # reconnect delays
 """
 
+from palisade.bundle import TrustedKeys
 from palisade.distribution.approvals import ApprovalBook, call_digest
 from palisade.distribution.backoff import Backoff
 from palisade.distribution.client import ActiveBundle, ClientSettings, DistributionClient
-from palisade.distribution.signing import (
-    TrustedKeys,
-    VerificationError,
-    canonical_json,
-    digest_of,
-    sign_bundle,
-    verify_bundle,
-)
 from palisade.distribution.spool import AuditSpool
 from palisade.distribution.status import State, Status
 
@@ -34,10 +27,5 @@ __all__ = [
     "State",
     "Status",
     "TrustedKeys",
-    "VerificationError",
     "call_digest",
-    "canonical_json",
-    "digest_of",
-    "sign_bundle",
-    "verify_bundle",
 ]

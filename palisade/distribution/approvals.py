@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from palisade.distribution.signing import canonical_json
+from palisade.bundle import canonical_json
 from palisade.policy.types import Clock
 from palisade.v1 import distribution_pb2
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -37,11 +38,11 @@ from typing import Any
 
 import grpc
 
+from palisade.bundle import Bundle, BundleError, TrustedKeys, verify_bundle
 from palisade.distribution import status as st
 from palisade.distribution.approvals import ApprovalBook
 from palisade.distribution.backoff import Backoff
 from palisade.distribution.lkg import LastKnownGood
-from palisade.distribution.signing import TrustedKeys, VerificationError, verify_bundle
 from palisade.distribution.spool import AuditSpool
 from palisade.v1 import (
     audit_pb2,
@@ -61,7 +62,10 @@ class ActiveBundle:
     revision: int
     digest: str
     name: str
+    bundle: Bundle
+    """The validated bundle, ready for ``palisade.policy``'s engine."""
     document: Mapping[str, Any]
+    """The canonical document as plain data (what the node agent reads its quotas from)."""
     signed: bundle_pb2.SignedBundle
 
 
@@ -193,8 +197,8 @@ class DistributionClient:
     def _apply(self, signed: bundle_pb2.SignedBundle, *, persist: bool) -> str:
         """Verify and activate; returns "" on success or the error to NACK with."""
         try:
-            document = verify_bundle(signed, self.settings.trusted)
-        except VerificationError as exc:
+            verified = verify_bundle(signed, self.settings.trusted)
+        except BundleError as exc:
             return self._reject(f"verification failed: {exc}")
         if self.active is not None:
             if signed.revision < self.active.revision:
@@ -203,7 +207,10 @@ class DistributionClient:
                 )
             if signed.revision == self.active.revision and signed.digest == self.active.digest:
                 return ""
-        bundle = ActiveBundle(signed.revision, signed.digest, signed.name, document, signed)
+        document = json.loads(signed.document)
+        bundle = ActiveBundle(
+            signed.revision, signed.digest, signed.name, verified.bundle, document, signed
+        )
         try:
             self._activate(bundle)
         except Exception as exc:

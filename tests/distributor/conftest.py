@@ -21,7 +21,7 @@ class Fleet:
         self.store = tmp / "distributor.db"
         self.key_path = tmp / "signing.pem"
         self.key: Ed25519PrivateKey = write_key(self.key_path)
-        self.trusted = TrustedKeys.of([self.key.public_key()])
+        self.trusted = TrustedKeys([self.key.public_key()])
         self.replicas: list[Replica] = []
 
     def start(self, name: str, **kw: object) -> Replica:

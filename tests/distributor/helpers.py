@@ -17,6 +17,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from palisade.bundle import private_key_pem
 from palisade.distribution import (
     ActiveBundle,
     Backoff,
@@ -24,7 +25,6 @@ from palisade.distribution import (
     DistributionClient,
     TrustedKeys,
 )
-from palisade.distribution.signing import private_pem
 from palisade.v1 import distribution_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ def bundle_yaml(reason: str = "reads are fine", gpus: int = 2) -> str:
 
 def write_key(path: Path) -> Ed25519PrivateKey:
     key = Ed25519PrivateKey.generate()
-    path.write_bytes(private_pem(key))
+    path.write_bytes(private_key_pem(key))
     return key
 
 

@@ -117,7 +117,7 @@ async def test_a_bundle_the_client_cannot_verify_is_nacked_and_the_last_good_one
     finally:
         await client2.stop()
     # A client that trusts both keys (rotation) accepts the new bundle.
-    both = TrustedKeys.of([fleet.key.public_key(), rogue.public_key()])
+    both = TrustedKeys([fleet.key.public_key(), rogue.public_key()])
     client3, _rec3 = make_client(fleet.tmp, "c0", [replica2.target], both, recorder=rec)
     await client3.start()
     try:
