@@ -1,0 +1,1 @@
+"""The official MCP conformance suite, run direct and through the sidecar."""
