@@ -1,0 +1,85 @@
+"""The sidecar's aiohttp application: MCP routes, probes, metrics, protected-resource metadata.
+
+``build_app(core)`` wires :class:`~sidecar.core.ProxyCore` into routes:
+
+====================================  =============================================
+``POST|GET|DELETE <mcp_path>``        Streamable HTTP (2025-03-26 .. 2026-07-28)
+``GET <sse_path>``                    legacy HTTP+SSE stream (2024-11-05)
+``POST <messages_path>``              legacy HTTP+SSE messages
+``GET /healthz``                      alive
+``GET /readyz``                       a verified bundle is active and the upstream answers
+``GET /metrics``                      Prometheus text format
+``GET /.well-known/oauth-protected-resource``  RFC 9728 metadata (from identity)
+====================================  =============================================
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sidecar.core import ProxyCore
+from sidecar.legacy import LegacyHandlers
+from sidecar.streamable import StreamableHandlers
+
+CORE_KEY: web.AppKey[ProxyCore] = web.AppKey("palisade_core", ProxyCore)
+
+
+def build_app(core: ProxyCore) -> web.Application:
+    s = core.settings
+    app = web.Application(client_max_size=s.limits.max_body_bytes + 1)
+    app[CORE_KEY] = core
+    sh = StreamableHandlers(core)
+    lh = LegacyHandlers(core)
+    app.router.add_post(s.mcp_path, sh.post)
+    app.router.add_get(s.mcp_path, sh.get, allow_head=False)
+    app.router.add_delete(s.mcp_path, sh.delete)
+    app.router.add_get(s.sse_path, lh.stream, allow_head=False)
+    app.router.add_post(s.messages_path, lh.message)
+    if s.messages_path.endswith("/"):
+        app.router.add_post(s.messages_path.rstrip("/"), lh.message)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        snap = core.policy.snapshot
+        problems = []
+        if core.draining:
+            problems.append("shutting down")
+        if snap is None:
+            problems.append("no verified bundle is active")
+        if not await core.upstream.answers(s.mcp_path):
+            problems.append("the upstream MCP server does not answer")
+        doc = {
+            "ready": not problems,
+            "problems": problems,
+            "bundle_revision": snap.revision if snap else None,
+            "bundle_digest": snap.digest if snap else None,
+        }
+        return web.json_response(doc, status=200 if not problems else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(core.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def resource_metadata(_: web.Request) -> web.Response:
+        return web.json_response(core.authenticator.protected_resource_metadata())
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/.well-known/oauth-protected-resource", resource_metadata)
+    app.router.add_get("/.well-known/oauth-protected-resource" + s.mcp_path, resource_metadata)
+
+    async def on_startup(_: web.Application) -> None:
+        await core.upstream.start()
+
+    async def on_cleanup(_: web.Application) -> None:
+        for task in list(core.background):
+            task.cancel()
+        await core.upstream.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app

@@ -1,0 +1,186 @@
+"""JSON-RPC 2.0 as the proxy sees it: parse and bound one message, build error answers.
+
+Pure functions, no I/O. The proxy reads a body, hands the bytes to
+:func:`parse_message` and gets a :class:`Message` or a :class:`BadMessage` that
+already says which JSON-RPC error and HTTP status to answer with::
+
+    BadMessage                 code, message, http_status, request_id
+      parse error   -32700     400  not JSON, not UTF-8
+      invalid req.  -32600     400  not an object, a batch (array), no method
+      too deep      -32600     400  nesting beyond the configured depth
+      too large     -32600     413  body over the configured size (raised by the adapter)
+
+Palisade's own answers use the implementation-defined band -32000..-32019 that
+the 2026-07-28 revision leaves to implementations (the SDK already uses -32000
+and -32001; -32002 is retired). See ``docs/sidecar.md`` "Denials".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+#: MCP 2026-07-28: HTTP headers disagree with the body (or are missing/duplicated).
+HEADER_MISMATCH = -32020
+
+#: Policy said deny (or the registry, or a fail-closed error).
+POLICY_DENIED = -32010
+#: Policy said require_approval: ``data.approval_id`` is what a human approves.
+APPROVAL_REQUIRED = -32011
+#: A rate limit said throttle: retry after ``data.retry_after`` seconds.
+THROTTLED = -32012
+#: A configured limit was exceeded (body, depth, stream idle, upstream time).
+LIMIT_EXCEEDED = -32013
+#: The upstream MCP server could not be reached or failed.
+UPSTREAM_UNAVAILABLE = -32014
+#: The caller could not be authenticated or may not use this server.
+UNAUTHORIZED = -32015
+
+RequestId = str | int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One well-formed JSON-RPC message from the client."""
+
+    body: dict[str, Any]
+
+    @property
+    def method(self) -> str | None:
+        m = self.body.get("method")
+        return m if isinstance(m, str) else None
+
+    @property
+    def id(self) -> RequestId:
+        rid = self.body.get("id")
+        return rid if isinstance(rid, str | int) and not isinstance(rid, bool) else None
+
+    @property
+    def is_request(self) -> bool:
+        return self.method is not None and "id" in self.body
+
+    @property
+    def is_notification(self) -> bool:
+        return self.method is not None and "id" not in self.body
+
+    @property
+    def is_response(self) -> bool:
+        return self.method is None and ("result" in self.body or "error" in self.body)
+
+    @property
+    def params(self) -> Mapping[str, Any]:
+        p = self.body.get("params")
+        return p if isinstance(p, dict) else {}
+
+
+@dataclass(frozen=True, slots=True)
+class BadMessage(Exception):
+    """A message refused before any decision; carries the answer to give."""
+
+    code: int
+    message: str
+    http_status: int = 400
+    request_id: RequestId = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def depth_of(value: Any, limit: int) -> int:
+    """Nesting depth of a decoded JSON value, stopping early once ``limit`` is passed.
+
+    Iterative, so a hostile document cannot exhaust the interpreter's stack.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def parse_message(raw: bytes, *, max_depth: int) -> Message:
+    """Decode one JSON-RPC message; raise :class:`BadMessage` for anything else.
+
+    Batches are refused outright: one message per POST is what Streamable HTTP
+    allows from 2025-06-18 on, and a batch would let one checked call carry
+    unchecked siblings.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadMessage(PARSE_ERROR, "Parse error: the body is not UTF-8") from None
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise BadMessage(
+            INVALID_REQUEST, f"Invalid Request: JSON nested deeper than {max_depth} levels"
+        ) from None
+    except ValueError as exc:
+        raise BadMessage(PARSE_ERROR, f"Parse error: {exc.args[0] if exc.args else exc}") from None
+    if isinstance(doc, list):
+        raise BadMessage(
+            INVALID_REQUEST,
+            "Invalid Request: JSON-RPC batches are not accepted; send one message per request",
+        )
+    if not isinstance(doc, dict):
+        raise BadMessage(INVALID_REQUEST, "Invalid Request: the body must be a JSON-RPC object")
+    msg = Message(doc)
+    if depth_of(doc, max_depth) > max_depth:
+        raise BadMessage(
+            INVALID_REQUEST,
+            f"Invalid Request: JSON nested deeper than {max_depth} levels",
+            request_id=msg.id,
+        )
+    if doc.get("jsonrpc") != "2.0":
+        raise BadMessage(
+            INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"', request_id=msg.id
+        )
+    if "method" in doc and not isinstance(doc["method"], str):
+        raise BadMessage(
+            INVALID_REQUEST, 'Invalid Request: "method" must be a string', request_id=msg.id
+        )
+    if "method" not in doc and not msg.is_response:
+        raise BadMessage(
+            INVALID_REQUEST,
+            "Invalid Request: neither a request, a notification nor a response",
+            request_id=msg.id,
+        )
+    if "id" in doc and doc["id"] is not None and msg.id is None:
+        raise BadMessage(INVALID_REQUEST, 'Invalid Request: "id" must be a string or an integer')
+    if "params" in doc and not isinstance(doc["params"], dict | list):
+        raise BadMessage(
+            INVALID_REQUEST, 'Invalid Request: "params" must be an object', request_id=msg.id
+        )
+    return msg
+
+
+def error_response(
+    request_id: RequestId, code: int, message: str, data: Any = None
+) -> dict[str, Any]:
+    """A JSON-RPC error object answering ``request_id``."""
+    err: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        err["data"] = data
+    return {"jsonrpc": "2.0", "id": request_id, "error": err}
+
+
+def dumps(doc: Any) -> bytes:
+    """Compact JSON bytes, as sent on the wire."""
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -1,0 +1,312 @@
+"""``palisade sidecar``: flags and environment in, a running proxy out.
+
+The only module of the sidecar that reads flags or the environment. Every flag
+has an environment variable (``PALISADE_<FLAG>``, dashes as underscores) used as
+its default; the table is in docs/sidecar.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from palisade.audit import AuditWriter, Signer, load_signer
+from palisade.bundle.canonical import to_document
+from palisade.bundle.signing import TrustedKeys, load_public_key
+from palisade.runtime.lifecycle import run_daemon
+from palisade.runtime.logs import setup_logging
+from palisade.runtime.metrics import DecisionMetrics
+from palisade.service import EngineHolder, PolicyServicer, ServerSettings, start_server
+from palisade.service.server import stop_server
+from sidecar.app import build_app
+from sidecar.audit import AuditSink, LogSink, WriterSink
+from sidecar.core import ProxyCore
+from sidecar.identity import DevAgent
+from sidecar.identity.jwks import IssuerConfig
+from sidecar.identity.mapping import IdentityMap
+from sidecar.identity.stack import IdentitySettings, IdentityStack, TokenReviewSettings
+from sidecar.intake import BundleIntake
+from sidecar.metrics import SidecarMetrics
+from sidecar.policy import PolicyHolder, PolicySnapshot
+from sidecar.settings import Limits, SidecarSettings
+from sidecar.upstream import Upstream
+
+_DEFAULT_LIMITS = Limits()
+
+log = logging.getLogger(__name__)
+
+
+def _env(name: str, default: Any = None) -> Any:
+    return os.environ.get("PALISADE_" + name.upper().replace("-", "_"), default)
+
+
+def _list_env(name: str) -> list[str]:
+    raw = _env(name, "")
+    return [x for x in str(raw).split(",") if x]
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("--listen", default=_env("listen", "0.0.0.0:9000"), help="host:port of the MCP proxy")
+    a("--upstream", default=_env("upstream"), help="upstream MCP server base URL on 127.0.0.1")
+    a("--server-name", default=_env("server-name"), help="registry name of the upstream server")
+    a("--mcp-path", default=_env("mcp-path", "/mcp"), help="Streamable HTTP path")
+    a("--bundle", default=_env("bundle"), help="bundle file or directory to watch")
+    a("--bundle-poll", type=float, default=float(_env("bundle-poll", 2.0)), help="seconds")
+    a("--state-dir", default=_env("state-dir"), help="where the last good bundle is kept")
+    a(
+        "--trusted-key",
+        action="append",
+        default=_list_env("trusted-key"),
+        help="PEM public key trusted to sign bundles (repeat)",
+    )
+    a(
+        "--allow-unsigned-bundles",
+        action="store_true",
+        default=_env("allow-unsigned-bundles", "") == "1",
+        help="development only",
+    )
+    a("--socket", default=_env("socket"), help="Unix socket for gRPC PolicyService/Check")
+    a("--audit-dir", default=_env("audit-dir"), help="directory of the signed audit log")
+    a("--audit-key", default=_env("audit-key"), help="Ed25519 key signing audit records (PEM)")
+    a("--label", action="append", default=_list_env("label"), help="k=v label for rules")
+    a("--resource", default=_env("resource"), help="this server's OAuth resource URI (audience)")
+    a("--issuer", action="append", default=_list_env("issuer"), help="trusted token issuer URL")
+    a("--cluster-issuer", default=_env("cluster-issuer"), help="the cluster's OIDC issuer")
+    a("--cluster-jwks-uri", default=_env("cluster-jwks-uri", ""), help="its JWKS URI")
+    a("--token-review-api", default=_env("token-review-api"), help="API server for TokenReview")
+    a("--required-scope", action="append", default=_list_env("required-scope"))
+    a(
+        "--dev-auth",
+        action="store_true",
+        default=_env("dev-auth", "") == "1",
+        help="DEVELOPMENT: trust --dev-token mappings without verification",
+    )
+    a(
+        "--dev-token",
+        action="append",
+        default=_list_env("dev-token"),
+        help="TOKEN=AGENT[:TENANT[:ON_BEHALF_OF]] (with --dev-auth)",
+    )
+    a(
+        "--max-body-bytes",
+        type=int,
+        default=int(_env("max-body-bytes", _DEFAULT_LIMITS.max_body_bytes)),
+    )
+    a(
+        "--max-json-depth",
+        type=int,
+        default=int(_env("max-json-depth", _DEFAULT_LIMITS.max_json_depth)),
+    )
+    a(
+        "--max-header-bytes",
+        type=int,
+        default=int(_env("max-header-bytes", _DEFAULT_LIMITS.max_header_bytes)),
+    )
+    a(
+        "--idle-stream-timeout",
+        type=float,
+        default=float(_env("idle-stream-timeout", _DEFAULT_LIMITS.idle_stream_timeout_s)),
+    )
+    a(
+        "--upstream-timeout",
+        type=float,
+        default=float(_env("upstream-timeout", _DEFAULT_LIMITS.upstream_timeout_s)),
+    )
+    a("--shutdown-grace", type=float, default=float(_env("shutdown-grace", 20.0)))
+    a("--log-level", default=_env("log-level", "info"))
+    parser.set_defaults(func=run)
+
+
+def settings_from(ns: argparse.Namespace) -> SidecarSettings:
+    if not ns.upstream or not ns.server_name:
+        raise SystemExit("palisade sidecar: --upstream and --server-name are required")
+    host, _, port = str(ns.listen).rpartition(":")
+    labels = dict(x.split("=", 1) for x in ns.label if "=" in x)
+    return SidecarSettings(
+        upstream=ns.upstream,
+        server_name=ns.server_name,
+        listen_host=host or "0.0.0.0",  # noqa: S104
+        listen_port=int(port),
+        mcp_path=ns.mcp_path,
+        bundle_path=Path(ns.bundle) if ns.bundle else None,
+        state_dir=Path(ns.state_dir) if ns.state_dir else None,
+        bundle_poll_s=ns.bundle_poll,
+        check_socket=Path(ns.socket) if ns.socket else None,
+        audit_dir=Path(ns.audit_dir) if ns.audit_dir else None,
+        shutdown_grace_s=ns.shutdown_grace,
+        labels=labels,
+        limits=Limits(
+            max_body_bytes=ns.max_body_bytes,
+            max_json_depth=ns.max_json_depth,
+            max_header_bytes=ns.max_header_bytes,
+            idle_stream_timeout_s=ns.idle_stream_timeout,
+            upstream_timeout_s=ns.upstream_timeout,
+        ),
+    )
+
+
+def identity_from(ns: argparse.Namespace, s: SidecarSettings) -> IdentitySettings:
+    resource = ns.resource or f"http://{s.listen_host}:{s.listen_port}{s.mcp_path}"
+    dev: dict[str, DevAgent] = {}
+    for spec in ns.dev_token:
+        token, _, who = spec.partition("=")
+        agent, _, rest = who.partition(":")
+        tenant, _, obo = rest.partition(":")
+        if not token or not agent:
+            raise SystemExit(f"palisade sidecar: bad --dev-token {spec!r} (TOKEN=AGENT[:TENANT])")
+        dev[token] = DevAgent(agent, tenant, obo)
+    issuers = [IssuerConfig(issuer=i) for i in ns.issuer]
+    if ns.cluster_issuer:
+        issuers.append(IssuerConfig(ns.cluster_issuer, jwks_uri=ns.cluster_jwks_uri, cluster=True))
+    return IdentitySettings(
+        resource=resource,
+        issuers=tuple(issuers),
+        token_review=TokenReviewSettings(ns.token_review_api) if ns.token_review_api else None,
+        required_scopes=tuple(ns.required_scope),
+        dev_mode=bool(ns.dev_auth),
+        dev_tokens=dev,
+    )
+
+
+def _signer(ns: argparse.Namespace, audit_dir: Path) -> Signer:
+    if ns.audit_key:
+        return load_signer(Path(ns.audit_key))
+    path = audit_dir / "audit-key.pem"
+    if path.is_file():
+        return load_signer(path)
+    signer = Signer.generate()
+    audit_dir.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(signer.private_pem())
+    path.chmod(0o600)
+    (audit_dir / "audit-key.pub.pem").write_bytes(signer.public_pem())
+    log.warning("generated a new audit signing key", extra={"path": str(path)})
+    return signer
+
+
+async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
+    s = settings_from(ns)
+    metrics = SidecarMetrics()
+    policy = PolicyHolder()
+    engines = EngineHolder()
+    writer: AuditWriter | None = None
+    sink: AuditSink = LogSink()
+    if s.audit_dir is not None:
+        writer = AuditWriter(
+            s.audit_dir / "audit.jsonl", _signer(ns, s.audit_dir), source=f"sidecar/{s.server_name}"
+        )
+        writer.open()
+        await writer.start()
+        sink = WriterSink(writer)
+    else:
+        log.warning("no --audit-dir: decisions are audited to the log only, unsigned")
+
+    async with IdentityStack(identity_from(ns, s), IdentityMap()) as stack:
+
+        def activate(snap: PolicySnapshot) -> None:
+            engine: Any = snap.engine
+            stack.update_identities(
+                IdentityMap.from_agents(to_document(engine.bundle)["spec"].get("agents", []))
+            )
+            policy.activate(snap)
+            engines.swap(
+                snap.engine, secret_names=lambda _srv, tool: snap.facts(tool).secret_arguments
+            )
+            metrics.bundle_revision.set(snap.revision)
+
+        intake: BundleIntake | None = None
+        if s.bundle_path is not None:
+            keys = (
+                TrustedKeys([load_public_key(k) for k in ns.trusted_key])
+                if ns.trusted_key
+                else None
+            )
+            intake = BundleIntake(
+                s.bundle_path,
+                server_name=s.server_name,
+                activate=activate,
+                trusted=keys,
+                allow_unsigned=ns.allow_unsigned_bundles,
+                state_dir=s.state_dir,
+                on_error=lambda _e: metrics.bundle_errors.inc(),
+            )
+            intake.start()
+        else:
+            log.error("no --bundle: every call is denied until one is given")
+        assert stack.authenticator is not None
+        core = ProxyCore(
+            settings=s,
+            policy=policy,
+            authenticator=stack.authenticator,
+            audit=sink,
+            upstream=Upstream(s.upstream, timeout_s=s.limits.upstream_timeout_s),
+            metrics=metrics,
+        )
+        runner = web.AppRunner(
+            build_app(core),
+            handle_signals=False,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=s.shutdown_grace_s,
+            max_line_size=s.limits.max_header_bytes,
+            max_field_size=s.limits.max_header_bytes,
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, s.listen_host, s.listen_port, reuse_address=True)
+        await site.start()
+        grpc_server = None
+        if s.check_socket is not None and writer is not None:
+            servicer = PolicyServicer(engines, writer, DecisionMetrics(metrics.registry))
+            grpc_server = await start_server(
+                servicer, ServerSettings(socket_path=str(s.check_socket))
+            )
+        elif s.check_socket is not None:
+            log.error("--socket needs --audit-dir (every Check is audited); not serving gRPC")
+        log.info(
+            "sidecar ready",
+            extra={
+                "listen": f"{s.listen_host}:{s.listen_port}",
+                "upstream": s.upstream,
+                "server": s.server_name,
+            },
+        )
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), s.bundle_poll_s)
+                if intake is not None and not stop.is_set():
+                    intake.poll()
+        finally:
+            core.draining = True
+            log.info(
+                "shutting down: finishing in-flight calls", extra={"grace_s": s.shutdown_grace_s}
+            )
+            if grpc_server is not None:
+                await stop_server(grpc_server[0], grpc_server[1], min(5.0, s.shutdown_grace_s))
+            await runner.cleanup()
+            if writer is not None:
+                await writer.aclose()
+
+
+def run(ns: argparse.Namespace) -> int:
+    setup_logging(ns.log_level)
+    return run_daemon(lambda stop: serve(ns, stop), grace_s=ns.shutdown_grace + 2.0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="palisade sidecar")
+    register(parser)
+    ns = parser.parse_args(argv)
+    return int(ns.func(ns))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

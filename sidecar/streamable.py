@@ -1,0 +1,284 @@
+"""Streamable HTTP (MCP 2025-03-26 .. 2026-07-28): POST, GET and DELETE on the MCP endpoint.
+
+Each handler authenticates, bounds and checks the message (see
+:mod:`sidecar.core`), decides ``tools/call``, then forwards and streams the
+answer back. SSE answers are cut into events as they arrive; only events that
+answer a watched request are parsed and rewritten, the rest pass byte for byte.
+A client that goes away cancels the upstream request; an idle stream is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from sidecar import gate, jsonrpc
+from sidecar.core import ProxyCore, error_http, forward_headers, response_headers
+from sidecar.identity import AuthError, Principal
+from sidecar.jsonrpc import BadMessage, Message
+from sidecar.sessions import Pending
+from sidecar.sse import EventSplitter, EventTooLarge
+from sidecar.upstream import UpstreamError
+
+log = logging.getLogger(__name__)
+
+
+_NEEDS_VERSION = frozenset({"tools/call", "tools/list"})
+
+
+def _path_qs(request: web.Request) -> str:
+    return request.rel_url.path_qs
+
+
+class StreamableHandlers:
+    def __init__(self, core: ProxyCore) -> None:
+        self.core = core
+
+    async def post(self, request: web.Request) -> web.StreamResponse:
+        core = self.core
+        if core.draining:
+            return error_http(
+                503, jsonrpc.error_response(None, jsonrpc.UPSTREAM_UNAVAILABLE, "shutting down")
+            )
+        try:
+            principal = await core.authenticate(request)
+        except AuthError as exc:
+            return core.auth_response(exc)
+        session_id = request.headers.get("Mcp-Session-Id", "")
+        try:
+            msg = await core.read_message(request)
+            session = core.session_for(session_id, principal)
+            core.check_headers(msg, request, session)
+            if msg.method in _NEEDS_VERSION and not session.server_version:
+                await core.ensure_server_version()
+            expect: tuple[object, Pending] | None = None
+            if msg.method == "tools/call" and msg.is_request:
+                verdict, pending = core.decide(msg, principal, session_id, session)
+                if not verdict.allowed:
+                    core.metrics.requests.labels("tools/call", str(verdict.decision)).inc()
+                    return error_http(200, gate.verdict_error(msg.id, verdict, pending.tool))
+                if pending.untrusted:
+                    expect = (msg.id, pending)
+            else:
+                p = core.pending_for(msg, principal)
+                if p is not None:
+                    expect = (msg.id, p)
+        except BadMessage as exc:
+            return core.bad_input(exc, principal, session_id)
+        if expect is not None and session_id:
+            session.remember(msg.id, expect[1])
+        core.metrics.requests.labels(msg.method or "response", "forwarded").inc()
+        return await self._forward(request, msg, principal, session_id, expect)
+
+    async def _forward(
+        self,
+        request: web.Request,
+        msg: Message,
+        principal: Principal,
+        session_id: str,
+        expect: tuple[object, Pending] | None,
+    ) -> web.StreamResponse:
+        core = self.core
+        body = jsonrpc.dumps(msg.body)
+        headers = forward_headers(request.headers)
+        core.metrics.in_flight.inc()
+        answered = False
+        try:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            async with core.upstream.request("POST", _path_qs(request), headers, body) as up:
+                core.metrics.upstream_seconds.observe(loop.time() - t0)
+                ctype = up.headers.get("Content-Type", "")
+                out_headers = response_headers(up.headers)
+                if ctype.startswith("text/event-stream"):
+                    answered = True  # from here on the stream cancels upstream work itself
+                    return await self._stream(
+                        request, up, out_headers, session_id, principal, expect, msg
+                    )
+                limit = core.settings.limits.max_inspect_bytes
+                async with asyncio.timeout(core.settings.limits.upstream_timeout_s):
+                    data = await up.content.read(limit + 1)
+                if len(data) > limit:
+                    raise BadMessage(
+                        jsonrpc.LIMIT_EXCEEDED,
+                        f"the upstream answer exceeds {limit} bytes",
+                        502,
+                        msg.id,
+                    )
+                new_sid = up.headers.get("Mcp-Session-Id", "")
+                if expect is not None and ctype.startswith("application/json") and data:
+                    data = self._rewrite_json(data, expect, session_id, principal, new_sid)
+                answered = True
+                return web.Response(status=up.status, body=data, headers=out_headers)
+        except UpstreamError as exc:
+            answered = True
+            if exc.timeout:
+                core.cancel_upstream(msg.id, request.headers, _path_qs(request), "upstream timeout")
+            status = 504 if exc.timeout else 502
+            return error_http(
+                status, jsonrpc.error_response(msg.id, jsonrpc.UPSTREAM_UNAVAILABLE, exc.reason)
+            )
+        except TimeoutError:
+            answered = True
+            core.cancel_upstream(msg.id, request.headers, _path_qs(request), "upstream timeout")
+            return error_http(
+                504,
+                jsonrpc.error_response(
+                    msg.id,
+                    jsonrpc.UPSTREAM_UNAVAILABLE,
+                    "the upstream answer did not complete in time",
+                ),
+            )
+        except BadMessage as exc:
+            answered = True
+            return error_http(
+                exc.http_status, jsonrpc.error_response(msg.id, exc.code, exc.message)
+            )
+        finally:
+            core.metrics.in_flight.dec()
+            if not answered and msg.is_request:
+                core.cancel_upstream(
+                    msg.id, request.headers, _path_qs(request), "client disconnected"
+                )
+
+    def _rewrite_json(
+        self,
+        data: bytes,
+        expect: tuple[object, Pending],
+        session_id: str,
+        principal: Principal,
+        new_sid: str,
+    ) -> bytes:
+        try:
+            doc: Any = json.loads(data)
+        except ValueError:
+            return data
+        if not isinstance(doc, dict) or doc.get("id") != expect[0]:
+            return data
+        new = self.core.rewrite_result(expect[1], doc, session_id, principal, new_sid)
+        return data if new is doc else jsonrpc.dumps(new)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        up: aiohttp.ClientResponse,
+        headers: dict[str, str],
+        session_id: str,
+        principal: Principal,
+        expect: tuple[object, Pending] | None,
+        msg: Message | None,
+    ) -> web.StreamResponse:
+        """Relay an SSE answer event by event (POST streams) or chunk by chunk."""
+        core = self.core
+        limits = core.settings.limits
+        resp = web.StreamResponse(status=up.status, headers=headers)
+        await resp.prepare(request)
+        inspect = expect is not None or msg is None  # GET streams: look up the session
+        splitter = EventSplitter(limits.max_inspect_bytes) if inspect else None
+        completed = False
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(limits.idle_stream_timeout_s):
+                        chunk = await up.content.readany()
+                except TimeoutError:
+                    log.info("closing idle stream", extra={"session": session_id})
+                    if msg is not None and msg.id is not None:
+                        err = jsonrpc.error_response(
+                            msg.id,
+                            jsonrpc.LIMIT_EXCEEDED,
+                            f"stream idle for {limits.idle_stream_timeout_s:g}s; closed",
+                        )
+                        await resp.write(b"event: message\ndata: " + jsonrpc.dumps(err) + b"\n\n")
+                        core.cancel_upstream(
+                            msg.id, request.headers, _path_qs(request), "idle stream"
+                        )
+                    completed = True
+                    break
+                if not chunk:
+                    completed = True
+                    break
+                if splitter is None:
+                    await resp.write(chunk)
+                    continue
+                for raw in splitter.feed(chunk):
+                    await resp.write(core.rewrite_event(raw, session_id, principal, expect))
+            if splitter is not None and (rest := splitter.rest()):
+                await resp.write(rest)
+            await resp.write_eof()
+        except EventTooLarge as exc:
+            completed = True
+            log.warning("closing stream: %s", exc)
+            if msg is not None:
+                core.cancel_upstream(msg.id, request.headers, _path_qs(request), "event too large")
+        except (ConnectionResetError, aiohttp.ClientConnectionError):
+            pass  # client or upstream went away; the finally below tells the upstream
+        finally:
+            if not completed and msg is not None and msg.is_request:
+                core.cancel_upstream(
+                    msg.id, request.headers, _path_qs(request), "client disconnected"
+                )
+        return resp
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        """A GET stream (server-initiated messages, or resumption with Last-Event-ID)."""
+        core = self.core
+        try:
+            principal = await core.authenticate(request)
+        except AuthError as exc:
+            return core.auth_response(exc)
+        session_id = request.headers.get("Mcp-Session-Id", "")
+        try:
+            core.session_for(session_id, principal)
+        except BadMessage as exc:
+            return core.bad_input(exc, principal, session_id)
+        core.metrics.requests.labels("GET", "forwarded").inc()
+        try:
+            async with core.upstream.request(
+                "GET", _path_qs(request), forward_headers(request.headers)
+            ) as up:
+                headers = response_headers(up.headers)
+                if up.headers.get("Content-Type", "").startswith("text/event-stream"):
+                    return await self._stream(
+                        request, up, headers, session_id, principal, None, None
+                    )
+                return web.Response(status=up.status, body=await up.read(), headers=headers)
+        except UpstreamError as exc:
+            return error_http(
+                504 if exc.timeout else 502,
+                jsonrpc.error_response(None, jsonrpc.UPSTREAM_UNAVAILABLE, exc.reason),
+            )
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        """End a session upstream; forget it here once the upstream agreed."""
+        core = self.core
+        try:
+            principal = await core.authenticate(request)
+        except AuthError as exc:
+            return core.auth_response(exc)
+        session_id = request.headers.get("Mcp-Session-Id", "")
+        try:
+            core.session_for(session_id, principal)
+        except BadMessage as exc:
+            return core.bad_input(exc, principal, session_id)
+        core.metrics.requests.labels("DELETE", "forwarded").inc()
+        try:
+            async with core.upstream.request(
+                "DELETE", _path_qs(request), forward_headers(request.headers)
+            ) as up:
+                body = await up.read()
+                if up.status < 300 and session_id:
+                    core.sessions.drop(session_id)
+                return web.Response(
+                    status=up.status, body=body, headers=response_headers(up.headers)
+                )
+        except UpstreamError as exc:
+            return error_http(
+                504 if exc.timeout else 502,
+                jsonrpc.error_response(None, jsonrpc.UPSTREAM_UNAVAILABLE, exc.reason),
+            )
