@@ -11,6 +11,8 @@ other test's namespaces.
 from __future__ import annotations
 
 import base64
+import dataclasses
+import datetime as dt
 import json
 import re
 import ssl
@@ -24,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
+from injector import certs
 from tests.harness.controlplane import ApiError, ControlPlane
 from tests.harness.process import ManagedProcess, free_port
 
@@ -406,6 +410,97 @@ def test_an_overwritten_ca_bundle_is_patched_back(kube: ControlPlane, injector: 
     )
     wait_for(lambda: injector.ca_bundle() == good, 15, "caBundle to be restored")
     assert len(sidecars(create(kube, namespace(kube, "enabled"), mcp_pod()))) == 1
+
+
+def served_certificate(port: int) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(ssl.get_server_certificate(("127.0.0.1", port)).encode())
+
+
+def read_secret(kube: ControlPlane) -> tuple[certs.CertSet, dict[str, Any]]:
+    secret = kube.request("GET", f"/api/v1/namespaces/{OWN_NAMESPACE}/secrets/{SECRET}")
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    cert_set = certs.CertSet(
+        ca_cert=data["ca.crt"],
+        ca_key=data["ca.key"],
+        cert=data["tls.crt"],
+        key=data["tls.key"],
+        previous_ca=data.get("previous-ca.crt", ""),
+    )
+    return cert_set, secret
+
+
+def write_secret(kube: ControlPlane, secret: dict[str, Any], cert_set: certs.CertSet) -> None:
+    secret["data"] = {
+        "ca.crt": cert_set.ca_cert,
+        "ca.key": cert_set.ca_key,
+        "tls.crt": cert_set.cert,
+        "tls.key": cert_set.key,
+        "previous-ca.crt": cert_set.previous_ca,
+    }
+    secret["data"] = {k: base64.b64encode(v.encode()).decode() for k, v in secret["data"].items()}
+    kube.request("PUT", f"/api/v1/namespaces/{OWN_NAMESPACE}/secrets/{SECRET}", secret)
+
+
+def test_a_serving_certificate_near_expiry_is_rotated_and_served(
+    kube: ControlPlane, injector: Injector
+) -> None:
+    cert_set, secret = read_secret(kube)
+    now = dt.datetime.now(dt.UTC)
+    names = certs.service_names("palisade-injector", OWN_NAMESPACE, ("127.0.0.1",))
+    short, key = certs.issue(cert_set.ca_cert, cert_set.ca_key, names, now, 5)
+    write_secret(kube, secret, dataclasses.replace(cert_set, cert=short, key=key))
+
+    def reissued() -> bool:
+        current, _ = read_secret(kube)
+        return current.cert != short and certs.not_after(current.cert) > now + dt.timedelta(days=60)
+
+    wait_for(reissued, 20, "the injector to reissue the certificate in the Secret")
+    rotated, _ = read_secret(kube)
+    assert rotated.ca_cert == cert_set.ca_cert
+    wanted = x509.load_pem_x509_certificate(rotated.cert.encode())
+    wait_for(lambda: served_certificate(injector.port) == wanted, 20, "the new certificate served")
+    assert len(sidecars(create(kube, namespace(kube, "enabled"), mcp_pod()))) == 1
+
+
+def test_a_ca_near_expiry_is_replaced_with_an_overlap_in_the_ca_bundle(
+    kube: ControlPlane, injector: Injector
+) -> None:
+    names = certs.service_names("palisade-injector", OWN_NAMESPACE, ("127.0.0.1",))
+    old = certs.create(names, dt.datetime.now(dt.UTC), 20, 10)
+    _, secret = read_secret(kube)
+    write_secret(kube, secret, old)
+
+    def rotated() -> bool:
+        current, _ = read_secret(kube)
+        return current.previous_ca == old.ca_cert
+
+    wait_for(rotated, 20, "a new CA")
+    current, _ = read_secret(kube)
+    wait_for(
+        lambda: injector.ca_bundle().decode() == current.ca_cert + old.ca_cert,
+        20,
+        "both CAs in caBundle",
+    )
+    issuer = served_certificate(injector.port).issuer
+    assert issuer == x509.load_pem_x509_certificate(current.ca_cert.encode()).subject
+    assert len(sidecars(create(kube, namespace(kube, "enabled"), mcp_pod()))) == 1
+
+
+def test_two_replicas_share_one_ca_and_leave_the_ca_bundle_alone(
+    kube: ControlPlane, injector: Injector, tmp_path: Path
+) -> None:
+    bundle = injector.ca_bundle()
+    second = Injector(kube, free_port(), tmp_path)
+    second.start()
+    try:
+        time.sleep(5)  # a few resync periods: no ping-pong on caBundle
+        assert injector.ca_bundle() == bundle
+        first_ca, _ = read_secret(kube)
+        ca = x509.load_pem_x509_certificate(first_ca.ca_cert.encode())
+        assert served_certificate(second.port).issuer == ca.subject
+        assert served_certificate(injector.port).issuer == ca.subject
+    finally:
+        second.stop()
 
 
 def test_with_the_webhook_down_labelled_namespaces_refuse_pods_and_others_do_not(
