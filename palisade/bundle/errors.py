@@ -39,9 +39,8 @@ class Issue:
     message: str
 
     def __str__(self) -> str:
-        if self.field:
-            return f"{self.position}: {self.field}: {self.message}"
-        return f"{self.position}: {self.message}"
+        parts = [p for p in (str(self.position), self.field, self.message) if p]
+        return ": ".join(parts)
 
 
 class BundleError(Exception):
@@ -49,7 +48,7 @@ class BundleError(Exception):
 
     def __init__(self, issues: Sequence[Issue] | str) -> None:
         if isinstance(issues, str):
-            issues = [Issue(Position("<bundle>"), "", issues)]
+            issues = [Issue(Position(""), "", issues)]
         self.issues: tuple[Issue, ...] = tuple(issues)
         super().__init__("\n".join(str(i) for i in self.issues))
 

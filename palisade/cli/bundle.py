@@ -99,6 +99,12 @@ def cmd_sign(ns: argparse.Namespace) -> int:
 
 
 def cmd_verify(ns: argparse.Namespace) -> int:
+    if ns.file is None:
+        # `--trusted A.pub B.pub SIGNED`: the greedy list took the signed file too.
+        if len(ns.trusted) < 2:
+            _err("palisade bundle verify: name the SIGNED bundle file")
+            return 2
+        ns.file = ns.trusted.pop()
     try:
         trusted = TrustedKeys.from_files(ns.trusted)
     except (OSError, BundleError, ValueError) as exc:
@@ -143,8 +149,17 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_sign)
 
     p = sub.add_parser("verify", help="verify a signed bundle against trusted public keys")
-    p.add_argument("file", metavar="SIGNED")
+    p.add_argument("file", metavar="SIGNED", nargs="?")
     p.add_argument(
-        "--trusted", nargs="+", required=True, metavar="PUBKEY", help="trusted public key PEMs"
+        "--trusted",
+        nargs="+",
+        action="extend",
+        required=True,
+        metavar="PUBKEY",
+        help="trusted public key PEMs (repeatable; `--trusted A B SIGNED` also works)",
     )
     p.set_defaults(func=cmd_verify)
+
+    from palisade.cli.fleet import add_rollback_parser  # talks to the distributor
+
+    add_rollback_parser(sub)

@@ -1,0 +1,95 @@
+"""``palisade bundle lint|test|sign|verify`` and ``palisade keys generate`` on real files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from palisade.cli.main import main
+from tests.policy.kit import spec_yaml
+
+EXAMPLE = str(Path(__file__).parents[2] / "examples" / "payments-bundle.yaml")
+
+
+def test_lint_accepts_the_example_and_prints_its_digest(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bundle", "lint", EXAMPLE]) == 0
+    out = capsys.readouterr().out
+    assert "ok (6 rules" in out and "sha256:" in out
+
+
+def test_lint_prints_file_line_col_field_message_and_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(spec_yaml("rules:\n  - {id: r, decision: alow}\n"))
+    assert main(["bundle", "lint", EXAMPLE, str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert f"{bad}:21:15: spec.rules[0].decision: 'alow' is not one of" in out
+
+
+def test_test_runs_the_bundle_tests_as_a_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bundle", "test", EXAMPLE]) == 0
+    out = capsys.readouterr().out
+    assert "19 passed, 0 failed" in out
+    assert "budget/mutationsPerSession" in out
+
+
+def test_test_fails_when_a_bundle_test_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "b.yaml"
+    f.write_text(
+        spec_yaml(
+            "rules:\n  - {id: r, decision: deny}\n"
+            "tests:\n  - name: wrong on purpose\n"
+            "    call: {agent: sre, server: k8s, tool: pods_log}\n"
+            "    expect: {decision: allow}\n"
+        )
+    )
+    assert main(["bundle", "test", str(f)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "expected allow, got deny" in out and "0 passed, 1 failed" in out
+
+
+def test_keys_sign_and_verify_work_together_and_tampering_is_caught(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keys", "generate", "--out", str(tmp_path / "k")]) == 0
+    key, pub = tmp_path / "k" / "bundle-signing.key", tmp_path / "k" / "bundle-signing.pub"
+    assert os.stat(key).st_mode & 0o777 == 0o600
+    assert "PRIVATE" not in capsys.readouterr().out
+    out = tmp_path / "b.signed"
+    assert (
+        main(["bundle", "sign", "--key", str(key), EXAMPLE, "--revision", "4", "-o", str(out)]) == 0
+    )
+    capsys.readouterr()
+    assert main(["bundle", "verify", "--trusted", str(pub), str(out)]) == 0
+    assert "revision 4" in capsys.readouterr().out
+    data = bytearray(out.read_bytes())
+    data[data.index(b"allow-reads")] ^= 1
+    out.write_bytes(bytes(data))
+    assert main(["bundle", "verify", "--trusted", str(pub), str(out)]) == 1
+    assert "NOT VERIFIED: digest mismatch" in capsys.readouterr().out
+
+
+def test_keys_generate_refuses_to_overwrite(tmp_path: Path) -> None:
+    assert main(["keys", "generate", "--out", str(tmp_path)]) == 0
+    assert main(["keys", "generate", "--out", str(tmp_path)]) == 2
+
+
+def test_verify_with_a_missing_key_file_is_a_usage_error(tmp_path: Path) -> None:
+    assert main(["bundle", "verify", "--trusted", str(tmp_path / "nope.pub"), EXAMPLE]) == 2
+
+
+def test_the_console_script_runs_lint_in_a_real_process() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "palisade.cli.main", "bundle", "lint", "-q", EXAMPLE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
