@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "nodeagent": ("nodeagent.main", "run the GPU node agent, or show its status"),
     "fleet": ("palisade.cli.fleet", "show sidecars, nodes and bundles known to the distributor"),
     "approvals": ("palisade.cli.approvals", "list, approve or deny pending approvals"),
+    "audit-query": ("palisade.cli.audit_query", "search audit records stored by the distributor"),
 }
 
 
