@@ -418,7 +418,7 @@ class ControlPlane:
         self,
         method: str,
         path: str,
-        body: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | Sequence[Any] | None = None,
         *,
         content_type: str = "application/json",
     ) -> Any:
