@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,13 @@ def register(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = No
         _DEFAULTS_SIDECAR.memory_limit,
         "sidecar memory limit",
     )
+    parser.add_argument(
+        "--sidecar-extra-arg",
+        action="append",
+        default=shlex.split(e.get("PALISADE_SIDECAR_EXTRA_ARGS", "")),
+        help="one more argument for `palisade sidecar`, repeatable "
+        "(env PALISADE_SIDECAR_EXTRA_ARGS, shell-quoted)",
+    )
     opt(
         "--namespace-cache-seconds",
         "PALISADE_INJECTOR_NAMESPACE_CACHE_SECONDS",
@@ -223,6 +231,7 @@ def settings_from(ns: argparse.Namespace) -> Settings:
                 memory_request=ns.sidecar_memory_request,
                 cpu_limit=ns.sidecar_cpu_limit,
                 memory_limit=ns.sidecar_memory_limit,
+                extra_args=tuple(ns.sidecar_extra_arg),
             ),
         ),
         tls=TLSSettings(

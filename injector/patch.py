@@ -55,7 +55,12 @@ def volumes() -> list[dict[str, Any]]:
 
 
 def sidecar_args(plan: Plan, sidecar: SidecarSettings) -> list[str]:
-    """``palisade sidecar ...``: listen on the taken-over port, forward to 127.0.0.1."""
+    """``palisade sidecar ...``: listen on the taken-over port, forward to 127.0.0.1.
+
+    The last good bundle is kept in the bundle-cache volume (``--state-dir``);
+    bundles arrive from the distributor (``PALISADE_DISTRIBUTOR``) or from
+    arguments added with ``--sidecar-extra-arg`` (e.g. ``--bundle <mounted file>``).
+    """
     args = [
         "sidecar",
         "--listen",
@@ -66,13 +71,11 @@ def sidecar_args(plan: Plan, sidecar: SidecarSettings) -> list[str]:
         plan.server_name,
         "--socket",
         SOCKET_FILE,
-        "--bundle",
+        "--state-dir",
         BUNDLE_DIR,
         "--audit-dir",
         AUDIT_DIR,
     ]
-    if sidecar.distributor:
-        args += ["--distributor", sidecar.distributor]
     return args + list(sidecar.extra_args)
 
 
@@ -95,6 +98,10 @@ def sidecar_container(plan: Plan, sidecar: SidecarSettings) -> dict[str, Any]:
         {"name": "PALISADE_TENANT", "value": plan.tenant},
         {"name": "PALISADE_MCP_SERVER", "value": plan.server_name},
     ]
+    if sidecar.distributor:
+        # An environment variable, not a flag: the sidecar reads PALISADE_<FLAG>
+        # defaults, and an unknown variable cannot break its command line.
+        env.append({"name": "PALISADE_DISTRIBUTOR", "value": sidecar.distributor})
     mounts: list[dict[str, Any]] = [
         {"name": VOLUME_SOCKET, "mountPath": SOCKET_DIR},
         {"name": VOLUME_BUNDLES, "mountPath": BUNDLE_DIR},

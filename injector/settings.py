@@ -41,8 +41,8 @@ class SidecarSettings:
     """Upstream port assumed when the pod declares no port and no annotation."""
 
     distributor: str | None = None
-    """Distributor address passed to the sidecar; None: the sidecar runs on its
-    bundle cache and embedded defaults."""
+    """Distributor address given to the sidecar (env PALISADE_DISTRIBUTOR); None:
+    the sidecar runs on its bundle cache and embedded defaults."""
 
     cpu_request: str = "50m"
     """Sidecar CPU request."""

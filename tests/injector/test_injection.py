@@ -186,9 +186,10 @@ def test_a_distributor_and_extra_arguments_are_passed_to_the_sidecar() -> None:
             distributor="palisade-distributor.palisade:7070", extra_args=("--log-level", "debug")
         ),
     )
-    args = sidecar_of(inject(pod(), settings))["args"]
-    assert args[args.index("--distributor") + 1] == "palisade-distributor.palisade:7070"
-    assert args[-2:] == ["--log-level", "debug"]
+    side = sidecar_of(inject(pod(), settings))
+    env = {e["name"]: e.get("value") for e in side["env"]}
+    assert env["PALISADE_DISTRIBUTOR"] == "palisade-distributor.palisade:7070"
+    assert side["args"][-2:] == ["--log-level", "debug"]
 
 
 def test_a_generated_pod_name_is_fine() -> None:
