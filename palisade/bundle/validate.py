@@ -110,7 +110,10 @@ class _Checker:
         if value is _MISSING:
             return default
         if not isinstance(value, str):
-            self.err((*path, key), f"must be a string, got {_typename(value)}")
+            hint = ""
+            if isinstance(value, bool):
+                hint = " (YAML reads yes/no/on/off/true/false as booleans: quote it)"
+            self.err((*path, key), f"must be a string, got {_typename(value)}{hint}")
             return default
         return value
 

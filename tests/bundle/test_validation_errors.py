@@ -286,3 +286,11 @@ def test_every_problem_is_reported_at_once() -> None:
           - {id: a, decision: nope}
         """)
     assert len(issues_of(text)) == 4
+
+
+def test_yaml_booleans_where_a_string_belongs_get_a_quoting_hint() -> None:
+    text = spec_yaml("rules:\n  - {id: no, decision: deny}\n")
+    assert only_issue(text).endswith(
+        "spec.rules[0].id: must be a string, got a boolean (YAML reads yes/no/on/off/true/false"
+        " as booleans: quote it)"
+    )
