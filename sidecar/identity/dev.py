@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.identity.principal import Principal, Unauthenticated, bearer_token
+from sidecar.identity.origin import OriginPolicy
+from sidecar.identity.principal import Forbidden, Principal, Unauthenticated, bearer_token, header
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class DevAuthenticator:
         resource: str,
         enabled: bool = False,
         metadata_url: str = "",
+        allowed_origins: Sequence[str] = (),
     ) -> None:
         if not enabled:
             raise ValueError("development authentication must be enabled explicitly (enabled=True)")
@@ -45,6 +47,7 @@ class DevAuthenticator:
         self._tokens = dict(tokens)
         self._resource = resource
         self._metadata_url = metadata_url
+        self._origins = OriginPolicy(resource, allowed_origins)
         log.warning(
             "DEVELOPMENT MODE: identity is NOT verified; %d static token(s) are trusted "
             "and every audit record is marked dev_mode=true. Never run this in production.",
@@ -63,6 +66,9 @@ class DevAuthenticator:
         return ", ".join(parts)
 
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
+        if not self._origins.allows(header(headers, "Origin")):
+            reason = "the request's Origin is not allowed (DNS rebinding protection)"
+            raise Forbidden(reason, self._challenge())
         try:
             token = bearer_token(headers)
         except ValueError as exc:

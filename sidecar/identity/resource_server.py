@@ -19,7 +19,8 @@ from typing import Any, Protocol
 from sidecar.identity.challenge import ChallengeBuilder, metadata_url, protected_resource_metadata
 from sidecar.identity.jwt_verifier import JwtVerifier, unverified_issuer
 from sidecar.identity.mapping import IdentityMap, MappingError
-from sidecar.identity.principal import Forbidden, Principal, Unauthenticated, bearer_token
+from sidecar.identity.origin import OriginPolicy
+from sidecar.identity.principal import Forbidden, Principal, Unauthenticated, bearer_token, header
 from sidecar.identity.verified import TokenRejected, VerifiedToken
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class ResourceServer:
         authorization_servers: Sequence[str] = (),
         required_scopes: Sequence[str] = (),
         resource_name: str = "",
+        allowed_origins: Sequence[str] = (),
     ) -> None:
         if jwt is None and token_review is None:
             raise ValueError("a resource server needs a JWT verifier or TokenReview, or both")
@@ -54,6 +56,7 @@ class ResourceServer:
         self._review = token_review
         self._required = tuple(required_scopes)
         self._metadata_url = metadata_url(resource)
+        self._origins = OriginPolicy(resource, allowed_origins)
         self._challenge = ChallengeBuilder(self._metadata_url, scopes=self._required)
         servers = list(authorization_servers) or sorted(jwt.issuers if jwt else ())
         self._metadata = protected_resource_metadata(
@@ -76,6 +79,11 @@ class ResourceServer:
         return dict(self._metadata)
 
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
+        origin = header(headers, "Origin")
+        if not self._origins.allows(origin):
+            reason = "the request's Origin is not allowed (DNS rebinding protection)"
+            log.info("request refused", extra={"reason": reason, "origin": origin})
+            raise Forbidden(reason, self._challenge.missing())
         try:
             token = bearer_token(headers)
         except ValueError as exc:

@@ -67,6 +67,8 @@ class IdentitySettings:
     http_timeout_s: float = 5.0
     #: Authorization servers to advertise; default: the trusted issuers.
     authorization_servers: tuple[str, ...] = ()
+    #: Browser origins allowed besides this server's own and loopback ("*": any).
+    allowed_origins: tuple[str, ...] = ()
     #: Development mode: static tokens, NOT verified. Must be set explicitly.
     dev_mode: bool = False
     dev_tokens: Mapping[str, DevAgent] = field(default_factory=dict)
@@ -84,7 +86,9 @@ class IdentityStack:
     async def __aenter__(self) -> IdentityStack:
         s = self.settings
         if s.dev_mode:
-            self.authenticator = DevAuthenticator(s.dev_tokens, resource=s.resource, enabled=True)
+            self.authenticator = DevAuthenticator(
+                s.dev_tokens, resource=s.resource, enabled=True, allowed_origins=s.allowed_origins
+            )
             return self
         if not s.issuers and s.token_review is None:
             raise ValueError(
@@ -130,6 +134,7 @@ class IdentityStack:
             token_review=reviewer,
             authorization_servers=s.authorization_servers,
             required_scopes=s.required_scopes,
+            allowed_origins=s.allowed_origins,
         )
         return self
 

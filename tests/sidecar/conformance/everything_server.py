@@ -39,7 +39,8 @@ from pydantic import BaseModel, Field
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 PNG_1PX = (
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg"
+    "=="
 )
 WAV_EMPTY = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA="
 
@@ -84,10 +85,10 @@ class Defaults(BaseModel):
 
 
 class Enums(BaseModel):
-    untitledSingle: str = Field(  # noqa: N815 - names fixed by the scenario
+    untitledSingle: str = Field(
         description="Plain enum", json_schema_extra={"enum": ["active", "inactive", "pending"]}
     )
-    titledSingle: str = Field(  # noqa: N815
+    titledSingle: str = Field(
         description="Titled single choice",
         json_schema_extra={
             "oneOf": [
@@ -97,11 +98,11 @@ class Enums(BaseModel):
             ]
         },
     )
-    untitledMulti: list[str] = Field(  # noqa: N815
+    untitledMulti: list[str] = Field(
         description="Plain multi choice",
         json_schema_extra={"items": {"type": "string", "enum": ["read", "write", "execute"]}},
     )
-    titledMulti: list[str] = Field(  # noqa: N815
+    titledMulti: list[str] = Field(
         description="Titled multi choice",
         json_schema_extra={
             "items": {
@@ -113,7 +114,7 @@ class Enums(BaseModel):
             }
         },
     )
-    legacyEnum: str = Field(  # noqa: N815
+    legacyEnum: str = Field(
         description="Enum with enumNames",
         json_schema_extra={
             "enum": ["small", "medium", "large"],
@@ -245,7 +246,7 @@ def build() -> MCPServer[Any]:
         return base64.b64decode(PNG_1PX)
 
     @mcp.resource("test://template/{id}/data")
-    def templated(id: str) -> str:  # noqa: A002 - the template's parameter name
+    def templated(id: str) -> str:
         """A templated resource."""
         return json.dumps({"id": id, "templateTest": True, "data": f"Data for ID: {id}"})
 
@@ -257,7 +258,11 @@ def build() -> MCPServer[Any]:
     @mcp.prompt()
     def test_simple_prompt() -> list[UserMessage]:
         """A prompt without arguments."""
-        return [UserMessage(content=TextContent(type="text", text="This is a simple prompt for testing."))]
+        return [
+            UserMessage(
+                content=TextContent(type="text", text="This is a simple prompt for testing.")
+            )
+        ]
 
     @mcp.prompt()
     def test_prompt_with_arguments(arg1: str, arg2: str) -> list[UserMessage]:
@@ -266,14 +271,16 @@ def build() -> MCPServer[Any]:
         return [UserMessage(content=TextContent(type="text", text=text))]
 
     @mcp.prompt()
-    def test_prompt_with_embedded_resource(resourceUri: str) -> list[UserMessage]:  # noqa: N803
+    def test_prompt_with_embedded_resource(resourceUri: str) -> list[UserMessage]:
         """A prompt that embeds a resource."""
         resource = TextResourceContents(
             uri=resourceUri, mime_type="text/plain", text="Embedded resource content for testing."
         )
         return [
             UserMessage(content=EmbeddedResource(type="resource", resource=resource)),
-            UserMessage(content=TextContent(type="text", text="Please process the embedded resource above.")),
+            UserMessage(
+                content=TextContent(type="text", text="Please process the embedded resource above.")
+            ),
         ]
 
     @mcp.prompt()

@@ -89,3 +89,33 @@ async def test_identity_without_any_verifier_refuses_to_start() -> None:
     with pytest.raises(ValueError, match="trusted issuer or TokenReview"):
         async with IdentityStack(IdentitySettings(resource=RESOURCE), IdentityMap()):
             pass
+
+
+async def test_a_request_from_a_foreign_browser_origin_is_refused(
+    issuer: Issuer, stack: IdentityStack
+) -> None:
+    from sidecar.identity import Forbidden
+
+    assert stack.authenticator is not None
+    token = issuer.token(aud=RESOURCE)
+    for allowed in (None, "http://127.0.0.1:9999", "http://localhost:3000", "https://[::1]"):
+        headers = {"Authorization": f"Bearer {token}"}
+        if allowed:
+            headers["Origin"] = allowed
+        assert (await stack.authenticator.authenticate(headers)).agent == "sre-agent-payments"
+    with pytest.raises(Forbidden) as info:
+        await stack.authenticator.authenticate(
+            {"Authorization": f"Bearer {token}", "Origin": "http://evil.example"}
+        )
+    assert "DNS rebinding" in info.value.reason
+
+
+def test_configured_origins_and_the_wildcard_are_allowed() -> None:
+    from sidecar.identity.origin import OriginPolicy
+
+    policy = OriginPolicy("https://mcp.example/mcp", ["https://console.example/"])
+    assert policy.allows("https://mcp.example")
+    assert policy.allows("https://console.example")
+    assert not policy.allows("https://mcp.example.evil.example")
+    assert not policy.allows("null")
+    assert OriginPolicy("https://mcp.example/mcp", ["*"]).allows("https://anything.example")

@@ -1,0 +1,222 @@
+"""Real peers for the conformance run: processes started and stopped by the tests.
+
+- the conforming MCP server (:mod:`everything_server`), a subprocess;
+- a token issuer (:mod:`tests.sidecar.identity.issuer`) on its own event loop thread;
+- ``palisade sidecar`` in front of the server, a subprocess, verifying tokens of
+  that issuer;
+- the conformance suite (Node), run once per target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from tests.sidecar.identity.issuer import Issuer
+
+HERE = Path(__file__).parent
+REPO = HERE.parents[2]
+VERSION = os.environ.get("PALISADE_CONFORMANCE_VERSION", "0.1.13")
+CACHE = Path(os.environ.get("PALISADE_CACHE", Path.home() / ".cache" / "palisade"))
+SUITE_DIR = CACHE / "conformance" / VERSION
+SUITE_CLI = (
+    SUITE_DIR / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
+)
+AGENT_SUBJECT = "conformance-client"
+
+
+class PeerMissing(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status < 500:
+                    return
+        except urllib.error.HTTPError as e:
+            if e.code < 500:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@contextmanager
+def process(
+    argv: Sequence[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            list(argv), stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env or os.environ.copy()
+        )
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextmanager
+def conformance_server(workdir: Path) -> Iterator[str]:
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "tests.sidecar.conformance.everything_server",
+        "--port",
+        str(port),
+    ]
+    with process(argv, workdir / "server.log") as proc:
+        url = f"http://127.0.0.1:{port}/mcp"
+        wait_http(f"http://127.0.0.1:{port}/", proc=proc)
+        yield url
+
+
+@contextmanager
+def issuer_thread() -> Iterator[Issuer]:
+    """The test issuer, served from a thread so synchronous fixtures can use it."""
+    state = Issuer()
+    state.rotate("EdDSA")
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    runner = web.AppRunner(state.app())
+    port = free_port()
+
+    async def start() -> None:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        ready.set()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(start())
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=serve, name="test-issuer", daemon=True)
+    thread.start()
+    if not ready.wait(30):
+        raise RuntimeError("the test issuer did not start")
+    state.url = f"http://127.0.0.1:{port}"
+    try:
+        yield state
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+
+@dataclass
+class Sidecar:
+    url: str
+    resource: str
+    audit_dir: Path
+    proc: subprocess.Popen[bytes] = field(repr=False)
+
+
+@contextmanager
+def sidecar(workdir: Path, upstream_mcp_url: str, issuer: Issuer) -> Iterator[Sidecar]:
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    bundle = workdir / "bundle.yaml"
+    template = (HERE / "data" / "bundle.yaml.in").read_text()
+    bundle.write_text(template.replace("@ISSUER@", issuer.url))
+    upstream_base = upstream_mcp_url.rsplit("/mcp", 1)[0]
+    palisade = shutil.which("palisade", path=str(Path(sys.executable).parent)) or "palisade"
+    argv = [
+        palisade, "sidecar",
+        "--listen", f"127.0.0.1:{port}",
+        "--upstream", upstream_base,
+        "--server-name", "conformance",
+        "--bundle", str(bundle),
+        "--allow-unsigned-bundles",
+        "--state-dir", str(workdir / "state"),
+        "--audit-dir", str(workdir / "audit"),
+        "--resource", resource,
+        "--issuer", issuer.url,
+    ]  # fmt: skip
+    with process(argv, workdir / "sidecar.log") as proc:
+        wait_http(f"http://127.0.0.1:{port}/readyz", proc=proc)
+        yield Sidecar(resource, resource, workdir / "audit", proc)
+
+
+@dataclass
+class SuiteResult:
+    """Per scenario: passed (no FAILURE and at least one SUCCESS) and the failing checks."""
+
+    passed: dict[str, bool]
+    failures: dict[str, list[str]]
+    output: str
+
+
+def run_suite(url: str, outdir: Path, token: str | None, timeout: float = 420.0) -> SuiteResult:
+    if not SUITE_CLI.is_file():
+        raise PeerMissing(
+            f"{SUITE_CLI} is missing: run make setup (scripts/setup.d/55-conformance.sh)"
+        )
+    env = os.environ.copy()
+    env["PALISADE_CONFORMANCE_DIR"] = str(SUITE_DIR)
+    env["NODE_OPTIONS"] = f"--import={(HERE / 'bearer-preload.mjs').as_uri()}"
+    env.pop("PALISADE_CONFORMANCE_TOKEN", None)
+    if token is not None:
+        env["PALISADE_CONFORMANCE_TOKEN"] = token
+    done = subprocess.run(
+        ["node", str(SUITE_CLI), "server", "--url", url, "-o", str(outdir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    passed: dict[str, bool] = {}
+    failures: dict[str, list[str]] = {}
+    for checks_file in sorted(outdir.glob("server-*/checks.json")):
+        # directory names end with an ISO timestamp: server-<scenario>-2026-11-21T05-07-12-271Z
+        scenario = _strip_timestamp(checks_file.parent.name.removeprefix("server-"))
+        checks = json.loads(checks_file.read_text())
+        failed = [
+            f"{c.get('id')}: {c.get('errorMessage', '')}"
+            for c in checks
+            if c.get("status") == "FAILURE"
+        ]
+        ok = not failed and any(c.get("status") == "SUCCESS" for c in checks)
+        passed[scenario] = ok
+        if failed:
+            failures[scenario] = failed
+    return SuiteResult(passed, failures, done.stdout + done.stderr)
+
+
+def _strip_timestamp(name: str) -> str:
+    # <scenario>-YYYY-MM-DDTHH-MM-SS-mmmZ : the timestamp has 6 dash-separated fields
+    parts = name.split("-")
+    return "-".join(parts[:-6]) if len(parts) > 6 and parts[-1].endswith("Z") else name

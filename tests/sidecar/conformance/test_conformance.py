@@ -1,0 +1,100 @@
+"""The official MCP conformance suite passes through the sidecar wherever it passes direct.
+
+One run of every active server scenario against the conforming SDK server
+direct, one through ``palisade sidecar`` (real token from a real issuer, real
+bundle, real audit log); each scenario that passes direct must pass through the
+sidecar. A summary is written to ``$PALISADE_CONFORMANCE_REPORT`` when set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.sidecar.conformance.peers import (
+    AGENT_SUBJECT,
+    PeerMissing,
+    SuiteResult,
+    conformance_server,
+    issuer_thread,
+    run_suite,
+    sidecar,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+MIN_DIRECT_PASSES = 25  # the conforming server passes 30 of 30 active scenarios of 0.1.13
+
+
+@dataclass
+class Runs:
+    direct: SuiteResult
+    proxied: SuiteResult
+    sidecar_log: str
+    audit_lines: int
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
+    work = tmp_path_factory.mktemp("conformance")
+    with issuer_thread() as issuer, conformance_server(work) as upstream:
+        try:
+            direct = run_suite(upstream, work / "direct", token=None)
+        except PeerMissing as e:
+            pytest.fail(str(e), pytrace=False)
+        with sidecar(work, upstream, issuer) as sc:
+            token = issuer.token(sub=AGENT_SUBJECT, aud=sc.resource, lifetime_s=3600)
+            proxied = run_suite(sc.url, work / "proxied", token=token)
+        audit = sc.audit_dir / "audit.jsonl"
+        audit_lines = len(audit.read_text().splitlines()) if audit.exists() else 0
+        runs = Runs(direct, proxied, (work / "sidecar.log").read_text(), audit_lines)
+    report = os.environ.get("PALISADE_CONFORMANCE_REPORT")
+    if report:
+        Path(report).write_text(
+            json.dumps(
+                {
+                    "direct": runs.direct.passed,
+                    "sidecar": runs.proxied.passed,
+                    "sidecar_failures": runs.proxied.failures,
+                },
+                indent=2,
+                sort_keys=True,
+            )
+        )
+    yield runs
+
+
+def test_the_conforming_server_passes_the_suite_direct(runs: Runs) -> None:
+    passed = sorted(s for s, ok in runs.direct.passed.items() if ok)
+    assert len(passed) >= MIN_DIRECT_PASSES, runs.direct.output[-4000:]
+
+
+def test_every_scenario_that_passes_direct_passes_through_the_sidecar(runs: Runs) -> None:
+    regressions = {
+        scenario: runs.proxied.failures.get(scenario, ["no result"])
+        for scenario, ok in runs.direct.passed.items()
+        if ok and not runs.proxied.passed.get(scenario, False)
+    }
+    assert not regressions, json.dumps(regressions, indent=2)
+
+
+def test_the_sidecar_audited_the_conformance_traffic(runs: Runs) -> None:
+    assert runs.audit_lines > 0, runs.sidecar_log[-4000:]
+
+
+def test_without_a_token_the_sidecar_refuses_every_scenario(
+    tmp_path: Path,
+) -> None:
+    with (
+        issuer_thread() as issuer,
+        conformance_server(tmp_path) as upstream,
+        sidecar(tmp_path, upstream, issuer) as sc,
+    ):
+        result = run_suite(sc.url, tmp_path / "anonymous", token=None, timeout=240)
+    assert result.passed, result.output[-2000:]
+    assert not any(ok for s, ok in result.passed.items() if s != "dns-rebinding-protection")
