@@ -148,6 +148,7 @@ class ProxyCore:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     draining: bool = False
     _version_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _resumable: dict[str, set[asyncio.Task[None]]] = field(default_factory=dict)
 
     # -- identity and input -------------------------------------------------------
 
@@ -476,12 +477,22 @@ class ProxyCore:
     # -- clients that go away ---------------------------------------------------------
 
     def cancel_upstream(
-        self, request_id: object, headers: Mapping[str, str], path_qs: str, reason: str
+        self,
+        request_id: object,
+        headers: Mapping[str, str],
+        path_qs: str,
+        reason: str,
+        *,
+        session_id: str = "",
+        delay_s: float = 0.0,
     ) -> None:
         """Tell the upstream to stop working on a request whose client is gone.
 
         A dropped connection is not a cancellation in MCP, so the proxy sends the
-        ``notifications/cancelled`` the client can no longer send.
+        ``notifications/cancelled`` the client can no longer send. When the stream
+        was resumable (its events carried ids) the client may come back with
+        ``Last-Event-ID``: the cancellation then waits ``delay_s`` and is called off
+        by :meth:`resumed`.
         """
         if request_id is None:
             return
@@ -503,11 +514,24 @@ class ProxyCore:
 
         async def send() -> None:
             try:
+                if delay_s > 0:
+                    await asyncio.sleep(delay_s)
                 async with self.upstream.request("POST", path_qs, fwd, jsonrpc.dumps(note)):
                     pass
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:  # best effort; the upstream may be gone too
                 log.debug("could not send cancellation upstream: %s", exc)
 
         task = asyncio.get_running_loop().create_task(send())
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+        if delay_s > 0 and session_id:
+            waiting = self._resumable.setdefault(session_id, set())
+            waiting.add(task)
+            task.add_done_callback(waiting.discard)
+
+    def resumed(self, session_id: str) -> None:
+        """A client resumed a session's stream: keep its requests' upstream work."""
+        for task in list(self._resumable.pop(session_id, ())):
+            task.cancel()

@@ -121,6 +121,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=float(_env("upstream-timeout", _DEFAULT_LIMITS.upstream_timeout_s)),
     )
+    a(
+        "--resume-grace",
+        type=float,
+        default=float(_env("resume-grace", _DEFAULT_LIMITS.resume_grace_s)),
+        help="seconds upstream work survives a dropped resumable stream",
+    )
     a("--shutdown-grace", type=float, default=float(_env("shutdown-grace", 20.0)))
     a("--log-level", default=_env("log-level", "info"))
     parser.set_defaults(func=run)
@@ -150,6 +156,7 @@ def settings_from(ns: argparse.Namespace) -> SidecarSettings:
             max_header_bytes=ns.max_header_bytes,
             idle_stream_timeout_s=ns.idle_stream_timeout,
             upstream_timeout_s=ns.upstream_timeout,
+            resume_grace_s=ns.resume_grace,
         ),
     )
 

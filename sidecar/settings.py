@@ -22,6 +22,9 @@ class Limits:
     max_header_bytes: int = 16 * 2**10
     #: A stream (SSE) with no bytes for this long is closed, in seconds.
     idle_stream_timeout_s: float = 300.0
+    #: After a client drops a resumable stream, how long the upstream keeps working
+    #: for it (a ``Last-Event-ID`` resumption in time keeps it), in seconds.
+    resume_grace_s: float = 30.0
     #: Longest wait for the upstream's response headers or a JSON body, in seconds.
     upstream_timeout_s: float = 60.0
     #: Largest single SSE event or JSON response the proxy inspects, in bytes.

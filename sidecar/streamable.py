@@ -181,6 +181,7 @@ class StreamableHandlers:
         inspect = expect is not None or msg is None  # GET streams: look up the session
         splitter = EventSplitter(limits.max_inspect_bytes) if inspect else None
         completed = False
+        resumable = False
         try:
             while True:
                 try:
@@ -203,6 +204,8 @@ class StreamableHandlers:
                 if not chunk:
                     completed = True
                     break
+                if not resumable and b"id:" in chunk:
+                    resumable = True
                 if splitter is None:
                     await resp.write(chunk)
                     continue
@@ -221,7 +224,12 @@ class StreamableHandlers:
         finally:
             if not completed and msg is not None and msg.is_request:
                 core.cancel_upstream(
-                    msg.id, request.headers, _path_qs(request), "client disconnected"
+                    msg.id,
+                    request.headers,
+                    _path_qs(request),
+                    "client disconnected",
+                    session_id=session_id,
+                    delay_s=limits.resume_grace_s if resumable and session_id else 0.0,
                 )
         return resp
 
@@ -237,6 +245,8 @@ class StreamableHandlers:
             core.session_for(session_id, principal)
         except BadMessage as exc:
             return core.bad_input(exc, principal, session_id)
+        if session_id and request.headers.get("Last-Event-ID"):
+            core.resumed(session_id)
         core.metrics.requests.labels("GET", "forwarded").inc()
         try:
             async with core.upstream.request(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -240,5 +239,3 @@ def session_headers(
 
 async def settle() -> None:
     await asyncio.sleep(0)
-
-
