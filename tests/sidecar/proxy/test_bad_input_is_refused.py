@@ -154,14 +154,14 @@ class TestLimits:
     async def test_an_oversized_header_is_refused(
         self, upstream: UpstreamProc, tmp_path: Path
     ) -> None:
-        async with run_sidecar(upstream.url, tmp_path, Limits(max_header_bytes=2048)) as sc:
-            async with (
-                aiohttp.ClientSession() as http,
-                http.post(
-                    sc.url, json=CALL, headers={**MCP_ACCEPT, **auth(), "X-Big": "y" * 4096}
-                ) as r,
-            ):
-                assert r.status in (400, 431)
+        async with (
+            run_sidecar(upstream.url, tmp_path, Limits(max_header_bytes=2048)) as sc,
+            aiohttp.ClientSession() as http,
+            http.post(
+                sc.url, json=CALL, headers={**MCP_ACCEPT, **auth(), "X-Big": "y" * 4096}
+            ) as r,
+        ):
+            assert r.status in (400, 431)
 
 
 class TestHeaderBodyMismatch:

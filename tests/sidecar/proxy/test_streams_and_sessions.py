@@ -66,13 +66,13 @@ async def events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | None
                 yield eid, json.loads("\n".join(data))
 
 
-async def wait_for_file(path: Path, timeout: float = 5.0) -> bool:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_for_file(path: Path, within_s: float = 5.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + within_s
     while asyncio.get_running_loop().time() < deadline:
-        if path.exists():
+        if await asyncio.to_thread(path.exists):
             return True
         await asyncio.sleep(0.05)
-    return path.exists()
+    return await asyncio.to_thread(path.exists)
 
 
 @pytest.fixture(scope="module")
