@@ -37,16 +37,15 @@ pytestmark = pytest.mark.e2e
 OWN_NAMESPACE = "palisade-inj-e2e"
 CONFIG = "palisade-injector-e2e"
 SECRET = "palisade-injector-e2e-tls"
-E2E = {"palisade.dev/e2e": "injector"}
 SIDECAR = "palisade-sidecar"
 
 
-def webhook_configuration(port: int) -> dict[str, Any]:
+def webhook_configuration(port: int, name: str = CONFIG, group: str = "injector") -> dict[str, Any]:
     """The same shape as the chart's, pointed at 127.0.0.1 instead of a Service."""
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": CONFIG},
+        "metadata": {"name": name},
         "webhooks": [
             {
                 "name": "inject.palisade.dev",
@@ -72,7 +71,7 @@ def webhook_configuration(port: int) -> dict[str, Any]:
                             "operator": "In",
                             "values": ["enabled", "required"],
                         },
-                        {"key": "palisade.dev/e2e", "operator": "In", "values": ["injector"]},
+                        {"key": "palisade.dev/e2e", "operator": "In", "values": [group]},
                         {
                             "key": "kubernetes.io/metadata.name",
                             "operator": "NotIn",
@@ -96,10 +95,21 @@ def webhook_configuration(port: int) -> dict[str, Any]:
 class Injector:
     """A ``palisade injector`` process pointed at the test control plane."""
 
-    def __init__(self, kube: ControlPlane, port: int, workdir: Path) -> None:
+    def __init__(
+        self,
+        kube: ControlPlane,
+        port: int,
+        workdir: Path,
+        config: str = CONFIG,
+        secret: str = SECRET,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.kube = kube
         self.port = port
         self.workdir = workdir
+        self.config = config
+        self.secret = secret
+        self.extra = extra
         self.proc: ManagedProcess | None = None
 
     def start(self) -> None:
@@ -115,9 +125,9 @@ class Injector:
             "--namespace",
             OWN_NAMESPACE,
             "--webhook-config",
-            CONFIG,
+            self.config,
             "--tls-secret",
-            SECRET,
+            self.secret,
             "--tls-dir",
             str(self.workdir / "tls"),
             "--extra-san",
@@ -128,6 +138,7 @@ class Injector:
             "0",
             "--sidecar-image",
             "palisade:e2e",
+            *self.extra,
         ]
         self.proc = ManagedProcess(
             "injector", argv, self.workdir / "injector.log", env=self.kube.env()
@@ -141,7 +152,8 @@ class Injector:
 
     def ca_bundle(self) -> bytes:
         doc = self.kube.request(
-            "GET", f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{CONFIG}"
+            "GET",
+            f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{self.config}",
         )
         return base64.b64decode(doc["webhooks"][0]["clientConfig"].get("caBundle", ""))
 
@@ -194,9 +206,9 @@ def injector(kube: ControlPlane) -> Iterator[Injector]:
             kube.request("DELETE", f"{path}/{CONFIG}")
 
 
-def namespace(kube: ControlPlane, mode: str | None) -> str:
+def namespace(kube: ControlPlane, mode: str | None, group: str = "injector", **extra: str) -> str:
     name = f"inj-{mode or 'plain'}-{uuid.uuid4().hex[:6]}"
-    labels = dict(E2E)
+    labels = {"palisade.dev/e2e": group, **extra}
     if mode:
         labels["palisade.dev/inject"] = mode
     kube.create_namespace(name, labels=labels)
@@ -391,6 +403,50 @@ def test_a_pod_without_ports(kube: ControlPlane, injector: Injector) -> None:
     (side,) = sidecars(pod)
     assert side["ports"] == [{"name": "mcp", "containerPort": 9400, "protocol": "TCP"}]
     assert "http://127.0.0.1:8080" in side["args"]
+
+
+def test_the_injected_pod_passes_the_restricted_pod_security_standard(
+    kube: ControlPlane, injector: Injector
+) -> None:
+    restricted = {"pod-security.kubernetes.io/enforce": "restricted"}
+    ns = namespace(kube, "enabled", **restricted)
+    body = mcp_pod()
+    body["spec"]["containers"][0]["securityContext"] = {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    pod = create(kube, ns, body)
+    assert len(sidecars(pod)) == 1
+
+
+@pytest.fixture(scope="module")
+def regular_injector(kube: ControlPlane, injector: Injector) -> Iterator[Injector]:
+    """A second injector told never to use native sidecars, for its own namespaces."""
+    name = "palisade-injector-e2e-regular"
+    port = free_port()
+    path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+    kube.request("POST", path, webhook_configuration(port, name, "regular"))
+    with tempfile.TemporaryDirectory(prefix="palisade-injector-") as tmp:
+        proc = Injector(kube, port, Path(tmp), name, f"{name}-tls", ("--native-sidecar", "never"))
+        try:
+            proc.start()
+            yield proc
+        finally:
+            proc.stop()
+            kube.request("DELETE", f"{path}/{name}")
+
+
+def test_never_native_mode_adds_a_regular_container_the_api_server_accepts(
+    kube: ControlPlane, regular_injector: Injector
+) -> None:
+    inits = [{"name": "migrate", "image": "migrate:1"}]
+    pod = create(kube, namespace(kube, "enabled", "regular"), mcp_pod(initContainers=inits))
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["server", SIDECAR]
+    assert [c["name"] for c in pod["spec"]["initContainers"]] == ["migrate"]
+    assert "restartPolicy" not in pod["spec"]["containers"][1]
+    assert status(pod)["mode"] == "container"
 
 
 # --- certificates and failure -------------------------------------------------------
