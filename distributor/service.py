@@ -41,8 +41,10 @@ log = logging.getLogger(__name__)
 SERVICE = "palisade.v1.DistributionService"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Subscriber:
+    """One open stream. Kept small: a fleet of thousands is held by one replica."""
+
     identity: distribution_pb2.ClientIdentity
     key: str
     connected_at: float
@@ -55,11 +57,11 @@ class Subscriber:
     nack_revision: int = 0
     nack_error: str = ""
     health: str = ""
-    counters: dict[str, float] = field(default_factory=dict)
-    summary: dict[str, Any] = field(default_factory=dict)
+    counters: dict[str, float] | None = None
+    summary: dict[str, Any] | None = None
     connected: bool = True
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    outbox: collections.deque[bytes] = field(default_factory=collections.deque)
+    outbox: collections.deque[bytes] | None = None
 
     def row(self, replica: str) -> dict[str, Any]:
         i = self.identity
@@ -202,6 +204,7 @@ class Hub:
             sub.wake.clear()
             while sub.outbox:
                 await context.write(sub.outbox.popleft())
+            sub.outbox = None
             rev = self.current
             if rev is None:
                 if sub.sent_revision == 0:
@@ -311,6 +314,8 @@ class Hub:
             )
             if d["expires"]:
                 dec.expires.FromNanoseconds(int(d["expires"] * 1e9))
+            if sub.outbox is None:
+                sub.outbox = collections.deque()
             sub.outbox.append(distribution_pb2.SubscribeResponse(approval=dec).SerializeToString())
             sub.wake.set()
             await self.store.call(self.store.store.mark_delivered, d["id"])
