@@ -336,6 +336,9 @@ class MountedTLS:
         self.serving = serving
 
     async def reconcile(self) -> None:
+        await asyncio.to_thread(self._reload_if_changed)
+
+    def _reload_if_changed(self) -> None:
         cert_file = self.serving.directory / "tls.crt"
         if cert_file.read_text() != self.serving.loaded_cert:
             self.serving.load_files()

@@ -109,3 +109,25 @@ def test_the_serving_context_swaps_certificates_in_place() -> None:
         assert serving.load_pem(second.cert, second.key, second.ca_cert)
         assert serving.context is context_before
         assert isinstance(serving.context, ssl.SSLContext)
+
+
+def _write(directory: str, cert_set: certs.CertSet) -> None:
+    Path(directory, "tls.crt").write_text(cert_set.cert)
+    Path(directory, "tls.key").write_text(cert_set.key)
+
+
+async def test_mounted_certificates_are_reloaded_when_the_files_change() -> None:
+    from injector.settings import TLSSettings
+    from injector.tls import MountedTLS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        first = certs.create(NAMES, dt.datetime.now(dt.UTC), 30, 10)
+        _write(tmp, first)
+        serving = ServingContext(tmp)
+        mounted = MountedTLS(TLSSettings(mode="mounted", directory=tmp), serving)
+        await mounted.reconcile()
+        assert serving.loaded_cert == first.cert
+        second = certs.create(NAMES, dt.datetime.now(dt.UTC), 30, 10)
+        _write(tmp, second)
+        await mounted.reconcile()
+        assert serving.loaded_cert == second.cert
