@@ -77,8 +77,19 @@ class Entry:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
+_time_cache: tuple[int, str] = (-1, "")
+
+
 def format_time(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 UTC with microseconds; the seconds part is cached (one strftime a second)."""
+    global _time_cache
+    whole = int(epoch_s)
+    cached_s, prefix = _time_cache
+    if cached_s != whole:
+        prefix = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _time_cache = (whole, prefix)
+    micros = min(999_999, round((epoch_s - whole) * 1e6))
+    return f"{prefix}.{micros:06d}Z"
 
 
 def content_of(
@@ -88,8 +99,10 @@ def content_of(
     source: str,
     redacted_arguments: Any,
     arguments_digest: str,
+    details: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The record's content fields (no chain fields), normalised for canonical JSON."""
+    """The record's content fields (no chain fields). ``redacted_arguments`` and
+    ``details`` must already be normalised (:func:`canonical.normalize`)."""
     return {
         "time": format_time(time_s),
         "source": source,
@@ -100,7 +113,7 @@ def content_of(
         "tool": entry.tool,
         "session": entry.session,
         "arguments_digest": arguments_digest,
-        "arguments": canonical.normalize(redacted_arguments),
+        "arguments": redacted_arguments,
         "decision": entry.decision,
         "rule_id": entry.rule_id,
         "reason": entry.reason,
@@ -110,7 +123,7 @@ def content_of(
         "dev_identity": bool(entry.dev_identity),
         "approval_id": entry.approval_id,
         "kind": entry.kind,
-        "details": canonical.normalize(dict(entry.details)),
+        "details": details,
     }
 
 
@@ -120,18 +133,27 @@ def chain_hash(record: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(canonical.dumps(body)).hexdigest()
 
 
-def seal(content: Mapping[str, Any], *, seq: int, prev_hash: str, signer: Signer) -> dict[str, Any]:
-    """A complete record: content plus seq, prev_hash, key_id, hash and signature."""
+def seal(
+    content: Mapping[str, Any], *, seq: int, prev_hash: str, signer: Signer
+) -> tuple[dict[str, Any], bytes]:
+    """The complete record (content plus seq, prev_hash, key_id, hash, signature) and
+    its JSON Lines line.
+
+    The line is the canonical JSON of the body with ``hash`` and ``signature``
+    appended as the last two members: one serialization serves both the hash
+    and the file (verifiers recompute the canonical form, so member order in
+    the file does not matter).
+    """
     record: dict[str, Any] = dict(content)
     record["seq"] = seq
     record["prev_hash"] = prev_hash
     record["key_id"] = signer.key_id
-    digest = chain_hash(record)
+    body = canonical.dumps(record)
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    signature = base64.b64encode(signer.sign(digest.encode())).decode()
     record["hash"] = digest
-    record["signature"] = base64.b64encode(signer.sign(digest.encode())).decode()
-    return record
-
-
-def to_line(record: Mapping[str, Any]) -> bytes:
-    """One JSON Lines line (canonical JSON plus newline)."""
-    return canonical.dumps(record) + b"\n"
+    record["signature"] = signature
+    line = b"".join(
+        (body[:-1], b',"hash":"', digest.encode(), b'","signature":"', signature.encode(), b'"}\n')
+    )
+    return record, line

@@ -46,17 +46,28 @@ def _norm(name: str) -> str:
     return name.lower().replace("-", "_")
 
 
+_FRAGMENTS = re.compile("|".join(re.escape(f) for f in BUILTIN_SECRET_FRAGMENTS))
+_CACHE_LIMIT = 4096
+
+
 class Redactor:
     """Redacts one registry's secret names plus the built-in ones; reusable, thread-safe."""
 
-    __slots__ = ("_exact",)
+    __slots__ = ("_cache", "_exact")
 
     def __init__(self, secret_names: Iterable[str] = ()) -> None:
         self._exact = frozenset(_norm(n) for n in secret_names)
+        # name -> verdict; argument names repeat, so most lookups are one dict hit
+        self._cache: dict[str, bool] = {}
 
     def is_secret_name(self, name: str) -> bool:
-        key = _norm(name)
-        return key in self._exact or any(f in key for f in BUILTIN_SECRET_FRAGMENTS)
+        hit = self._cache.get(name)
+        if hit is None:
+            key = _norm(name)
+            hit = key in self._exact or _FRAGMENTS.search(key) is not None
+            if len(self._cache) < _CACHE_LIMIT:
+                self._cache[name] = hit
+        return hit
 
     def redact(self, value: Any) -> Any:
         """A copy of ``value`` with secret-marked fields and secret-looking strings replaced."""

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -47,7 +47,7 @@ from typing import Any, Literal
 
 from palisade.audit import canonical, files
 from palisade.audit.keys import Signer
-from palisade.audit.record import Entry, content_of, seal, to_line
+from palisade.audit.record import Entry, content_of, seal
 from palisade.audit.redact import Redactor
 
 log = logging.getLogger(__name__)
@@ -164,11 +164,14 @@ class AuditWriter:
     def append_sync(self, entry: Entry, secret_names: Iterable[str] = ()) -> dict[str, Any]:
         """Seal ``entry`` and write it; returns the record. Thread-safe; never awaits."""
         redactor = _redactor(frozenset(secret_names))
-        details = dict(entry.details)
         try:
-            digest = canonical.digest(dict(entry.arguments))
-            redacted = redactor.redact(entry.arguments)
-            canonical.normalize(redacted)
+            details = canonical.normalize(dict(entry.details))
+        except canonical.CanonicalError as exc:
+            details = {"details_error": str(exc)}
+        try:
+            arguments = canonical.normalize(dict(entry.arguments))
+            digest = "sha256:" + hashlib.sha256(canonical.dumps(arguments)).hexdigest()
+            redacted = redactor.redact(arguments)
         except canonical.CanonicalError as exc:
             digest, redacted = "", {}
             details["arguments_error"] = str(exc)
@@ -176,14 +179,17 @@ class AuditWriter:
             if self._fd < 0:
                 raise AuditError("audit writer is not open")
             content = content_of(
-                dataclasses.replace(entry, details=details),
+                entry,
                 time_s=self._clock(),
                 source=self._source,
                 redacted_arguments=redacted,
                 arguments_digest=digest,
+                details=details,
             )
-            record = seal(content, seq=self._seq + 1, prev_hash=self._head, signer=self._signer)
-            self._write(to_line(record))
+            record, line = seal(
+                content, seq=self._seq + 1, prev_hash=self._head, signer=self._signer
+            )
+            self._write(line)
             self._seq = record["seq"]
             self._head = record["hash"]
             self._written_seq = self._seq
@@ -195,8 +201,18 @@ class AuditWriter:
         """Like :meth:`append_sync`; with ``fsync="always"`` also waits for durability."""
         record = self.append_sync(entry, secret_names)
         if self._fsync == "always":
-            await asyncio.get_running_loop().run_in_executor(None, self.sync_through, record["seq"])
+            await self.durable(record["seq"])
         return record
+
+    @property
+    def waits_for_fsync(self) -> bool:
+        """True when callers must await :meth:`durable` before acknowledging a record."""
+        return self._fsync == "always"
+
+    async def durable(self, seq: int) -> None:
+        """Wait until records up to ``seq`` are fsynced (group commit, in a thread)."""
+        if self._synced_seq < seq:
+            await asyncio.get_running_loop().run_in_executor(None, self.sync_through, seq)
 
     def sync_through(self, seq: int) -> None:
         """Block until records up to ``seq`` are fsynced (group commit)."""

@@ -11,6 +11,7 @@ digests agree on both paths.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ DECISION_WIRE: dict[Decision, policy_pb2.Decision] = {
     Decision.THROTTLE: policy_pb2.DECISION_THROTTLE,
 }
 _MAX_EXACT = 2**53
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +92,7 @@ def _name(req: policy_pb2.CheckRequest, field: str, limits: Limits, required: bo
         raise BadRequest(f"{field} is required and must not be empty")
     if len(value) > limits.max_name_length:
         raise BadRequest(f"{field} is longer than {limits.max_name_length} characters")
-    if any(ord(c) < 32 for c in value):
+    if _CONTROL.search(value):
         raise BadRequest(f"{field} contains control characters")
     return value
 

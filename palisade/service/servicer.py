@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -35,27 +36,52 @@ log = logging.getLogger(__name__)
 SecretNames = Callable[[str, str], Iterable[str]]
 
 
+def _no_secrets(server: str, tool: str) -> Iterable[str]:
+    return ()
+
+
+NO_BUNDLE = "no policy bundle is loaded; every call is denied"
+
+
+@dataclass(frozen=True, slots=True)
+class Active:
+    """What decides right now: the engine (None: deny all), its secret names, and why."""
+
+    engine: DecisionEngine | None
+    secret_names: SecretNames = _no_secrets
+    #: Reason given with every deny while no engine is active.
+    reason: str = ""
+
+
 class EngineHolder:
-    """The engine in use; :meth:`swap` replaces it atomically (one reference assignment)."""
+    """The active engine; :meth:`swap` replaces it atomically (one reference assignment)."""
 
-    __slots__ = ("_engine",)
+    __slots__ = ("_active",)
 
-    def __init__(self, engine: DecisionEngine | None = None) -> None:
-        self._engine = engine
+    def __init__(
+        self,
+        engine: DecisionEngine | None = None,
+        *,
+        secret_names: SecretNames = _no_secrets,
+        reason: str = "",
+    ) -> None:
+        self._active = Active(engine, secret_names, reason or NO_BUNDLE)
 
-    def get(self) -> DecisionEngine | None:
-        return self._engine
+    def get(self) -> Active:
+        return self._active
 
-    def swap(self, engine: DecisionEngine | None) -> None:
-        self._engine = engine
+    def swap(
+        self,
+        engine: DecisionEngine | None,
+        *,
+        secret_names: SecretNames = _no_secrets,
+        reason: str = "",
+    ) -> None:
+        self._active = Active(engine, secret_names, reason or NO_BUNDLE)
 
 
 def _deny(rule: str, reason: str, revision: int = 0) -> Verdict:
     return Verdict(decision=Decision.DENY, rule_id=rule, reason=reason, bundle_revision=revision)
-
-
-def _no_secrets(server: str, tool: str) -> Iterable[str]:
-    return ()
 
 
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
@@ -68,20 +94,17 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         metrics: DecisionMetrics,
         *,
         limits: Limits = DEFAULT_LIMITS,
-        secret_names: SecretNames = _no_secrets,
     ) -> None:
         self._engines = engines
         self._audit = audit
         self._metrics = metrics
         self._limits = limits
-        self._secret_names = secret_names
 
-    def _decide(self, call: Call, dry_run: bool, explain: bool) -> Verdict:
-        engine = self._engines.get()
-        if engine is None:
-            return _deny("no-bundle", "no policy bundle is loaded; every call is denied")
+    def _decide(self, active: Active, call: Call, dry_run: bool, explain: bool) -> Verdict:
+        if active.engine is None:
+            return _deny("no-bundle", active.reason or NO_BUNDLE)
         try:
-            return engine.decide(call, dry_run=dry_run, explain=explain)
+            return active.engine.decide(call, dry_run=dry_run, explain=explain)
         except Exception as exc:  # fail closed, whatever the engine did
             log.error(
                 "policy evaluation failed; denying",
@@ -124,6 +147,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         undecodable: str | None,
     ) -> policy_pb2.CheckResponse:
         bad: str | None = undecodable
+        active = self._engines.get()
         try:
             if bad is not None:
                 raise BadRequest(bad)
@@ -139,9 +163,16 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 request_id=request.request_id[:256],
             )
         else:
-            verdict = self._decide(call, request.dry_run, request.explain)
+            verdict = self._decide(active, call, request.dry_run, request.explain)
         latency = time.perf_counter_ns() - start
-        audit_hash = await self._write_audit(call, verdict, latency, request.dry_run, bad)
+        names = active.secret_names(call.server, call.tool) if bad is None else ()
+        audit_hash = self._write_audit(call, verdict, latency, request.dry_run, bad, names)
+        if audit_hash is not None and self._audit.waits_for_fsync:
+            try:
+                await self._audit.durable(self._audit.head[0])
+            except OSError as exc:
+                log.error("audit fsync failed; denying", extra={"error": str(exc)})
+                audit_hash = None
         if audit_hash is None:
             verdict = _deny(
                 "audit-unavailable",
@@ -160,8 +191,14 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad)
         return response_from_verdict(verdict, audit_hash=audit_hash)
 
-    async def _write_audit(
-        self, call: Call, verdict: Verdict, latency_ns: int, dry_run: bool, bad: str | None
+    def _write_audit(
+        self,
+        call: Call,
+        verdict: Verdict,
+        latency_ns: int,
+        dry_run: bool,
+        bad: str | None,
+        secret_names: Iterable[str],
     ) -> str | None:
         details: dict[str, Any] = {}
         if dry_run:
@@ -189,8 +226,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             details=details,
         )
         try:
-            names = self._secret_names(call.server, call.tool) if bad is None else ()
-            record = await self._audit.append(entry, names)
+            record = self._audit.append_sync(entry, secret_names)
         except (AuditError, OSError) as exc:
             self._metrics.audit_failures.inc()
             log.error("audit write failed; denying", extra={"error": str(exc)})

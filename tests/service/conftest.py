@@ -74,8 +74,8 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     writer = AuditWriter(tmp_path / "audit.jsonl", signer, fsync="never")
     await writer.start()
     metrics = DecisionMetrics(CollectorRegistry())
-    engines = EngineHolder(TinyEngine())
-    servicer = PolicyServicer(engines, writer, metrics, secret_names=lambda s, t: ["kubeconfig"])
+    engines = EngineHolder(TinyEngine(), secret_names=lambda s, t: ["kubeconfig"])
+    servicer = PolicyServicer(engines, writer, metrics)
     server, health, _ = await start_server(servicer, ServerSettings(socket_path=socket))
     channel = grpc.aio.insecure_channel(f"unix:{socket}")
     try:

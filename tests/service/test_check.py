@@ -153,9 +153,10 @@ async def test_an_engine_exception_is_a_deny_audited_and_leaks_nothing(served: S
 
 
 async def test_no_bundle_loaded_denies_every_call(served: Served) -> None:
-    served.engines.swap(None)
+    served.engines.swap(None, reason="bundle b.yaml is invalid: rules[0].decision: bad")
     resp = await served.stub.Check(req())
     assert (resp.decision, resp.rule_id) == (policy_pb2.DECISION_DENY, "no-bundle")
+    assert resp.reason == "bundle b.yaml is invalid: rules[0].decision: bad"
     assert audit_lines(served)[0]["rule_id"] == "no-bundle"
 
 
