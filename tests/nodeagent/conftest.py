@@ -24,7 +24,7 @@ from nodeagent.agent import Agent, AgentSettings, QuotaConfig
 from nodeagent.enforce import Enforcer, KubeApi
 from nodeagent.podresources.client import PodResourcesClient
 from nodeagent.podresources.v1 import api_pb2, api_pb2_grpc
-from nodeagent.pods import AllocationSource, ContainerDevices
+from nodeagent.pods import AllocationSource, ContainerDevices, PodIndex
 from nodeagent.quota import quotas_from_bundle
 from nodeagent.sim import Scenario, ScenarioCgroups, SimulatedBackend
 from nodeagent.status import render
@@ -141,6 +141,7 @@ async def make_node(tmp_path: Path) -> AsyncIterator[Any]:
         dry_run: bool = False,
         kill_grace_s: float = 0.5,
         system_namespaces: Iterable[str] = ("kube-system",),
+        pods: PodIndex | None = None,
     ) -> Node:
         clock = FakeClock()
         sc = Scenario(scenario)
@@ -156,7 +157,7 @@ async def make_node(tmp_path: Path) -> AsyncIterator[Any]:
             ),
             backend,
             cgroups,
-            sc.pod_index(),
+            pods if pods is not None else sc.pod_index(),
             allocations if allocations is not None else sc.static_allocations(),
             enforcer,
             clock=clock,
