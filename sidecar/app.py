@@ -5,7 +5,7 @@
 ====================================  =============================================
 ``POST|GET|DELETE <mcp_path>``        Streamable HTTP (2025-03-26 .. 2026-07-28)
 ``GET <sse_path>``                    legacy HTTP+SSE stream (2024-11-05)
-``POST <messages_path>``              legacy HTTP+SSE messages
+``POST <messages_paths>``             legacy HTTP+SSE messages
 ``GET /healthz``                      alive
 ``GET /readyz``                       a verified bundle is active and the upstream answers
 ``GET /metrics``                      Prometheus text format
@@ -35,9 +35,8 @@ def build_app(core: ProxyCore) -> web.Application:
     app.router.add_get(s.mcp_path, sh.get, allow_head=False)
     app.router.add_delete(s.mcp_path, sh.delete)
     app.router.add_get(s.sse_path, lh.stream, allow_head=False)
-    app.router.add_post(s.messages_path, lh.message)
-    if s.messages_path.endswith("/"):
-        app.router.add_post(s.messages_path.rstrip("/"), lh.message)
+    for path in s.messages_paths:
+        app.router.add_post(path, lh.message)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -86,6 +87,28 @@ class UpstreamProc:
     proc: subprocess.Popen[bytes]
 
 
+def everything_entry() -> Path:
+    """Where scripts/setup.d/50-mcp-peers.sh put @modelcontextprotocol/server-everything."""
+    cache = Path(os.environ.get("PALISADE_CACHE", Path.home() / ".cache" / "palisade"))
+    pointer = cache / "npm" / "current-everything"
+    if not pointer.is_file() or not Path(pointer.read_text().strip()).is_file():
+        pytest.fail("@modelcontextprotocol/server-everything is not installed: run make setup")
+    return Path(pointer.read_text().strip())
+
+
+def start_everything(mode: str) -> UpstreamProc:
+    """server-everything in ``streamableHttp`` or ``sse`` mode on a free port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["node", str(everything_entry()), mode],
+        env={**os.environ, "PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port, proc)
+    return UpstreamProc(f"http://127.0.0.1:{port}", port, Path(), proc)
+
+
 def start_example_server(tmp: Path, *extra: str) -> UpstreamProc:
     port = free_port()
     state = tmp / f"upstream-state-{port}"
@@ -129,12 +152,16 @@ class Sidecar:
 
 @contextlib.asynccontextmanager
 async def run_sidecar(
-    upstream_url: str, tmp: Path, limits: Limits | None = None, bundle: Path = BUNDLE
+    upstream_url: str,
+    tmp: Path,
+    limits: Limits | None = None,
+    bundle: Path = BUNDLE,
+    server_name: str = SERVER,
 ) -> AsyncIterator[Sidecar]:
     port = free_port()
     settings = SidecarSettings(
         upstream=upstream_url,
-        server_name=SERVER,
+        server_name=server_name,
         listen_host="127.0.0.1",
         listen_port=port,
         limits=limits or Limits(),
@@ -144,7 +171,7 @@ async def run_sidecar(
     writer.open()
     core = ProxyCore(
         settings=settings,
-        policy=PolicyHolder(snapshot_of(engine, SERVER)),
+        policy=PolicyHolder(snapshot_of(engine, server_name)),
         authenticator=DevAuthenticator(
             TOKENS, resource=f"http://127.0.0.1:{port}/mcp", enabled=True
         ),
