@@ -46,7 +46,7 @@ class SidecarSettings:
     mcp_path: str = "/mcp"
     #: Legacy HTTP+SSE (2024-11-05) endpoints, proxied to the same paths upstream.
     sse_path: str = "/sse"
-    #: Legacy message endpoints (the Python SDK uses ``/messages/``, the TypeScript SDK ``/message``).
+    #: Legacy message endpoints (Python SDK: ``/messages/``, TypeScript SDK: ``/message``).
     messages_paths: tuple[str, ...] = ("/messages/", "/messages", "/message")
     #: Bundle file or directory to watch (``None``: no bundle, every call denied).
     bundle_path: Path | None = None
