@@ -38,7 +38,7 @@ from palisade.bundle.canonical import bundle_digest
 from palisade.bundle.globs import compile_glob, compile_globs, is_glob
 from palisade.bundle.schema import Agent, Bundle, FailureMode, Match, RatePer, Server, Tool
 from palisade.policy.budgets import BudgetState
-from palisade.policy.digests import approval_id
+from palisade.policy.digests import approval_id, tool_definition_digest
 from palisade.policy.types import Call, Clock, Decision, Risk, RuleTrace, Verdict
 
 Pred = Callable[[str], bool] | None
@@ -253,6 +253,31 @@ class Engine:
     def tool(self, server: str, tool: str) -> Tool | None:
         s = self._servers.get(server)
         return None if s is None else s.tools.get(tool)
+
+    def pin_problem(
+        self,
+        server: str,
+        tool: str,
+        description: str | None,
+        input_schema: Mapping[str, Any] | None,
+    ) -> str:
+        """Why a tool definition a server advertises breaks the registry's pin ("" if fine).
+
+        For ``tools/list`` filtering: an unregistered tool, or a pinned tool whose
+        name, description or input schema changed, should be hidden and refused.
+        """
+        registered = self.tool(server, tool)
+        if registered is None:
+            return f"tool {tool!r} is not registered for server {server!r}"
+        if not registered.pinned:
+            return ""
+        actual = tool_definition_digest(tool, description, input_schema)
+        if actual != registered.pinned:
+            return (
+                f"tool {tool!r} of server {server!r} changed: its definition digest is {actual},"
+                f" the registry pinned {registered.pinned}"
+            )
+        return ""
 
     def agent(self, agent_id: str) -> Agent | None:
         return self._agents.get(agent_id)
