@@ -35,11 +35,16 @@ BUILTIN_SECRET_FRAGMENTS: tuple[str, ...] = (
 )
 
 _SECRET_VALUE = re.compile(
-    r"^\s*(?:bearer|basic)\s+\S+"  # HTTP authorization values
+    r"\b(?:bearer|basic)\s+[\w.~+/=-]{6,}"  # HTTP authorization values
     r"|eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"  # JWTs
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----",  # PEM private keys
     re.IGNORECASE,
 )
+
+
+def scrub_text(text: str) -> str:
+    """``text`` with each credential-looking part replaced (for free text such as logs)."""
+    return _SECRET_VALUE.sub(REDACTED, text)
 
 
 def _norm(name: str) -> str:

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from palisade.audit.redact import REDACTED, Redactor
+from palisade.audit.redact import REDACTED, Redactor, scrub_text
 
 _STANDARD = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime", "taskName"}
@@ -43,13 +43,13 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": _REDACTOR.redact(record.getMessage()),
+            "msg": scrub_text(record.getMessage()),
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 doc[key] = _field(key, value)
         if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
+            doc["exc"] = scrub_text(self.formatException(record.exc_info))
         return json.dumps(doc, default=str, ensure_ascii=False)
 
 

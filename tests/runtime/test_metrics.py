@@ -1,0 +1,40 @@
+"""Decision metrics are labelled by decision, rule, server and tool, and served over HTTP."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+from prometheus_client import CollectorRegistry
+
+from palisade.runtime.metrics import DecisionMetrics, serve_metrics
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_observations_count_by_labels_and_fill_the_histogram() -> None:
+    m = DecisionMetrics(CollectorRegistry())
+    m.observe(decision="allow", rule="r1", server="k8s", tool="pods_log", seconds=0.0001)
+    m.observe(decision="allow", rule="r1", server="k8s", tool="pods_log", seconds=0.002)
+    m.observe(decision="deny", rule="r2", server="k8s", tool="delete", seconds=0.5)
+    get = m.registry.get_sample_value
+    labels = {"decision": "allow", "rule": "r1", "server": "k8s", "tool": "pods_log"}
+    assert get("palisade_decisions_total", labels) == 2
+    assert get("palisade_decision_duration_seconds_count") == 3
+    assert get("palisade_decision_duration_seconds_bucket", {"le": "0.00025"}) == 1
+
+
+def test_metrics_are_served_over_http() -> None:
+    registry = CollectorRegistry()
+    m = DecisionMetrics(registry)
+    m.observe(decision="deny", rule="default", server="s", tool="t", seconds=0.001)
+    port = _free_port()
+    serve_metrics(port, registry=registry)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert (
+        'palisade_decisions_total{decision="deny",rule="default",server="s",tool="t"} 1.0' in body
+    )
