@@ -49,15 +49,21 @@ async def server_version(api: client.ApiClient) -> tuple[str, str]:
 
 
 class KubeNamespaces:
-    """Namespace labels read with ``get namespaces``, cached for ``ttl`` seconds."""
+    """Namespace labels read with ``get namespaces``, cached for ``ttl`` seconds.
+
+    Each read is bounded by ``timeout`` seconds, well inside the webhook's own
+    timeout, so a slow API server yields a readable refusal, not a timeout.
+    """
 
     def __init__(
         self,
         api: client.ApiClient,
         ttl: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        timeout: float = 2.0,
     ) -> None:
         self._core = client.CoreV1Api(api)
+        self._timeout = timeout
         self._ttl = ttl
         self._clock = clock
         self._cache: dict[str, tuple[float, Mapping[str, str] | None]] = {}
@@ -68,7 +74,7 @@ class KubeNamespaces:
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
         try:
-            ns: Any = await self._core.read_namespace(namespace)
+            ns: Any = await self._core.read_namespace(namespace, _request_timeout=self._timeout)
         except ApiException as exc:
             if exc.status == 404:
                 self._cache[namespace] = (now, None)

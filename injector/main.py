@@ -275,7 +275,8 @@ async def serve(
             manager = tls.MountedTLS(settings.tls, serving)
         else:
             manager = tls.SelfSignedTLS(settings.tls, injection.own_namespace, api, serving)
-        await manager.reconcile()
+        if not await _first_reconcile(manager, stop):
+            return
         webhook = Webhook(
             injection,
             kube.KubeNamespaces(api, ttl=settings.server.namespace_cache_seconds),
@@ -308,6 +309,30 @@ async def serve(
                 await tls_task
     finally:
         await api.close()
+
+
+async def _first_reconcile(
+    manager: tls.SelfSignedTLS | tls.MountedTLS, stop: asyncio.Event
+) -> bool:
+    """Get a serving certificate before listening; retry with backoff until ``stop``."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            await manager.reconcile()
+            return True
+        except Exception as exc:
+            log.warning(
+                "no serving certificate yet; retrying",
+                extra={
+                    "error": type(exc).__name__,
+                    "status": getattr(exc, "status", None),
+                    "retry_s": delay,
+                },
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, 30.0)
+    return False
 
 
 def run(ns: argparse.Namespace) -> int:

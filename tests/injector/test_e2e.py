@@ -564,6 +564,8 @@ def test_with_the_webhook_down_labelled_namespaces_refuse_pods_and_others_do_not
 ) -> None:
     enabled, plain = namespace(kube, "enabled"), namespace(kube, None)
     injector.stop()
+    assert injector.proc is not None
+    assert injector.proc.exit_code() == 0, "SIGTERM is a clean shutdown"
     try:
         with pytest.raises(ApiError) as refused:
             create(kube, enabled, mcp_pod())
