@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from nodeagent import quota
 from nodeagent.agent import Agent, AgentSettings, QuotaConfig
 from nodeagent.cgroup import CgroupReader, ProcCgroupReader
@@ -56,12 +54,17 @@ class Options:
 
 
 def load_bundle_file(path: Path) -> QuotaConfig:
-    """Quotas from a local bundle YAML (``quota.QuotaError``/``OSError`` on bad input)."""
-    doc = yaml.safe_load(path.read_text())
-    if not isinstance(doc, dict):
-        raise quota.QuotaError(f"{path}: a bundle must be a mapping")
-    quotas, namespaces = quota.quotas_from_bundle(doc)
-    return QuotaConfig(quotas, namespaces, revision=0, source=f"file:{path}")
+    """Quotas from a local bundle file, validated by ``palisade.bundle`` like any bundle.
+
+    Raises ``palisade.bundle.BundleError`` (with file positions) or ``quota.QuotaError``.
+    """
+    from palisade.bundle import bundle_digest, load_file, to_document
+
+    bundle = load_file(path)
+    quotas, namespaces = quota.quotas_from_bundle(to_document(bundle))
+    return QuotaConfig(
+        quotas, namespaces, revision=0, digest=bundle_digest(bundle), source=f"file:{path}"
+    )
 
 
 def make_backend(opts: Options) -> tuple[GpuBackend, CgroupReader, PodIndex, Any]:

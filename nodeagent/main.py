@@ -60,6 +60,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--state-dir", type=Path, default=Path(_env("STATE_DIR", "/var/lib/palisade-nodeagent"))
     )
     run.add_argument("--audit-key", type=Path, help="Ed25519 PEM key signing audit records")
+    run.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=float(_env("HEARTBEAT_INTERVAL", "10")),
+        help="seconds between heartbeats to the distributor",
+    )
     run.add_argument("--kill-grace", type=float, default=10.0, help="SIGTERM -> SIGKILL seconds")
     run.add_argument(
         "--system-namespaces",
@@ -99,6 +105,7 @@ def _run(ns: argparse.Namespace) -> int:
         state_dir=ns.state_dir,
         audit_key=ns.audit_key,
         kill_grace_s=ns.kill_grace,
+        heartbeat_interval_s=ns.heartbeat_interval,
         system_namespaces=frozenset(s for s in ns.system_namespaces.split(",") if s),
     )
     try:
