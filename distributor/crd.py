@@ -101,7 +101,7 @@ class CrdStatusReporter:
                 await self.source.write_status(name, status, now=_now)
             except Exception as exc:
                 log.warning(
-                    "cannot write PolicyBundle status", extra={"name": name, "error": str(exc)}
+                    "cannot write PolicyBundle status", extra={"bundle": name, "error": str(exc)}
                 )
 
     async def run(self, interval_s: float = 2.0) -> None:

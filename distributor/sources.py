@@ -169,5 +169,11 @@ class CrdSource:
         with contextlib.suppress(Exception):
             obj["status"] = body_status
         await self.api.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, cr_name, {"status": body_status}
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            cr_name,
+            {"status": body_status},
+            _content_type="application/merge-patch+json",
         )
