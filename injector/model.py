@@ -98,6 +98,7 @@ class Plan:
     takeover: PortRef | None
     port_rewrites: tuple[tuple[str, int], ...]
     app_has_volume_mounts: bool
+    app_needs_socket_mount: bool
     token_mount: Mapping[str, Any] | None
     has_annotations: bool
     has_volumes: bool
@@ -276,6 +277,11 @@ def _plan(
     containers = _as_list(spec.get("containers"))
     if not containers or not all(isinstance(c, dict) for c in containers):
         return Refuse(f"pod {label} has no containers")
+    if not server_name.strip():
+        return Refuse(
+            f"pod {label}: the label {LABEL_MCP_SERVER} must name the MCP server "
+            "(its registry name in the policy bundle), not be empty"
+        )
     warnings: list[str] = []
     port_name = str(annotations.get(ANNOTATION_PORT) or sidecar.port_name)
     wanted = annotations.get(ANNOTATION_CONTAINER)
@@ -369,6 +375,10 @@ def _plan(
         takeover=takeover,
         port_rewrites=tuple(rewrites),
         app_has_volume_mounts=isinstance(app.get("volumeMounts"), list),
+        app_needs_socket_mount=not any(
+            _as_dict(m).get("name") == VOLUME_SOCKET or _as_dict(m).get("mountPath") == SOCKET_DIR
+            for m in _as_list(app.get("volumeMounts"))
+        ),
         token_mount=token_mount,
         has_annotations=isinstance(meta.get("annotations"), dict),
         has_volumes=isinstance(spec.get("volumes"), list),

@@ -156,7 +156,9 @@ def build(plan: Plan, sidecar: SidecarSettings) -> list[PatchOp]:
     for path, number in plan.port_rewrites:
         ops.append({"op": "replace", "path": path, "value": number})
     socket_mount = {"name": VOLUME_SOCKET, "mountPath": SOCKET_DIR, "readOnly": True}
-    if plan.app_has_volume_mounts:
+    if not plan.app_needs_socket_mount:
+        pass  # the MCP container already mounts something there: leave it be
+    elif plan.app_has_volume_mounts:
         ops.append({"op": "add", "path": f"{app}/volumeMounts/-", "value": socket_mount})
     else:
         ops.append({"op": "add", "path": f"{app}/volumeMounts", "value": [socket_mount]})

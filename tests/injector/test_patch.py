@@ -189,6 +189,17 @@ CASES = [
         ],
     ),
     Case(
+        "the MCP container already mounts something at the socket path",
+        pod(
+            container(
+                "app",
+                ("mcp", 8080),
+                volumeMounts=[{"name": "run", "mountPath": "/var/run/palisade"}],
+            )
+        ),
+        [unname(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", ANNOTATIONS)],
+    ),
+    Case(
         "hostNetwork pod: only the skip reason is recorded",
         pod(hostNetwork=True),
         [("add", ANNOTATIONS)],

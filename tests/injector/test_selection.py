@@ -74,6 +74,7 @@ def test_host_network_pods_are_refused_in_a_required_namespace() -> None:
             "is not a port number",
         ),
         (pod(annotations={"palisade.dev/sidecar-port": "8080"}), "is not a free port"),
+        (pod(labels={"palisade.dev/mcp-server": ""}), "must name the MCP server"),
         (pod(annotations={"palisade.dev/sidecar-port": "99999"}), "is not a free port"),
     ],
 )
