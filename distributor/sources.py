@@ -89,7 +89,7 @@ class CrdSource:
     def __init__(self, api_client: Any, *, namespace: str = "") -> None:
         from kubernetes_asyncio import client
 
-        self.api = client.CustomObjectsApi(api_client)
+        self.api: Any = client.CustomObjectsApi(api_client)
         self.namespace = namespace
         self.objects: dict[str, dict[str, Any]] = {}
 
