@@ -66,6 +66,34 @@ BASIC_CONTROLLERS = (
 _PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
 
+_WORKDIR_PREFIX = "palisade-kube-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_stale_workdirs() -> None:
+    """Remove temp dirs left by runs whose Python process was killed outright.
+
+    Their children died with them (parent-death signal); only files remain. A
+    directory is stale when the pid in its ``owner.pid`` no longer runs.
+    """
+    for d in Path(tempfile.gettempdir()).glob(f"{_WORKDIR_PREFIX}*"):
+        try:
+            pid = int((d / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if not _pid_alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 class HarnessError(RuntimeError):
     """The control plane could not start or a helper failed; the message has the log tail."""
 
@@ -102,7 +130,10 @@ class ControlPlane:
     ) -> None:
         self.config = config or ControlPlaneConfig()
         self.binaries = binaries or find_binaries()
-        self.workdir = Path(tempfile.mkdtemp(prefix="palisade-kube-"))
+        _sweep_stale_workdirs()
+        self.workdir = Path(tempfile.mkdtemp(prefix=_WORKDIR_PREFIX))
+        if not self.config.keep_dir:  # kept dirs are for reading later, not swept
+            (self.workdir / "owner.pid").write_text(str(os.getpid()))
         self.admin_token = secrets.token_urlsafe(32)
         self.server = ""
         self.port = 0

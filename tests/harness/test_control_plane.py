@@ -251,6 +251,41 @@ class TestLifecycle:
         assert not any(p.running() for p in procs)
         assert not workdir.exists()
 
+    def test_a_run_killed_outright_leaves_no_process_and_its_directory_is_swept(self) -> None:
+        import os
+        import signal
+        import subprocess
+        import sys
+
+        code = (
+            "from tests.harness import ControlPlane, ControlPlaneConfig\n"
+            "cp = ControlPlane(ControlPlaneConfig(controllers=None)); cp.start()\n"
+            "print(cp.workdir, *[p.pid for p in cp.processes()], flush=True)\n"
+            "import time; time.sleep(600)\n"
+        )
+        repo = Path(__file__).resolve().parents[2]
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=repo,
+            env={**os.environ, "PYTHONPATH": str(repo)},
+        )
+        try:
+            assert proc.stdout is not None
+            workdir, *pids = proc.stdout.readline().split()
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        assert len(pids) == 2
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{p}").exists() for p in pids):
+            assert time.monotonic() < deadline, "a child outlived its killed parent"
+            time.sleep(0.1)
+        assert Path(workdir).exists()
+        ControlPlane(ControlPlaneConfig(controllers=None)).stop()  # construction sweeps
+        assert not Path(workdir).exists()
+
     def test_a_bad_flag_fails_start_with_the_server_log_and_cleans_up(self) -> None:
         plane = ControlPlane(
             ControlPlaneConfig(controllers=None, extra_apiserver_args=("--no-such-flag=1",))
