@@ -8,12 +8,22 @@ configured), checks required scopes, maps the claims to a bundle agent and
 returns a :class:`Principal`. Every failure becomes an :class:`AuthError` with the
 RFC 6750 / RFC 9728 challenge; the token itself never appears in a log line, an
 error or a challenge.
+
+Verified tokens are cached (by SHA-256 digest, never the token itself) until the
+earlier of their ``exp`` and ``cache_ttl_s``, so a session's repeated calls cost
+a hash and a lookup rather than a signature check (about 190 us with Ed25519).
+The claim -> agent mapping and the scope check still run on every request, so a
+new bundle takes effect at once. The price: a token whose signing key the
+issuer withdraws stays accepted for at most ``cache_ttl_s``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from sidecar.identity.challenge import ChallengeBuilder, metadata_url, protected_resource_metadata
@@ -47,6 +57,9 @@ class ResourceServer:
         required_scopes: Sequence[str] = (),
         resource_name: str = "",
         allowed_origins: Sequence[str] = (),
+        cache_ttl_s: float = 60.0,
+        cache_size: int = 4096,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if jwt is None and token_review is None:
             raise ValueError("a resource server needs a JWT verifier or TokenReview, or both")
@@ -57,6 +70,10 @@ class ResourceServer:
         self._required = tuple(required_scopes)
         self._metadata_url = metadata_url(resource)
         self._origins = OriginPolicy(resource, allowed_origins)
+        self._cache: OrderedDict[bytes, tuple[float, VerifiedToken]] = OrderedDict()
+        self._cache_ttl = cache_ttl_s
+        self._cache_size = cache_size
+        self._wall = wall_clock
         self._challenge = ChallengeBuilder(self._metadata_url, scopes=self._required)
         servers = list(authorization_servers) or sorted(jwt.issuers if jwt else ())
         self._metadata = protected_resource_metadata(
@@ -116,6 +133,25 @@ class ResourceServer:
         )
 
     async def _verify(self, token: str) -> VerifiedToken:
+        key = hashlib.sha256(token.encode()).digest()
+        now = self._wall()
+        hit = self._cache.get(key)
+        if hit is not None:
+            if now < hit[0]:
+                return hit[1]
+            del self._cache[key]
+        verified = await self._verify_uncached(token)
+        exp = verified.claims.get("exp")
+        until = now + self._cache_ttl
+        if isinstance(exp, int | float):
+            until = min(until, float(exp))
+        if self._cache_ttl > 0 and until > now:
+            self._cache[key] = (until, verified)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return verified
+
+    async def _verify_uncached(self, token: str) -> VerifiedToken:
         verifier: Verifier | None
         if self._jwt is not None and unverified_issuer(token) in self._jwt.issuers:
             verifier = self._jwt

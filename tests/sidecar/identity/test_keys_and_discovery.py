@@ -106,3 +106,46 @@ async def test_a_configured_jwks_uri_skips_discovery(issuer: Issuer) -> None:
         await s.authenticator.authenticate(bearer(issuer.token(aud=RESOURCE)))
         assert issuer.discovery_hits == 0
         assert issuer.jwks_hits == 1
+
+
+async def test_a_verified_token_is_not_verified_again_until_it_expires() -> None:
+    from sidecar.identity.resource_server import ResourceServer
+    from sidecar.identity.verified import TokenRejected, VerifiedToken
+
+    class CountingVerifier:
+        issuers = frozenset({"https://idp.example"})
+        algorithms = ("EdDSA",)
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def verify(self, token: str) -> VerifiedToken:
+            self.calls += 1
+            if token != "good":
+                raise TokenRejected("bad token")
+            return VerifiedToken(claims={"iss": "https://idp.example", "sub": "s", "exp": 100.0})
+
+    clock = [0.0]
+    verifier = CountingVerifier()
+    server = ResourceServer(
+        resource=RESOURCE,
+        identities=IdentityMap.from_agents(
+            [{"id": "a", "identities": [{"issuer": "https://idp.example", "subject": "s"}]}]
+        ),
+        token_review=verifier,
+        cache_ttl_s=60.0,
+        wall_clock=lambda: clock[0],
+    )
+    for _ in range(3):
+        assert (await server.authenticate(bearer("good"))).agent == "a"
+    assert verifier.calls == 1
+    clock[0] = 61.0  # the cache TTL passed: verify again
+    await server.authenticate(bearer("good"))
+    assert verifier.calls == 2
+    clock[0] = 100.5  # past exp: the cached entry is not used
+    await server.authenticate(bearer("good"))
+    assert verifier.calls == 3
+    for _ in range(2):  # refusals are never cached
+        with pytest.raises(Unauthenticated):
+            await server.authenticate(bearer("bad"))
+    assert verifier.calls == 5
