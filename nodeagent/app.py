@@ -211,6 +211,14 @@ async def _shutdown(
         await agent.allocations.close()
 
 
+def _key_files(paths: tuple[Path, ...]) -> list[Path]:
+    """Files as given; directories (a mounted Secret) expand to their ``*.pem`` files."""
+    out: list[Path] = []
+    for p in paths:
+        out.extend(sorted(p.glob("*.pem")) if p.is_dir() else [p])
+    return out
+
+
 def _distribution_client(opts: Options, agent_box: list[Agent]) -> Any:
     """The shared distributor client: quotas in (bundles), heartbeats out."""
     if not opts.distributors:
@@ -246,7 +254,7 @@ def _distribution_client(opts: Options, agent_box: list[Agent]) -> Any:
     settings = ClientSettings(
         targets=opts.distributors,
         state_dir=opts.state_dir / "distribution",
-        trusted=TrustedKeys.from_files(opts.trusted_keys),
+        trusted=TrustedKeys.from_files(_key_files(opts.trusted_keys)),
         heartbeat_interval_s=opts.heartbeat_interval_s,
     )
     client = DistributionClient(

@@ -55,7 +55,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=[t for t in _env("DISTRIBUTORS", "").split(",") if t],
         help="distributor gRPC address host:port (repeatable)",
     )
-    run.add_argument("--trusted-key", type=Path, action="append", default=[])
+    run.add_argument(
+        "--trusted-key",
+        type=Path,
+        action="append",
+        default=[],
+        help="public key PEM trusted to sign bundles, or a directory of *.pem (repeatable)",
+    )
     run.add_argument(
         "--state-dir", type=Path, default=Path(_env("STATE_DIR", "/var/lib/palisade-nodeagent"))
     )
@@ -66,7 +72,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=float(_env("HEARTBEAT_INTERVAL", "10")),
         help="seconds between heartbeats to the distributor",
     )
-    run.add_argument("--kill-grace", type=float, default=10.0, help="SIGTERM -> SIGKILL seconds")
+    run.add_argument(
+        "--kill-grace",
+        type=float,
+        default=float(_env("KILL_GRACE", "10")),
+        help="SIGTERM -> SIGKILL seconds",
+    )
     run.add_argument(
         "--system-namespaces",
         default=_env("SYSTEM_NAMESPACES", ",".join(sorted(DEFAULT_SYSTEM_NAMESPACES))),
