@@ -222,3 +222,62 @@ class TestInstalledRelease:
         hook = kube.request("GET", path)["webhooks"][0]
         assert hook["timeoutSeconds"] == 6
         assert hook["clientConfig"]["caBundle"] == ca
+
+
+class TestPodSecurity:
+    def test_the_injector_pod_is_admitted_under_the_restricted_pod_security_standard(
+        self, kube: ControlPlane
+    ) -> None:
+        kube.create_namespace(
+            "chart-restricted", labels={"pod-security.kubernetes.io/enforce": "restricted"}
+        )
+        objects = [d for d in yaml.safe_load_all(render_text(namespace="chart-restricted")) if d]
+        dep = next(o for o in objects if o["kind"] == "Deployment")
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "injector-pss",
+                "labels": dep["spec"]["template"]["metadata"]["labels"],
+            },
+            "spec": dep["spec"]["template"]["spec"],
+        }
+        # Its own ServiceAccount is not installed here; the default one stands in.
+        pod["spec"] = {**pod["spec"], "serviceAccountName": "default"}
+        kube.request("POST", "/api/v1/namespaces/chart-restricted/pods?dryRun=All", pod)
+
+    def test_the_restricted_standard_is_really_enforced_here(self, kube: ControlPlane) -> None:
+        kube.create_namespace(
+            "chart-restricted", labels={"pod-security.kubernetes.io/enforce": "restricted"}
+        )
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "root-pod"},
+            "spec": {"containers": [{"name": "c", "image": "registry.invalid/x:1"}]},
+        }
+        with pytest.raises(ApiError) as e:
+            kube.request("POST", "/api/v1/namespaces/chart-restricted/pods?dryRun=All", pod)
+        assert e.value.status == 403
+        assert "restricted" in str(e.value)
+
+
+class TestK0rdentExample:
+    def test_the_service_template_installs_this_chart_with_valid_values(
+        self, tmp_path: Path
+    ) -> None:
+        from tests.chart.render import helm
+
+        chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+        docs = list(
+            yaml.safe_load_all((CHART / "examples" / "k0rdent-servicetemplate.yaml").read_text())
+        )
+        kinds = {d["kind"]: d for d in docs}
+        spec = kinds["ServiceTemplate"]["spec"]["helm"]["chartSpec"]
+        assert (spec["chart"], spec["version"]) == (chart["name"], chart["version"])
+        assert spec["sourceRef"]["name"] == kinds["HelmRepository"]["metadata"]["name"]
+        (service,) = kinds["MultiClusterService"]["spec"]["serviceSpec"]["services"]
+        assert service["template"] == kinds["ServiceTemplate"]["metadata"]["name"]
+        values = tmp_path / "values.yaml"
+        values.write_text(service["values"])
+        helm("lint", "--strict", str(CHART), "-f", str(values))
