@@ -178,6 +178,17 @@ class TestScriptsOnTheControlPlane:
                 "apply", "--server-side", "--dry-run=server", "-n", "kind-dry", "-f", str(manifest)
             )
 
+    def test_the_example_mcp_server_meets_the_restricted_pod_security_standard(
+        self, kube: ControlPlane
+    ) -> None:
+        kube.create_namespace(
+            "kind-restricted", labels={"pod-security.kubernetes.io/enforce": "restricted"}
+        )
+        dep = next(yaml.safe_load_all((KIND / "manifests" / "mcp-server.yaml").read_text()))
+        pod = {"apiVersion": "v1", "kind": "Pod", **dep["spec"]["template"]}
+        pod["metadata"] = {**pod["metadata"], "name": "mcp-pss"}
+        kube.request("POST", "/api/v1/namespaces/kind-restricted/pods?dryRun=All", pod)
+
     def test_the_chart_is_installed_with_the_kind_values_and_image(
         self, applied: tuple[ControlPlane, str]
     ) -> None:
