@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_LINE = re.compile(r"\r\n|\r|\n")
 
 
 class EventTooLarge(ValueError):
@@ -63,7 +64,8 @@ def parse_event(raw: bytes) -> Event | None:
     eid: str | None = None
     retry: int | None = None
     seen_data = False
-    for line in raw.decode("utf-8", errors="replace").splitlines():
+    # Only CRLF, LF and CR end lines in SSE (str.splitlines would also cut at \x1c..\x1e)
+    for line in _LINE.split(raw.decode("utf-8", errors="replace")):
         if not line or line.startswith(":"):
             continue
         name, sep, value = line.partition(":")
