@@ -49,6 +49,9 @@ class NoCredential:
     async def header(self) -> tuple[str, str] | None:
         return None
 
+    async def __call__(self) -> dict[str, str]:
+        return {}
+
 
 @dataclass(frozen=True, slots=True)
 class _Stamp:
@@ -84,6 +87,10 @@ class FileCredential:
 
     async def header(self) -> tuple[str, str]:
         return self._header, self.current()
+
+    async def __call__(self) -> dict[str, str]:
+        """The headers to add, as :class:`sidecar.upstream.Upstream` takes them."""
+        return {self._header: self.current()}
 
     def current(self) -> str:
         """The header value; re-reads the file when its identity changed."""

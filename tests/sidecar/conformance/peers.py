@@ -145,25 +145,35 @@ class Sidecar:
 
 
 @contextmanager
-def sidecar(workdir: Path, upstream_mcp_url: str, issuer: Issuer) -> Iterator[Sidecar]:
+def sidecar(
+    workdir: Path,
+    upstream_mcp_url: str,
+    issuer: Issuer,
+    *,
+    template: Path = HERE / "data" / "bundle.yaml.in",
+    server_name: str = "conformance",
+    extra_args: Sequence[str] = (),
+) -> Iterator[Sidecar]:
+    """``palisade sidecar`` in front of the upstream, trusting ``issuer``; the bundle
+    is ``template`` with ``@ISSUER@`` replaced."""
     port = free_port()
     resource = f"http://127.0.0.1:{port}/mcp"
     bundle = workdir / "bundle.yaml"
-    template = (HERE / "data" / "bundle.yaml.in").read_text()
-    bundle.write_text(template.replace("@ISSUER@", issuer.url))
+    bundle.write_text(template.read_text().replace("@ISSUER@", issuer.url))
     upstream_base = upstream_mcp_url.rsplit("/mcp", 1)[0]
     palisade = shutil.which("palisade", path=str(Path(sys.executable).parent)) or "palisade"
     argv = [
         palisade, "sidecar",
         "--listen", f"127.0.0.1:{port}",
         "--upstream", upstream_base,
-        "--server-name", "conformance",
+        "--server-name", server_name,
         "--bundle", str(bundle),
         "--allow-unsigned-bundles",
         "--state-dir", str(workdir / "state"),
         "--audit-dir", str(workdir / "audit"),
         "--resource", resource,
         "--issuer", issuer.url,
+        *extra_args,
     ]  # fmt: skip
     with process(argv, workdir / "sidecar.log") as proc:
         wait_http(f"http://127.0.0.1:{port}/readyz", proc=proc)

@@ -127,3 +127,9 @@ def test_the_credential_never_appears_in_the_error(tmp_path: Path) -> None:
 def test_a_header_name_that_could_inject_is_refused() -> None:
     with pytest.raises(ValueError):
         FileCredential("/nonexistent", header="X-Evil\r\nHost")
+
+
+async def test_a_credential_source_is_callable_for_the_upstream_client(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("abc")
+    assert await FileCredential(str(tmp_path / "token"))() == {"Authorization": "Bearer abc"}
+    assert await NoCredential()() == {}
