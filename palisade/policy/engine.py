@@ -86,7 +86,18 @@ def _labels_ok(
 
 
 class _Rule:
-    __slots__ = ("decision", "id", "index", "matcher", "program", "reason", "retry_after", "when")
+    __slots__ = (
+        "decision",
+        "id",
+        "index",
+        "matcher",
+        "needs_agent",
+        "needs_call",
+        "program",
+        "reason",
+        "retry_after",
+        "when",
+    )
 
     def __init__(self, index: int, rule: Any) -> None:
         self.index: int = index
@@ -97,6 +108,10 @@ class _Rule:
         self.matcher = _Matcher(rule.match)
         self.when: str = rule.when
         self.program: Any = cel.compile(rule.when) if rule.when else None
+        # Converting each variable into CEL costs microseconds: pass only those used.
+        used = set(self.program.variables()) if self.program is not None else set()
+        self.needs_agent = "agent" in used
+        self.needs_call = "call" in used
 
 
 class _Limit:
@@ -171,12 +186,27 @@ class _Route:
         self.verdicts: dict[int, Verdict] = {}
 
 
+class _Tool:
+    """A registered tool and the routes through it, keyed by agent id.
+
+    When the registry gives the tool a risk (the usual case) the key is the agent
+    id alone, a string whose hash Python caches; otherwise the risk the server
+    declared joins the key.
+    """
+
+    __slots__ = ("routes", "tool")
+
+    def __init__(self, tool: Tool) -> None:
+        self.tool = tool
+        self.routes: dict[Any, _Route] = {}
+
+
 class _Server:
     __slots__ = ("any_version", "images", "name", "tools", "version_cache", "versions")
 
     def __init__(self, s: Server) -> None:
         self.name = s.name
-        self.tools: dict[str, Tool] = {t.name: t for t in s.tools}
+        self.tools: dict[str, _Tool] = {t.name: _Tool(t) for t in s.tools}
         self.images = frozenset(s.images)
         self.versions: Pred = compile_globs(s.versions) if s.versions else None
         self.any_version = (not s.versions and not s.images) or "*" in s.versions
@@ -235,7 +265,6 @@ class Engine:
             _Limit(x.id, x.match, limit=x.limit, window=x.window_seconds) for x in b.spend_caps
         )
         self._mutation_cap = b.mutations_per_session
-        self._routes: dict[tuple[str, str, str, Risk | None], _Route] = {}
         self._default_reason = (
             f"no rule matched; the bundle's defaultDecision is {bundle.default_decision.value}"
         )
@@ -252,7 +281,8 @@ class Engine:
 
     def tool(self, server: str, tool: str) -> Tool | None:
         s = self._servers.get(server)
-        return None if s is None else s.tools.get(tool)
+        entry = None if s is None else s.tools.get(tool)
+        return None if entry is None else entry.tool
 
     def pin_problem(
         self,
@@ -344,7 +374,6 @@ class Engine:
             # Unknown risk counts as mutating: fail closed.
             mutating=self._mutation_cap is not None and (risk is None or risk.mutating),
         )
-        self._routes[(name, tool.name, agent.id, risk)] = route
         return route
 
     # -- deciding ------------------------------------------------------------------
@@ -353,35 +382,39 @@ class Engine:
         server = self._servers.get(call.server)
         if server is None:
             return self._registry(f"server {call.server!r} is not in the registry")
-        if not server.version_ok(call.server_version):
+        if not server.any_version and not server.version_ok(call.server_version):
             return self._registry(
                 f"server {call.server!r} version {call.server_version or '(not reported)'!r}"
                 " is not an approved version or image"
             )
-        tool = server.tools.get(call.tool)
-        if tool is None:
+        entry = server.tools.get(call.tool)
+        if entry is None:
             return self._registry(
                 f"tool {call.tool!r} is not registered for server {call.server!r}"
             )
-        agent = self._agents.get(call.agent)
-        if agent is None:
-            return self._registry(f"agent {call.agent!r} is not declared in the bundle")
-        risk = tool.risk or call.server_declared_risk
-        route = self._routes.get((call.server, call.tool, call.agent, risk))
+        tool = entry.tool
+        risk = tool.risk
+        if risk is not None:
+            key: Any = call.agent
+        else:
+            risk = call.server_declared_risk
+            key = (call.agent, risk)
+        route = entry.routes.get(key)
         if route is None:
+            agent = self._agents.get(call.agent)
+            if agent is None:
+                return self._registry(f"agent {call.agent!r} is not declared in the bundle")
             route = self._route(server, tool, agent, risk)
+            entry.routes[key] = route
 
-        ctx: dict[str, Any] | None = None
         decided: _Rule | None = None
         for rule in route.rules:
             labels = rule.matcher.labels
             if labels is not None and not _labels_ok(labels, call.labels):
                 continue
             if rule.program is not None:
-                if ctx is None:
-                    ctx = self._cel_context(call, route)
                 try:
-                    result = rule.program.execute(ctx)
+                    result = rule.program.execute(self._cel_context(call, route, rule))
                 except Exception as exc:  # any CEL runtime error: failure mode decides
                     return self._failed(rule, f"{type(exc).__name__}: {exc}", route, call, explain)
                 if result is not True:
@@ -436,23 +469,25 @@ class Engine:
             if budget_verdict is not None:
                 verdict = budget_verdict
         if explain:
-            verdict = _with_trace(verdict, self._explain(call, route, ctx))
+            verdict = _with_trace(verdict, self._explain(call, route))
         return verdict
 
-    def _cel_context(self, call: Call, route: _Route) -> dict[str, Any]:
+    def _cel_context(self, call: Call, route: _Route, rule: _Rule | None = None) -> dict[str, Any]:
+        """The CEL variables ``rule`` uses (all of them when ``rule`` is None)."""
         args = call.arguments
-        return {
-            "args": args if isinstance(args, dict) else dict(args),
-            "agent": route.agent_view,
-            "call": {
+        ctx: dict[str, Any] = {"args": args if isinstance(args, dict) else dict(args)}
+        if rule is None or rule.needs_agent:
+            ctx["agent"] = route.agent_view
+        if rule is None or rule.needs_call:
+            ctx["call"] = {
                 "server": call.server,
                 "tool": call.tool,
                 "risk": route.risk.value if route.risk is not None else "",
                 "session": call.session,
                 "on_behalf_of": call.on_behalf_of,
                 "labels": dict(call.labels),
-            },
-        }
+            }
+        return ctx
 
     def _failed(
         self, rule: _Rule, problem: str, route: _Route, call: Call, explain: bool
@@ -470,7 +505,7 @@ class Engine:
             route,
         )
         if explain:
-            verdict = _with_trace(verdict, self._explain(call, route, None))
+            verdict = _with_trace(verdict, self._explain(call, route))
         return verdict
 
     def _budgets(self, call: Call, route: _Route, rule_key: str, dry_run: bool) -> Verdict | None:
@@ -546,9 +581,7 @@ class Engine:
 
     # -- explain ---------------------------------------------------------------------
 
-    def _explain(
-        self, call: Call, route: _Route, ctx: dict[str, Any] | None
-    ) -> tuple[RuleTrace, ...]:
+    def _explain(self, call: Call, route: _Route) -> tuple[RuleTrace, ...]:
         """Why each rule, in file order up to the one that decided, did or did not match."""
         traces: list[RuleTrace] = []
         agent = route.agent
@@ -570,10 +603,8 @@ class Engine:
             elif m.labels is not None and not _labels_ok(m.labels, call.labels):
                 detail = f"labels {dict(call.labels)} do not match {dict(src.labels)}"
             elif rule.program is not None:
-                if ctx is None:
-                    ctx = self._cel_context(call, route)
                 try:
-                    result = rule.program.execute(ctx)
+                    result = rule.program.execute(self._cel_context(call, route, rule))
                 except Exception as exc:
                     traces.append(RuleTrace(rule.id, False, f"'when' failed: {exc}"))
                     break
