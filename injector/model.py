@@ -9,7 +9,9 @@ Selection, in order:
 2. System namespaces and the injector's own namespace -> Skip.
 3. Namespace not labelled ``palisade.dev/inject=enabled|required`` -> Skip.
 4. Pod without the ``palisade.dev/mcp-server`` label -> Skip.
-5. Already injected (status annotation, or a container with our name) -> Skip.
+5. Already injected (our container, with our image, is present) -> Skip; a
+   container with our name and another image -> Refuse. The status annotation
+   alone is not trusted: it could be copied or forged to dodge a required namespace.
 6. Opt-out annotation ``palisade.dev/inject: "false"`` -> Skip with a warning,
    or Refuse in a ``required`` namespace.
 7. ``hostNetwork`` -> Skip with a reason recorded in the status annotation and a
@@ -141,21 +143,24 @@ def status_value(state: str, **fields: object) -> str:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
 
-def already_injected(annotations: Mapping[str, Any], spec: Mapping[str, Any], name: str) -> bool:
-    """True when the status annotation says injected or our container is present."""
+def _status_state(annotations: Mapping[str, Any]) -> str | None:
     raw = annotations.get(ANNOTATION_STATUS)
-    if isinstance(raw, str) and raw:
-        try:
-            state = json.loads(raw).get("state")
-        except (ValueError, AttributeError):
-            state = raw
-        if state == "injected":
-            return True
+    if not isinstance(raw, str) or not raw:
+        return None
+    try:
+        state = json.loads(raw).get("state")
+    except (ValueError, AttributeError):
+        return raw
+    return state if isinstance(state, str) else None
+
+
+def existing_sidecar(spec: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
+    """Our container, when the pod already has one (containers or init containers)."""
     for key in ("containers", "initContainers"):
         for container in _as_list(spec.get(key)):
             if isinstance(container, dict) and container.get("name") == name:
-                return True
-    return False
+                return container
+    return None
 
 
 def _used_ports(spec: Mapping[str, Any]) -> set[int]:
@@ -229,8 +234,22 @@ def decide(
         return Skip(f"pod {label} has no {LABEL_MCP_SERVER} label")
     annotations = _as_dict(meta.get("annotations"))
     sidecar = settings.sidecar
-    if already_injected(annotations, spec, sidecar.container_name):
+    # Idempotency rests on the container, not on the annotation alone: a pod
+    # could carry a copied or forged status annotation and no sidecar.
+    present = existing_sidecar(spec, sidecar.container_name)
+    if present is not None:
+        if present.get("image") != sidecar.image:
+            return Refuse(
+                f"pod {label} has a container named {sidecar.container_name!r} that is not the "
+                f"Palisade sidecar (image {present.get('image')!r}, expected {sidecar.image!r}); "
+                "rename that container"
+            )
         return Skip(f"pod {label} already has the Palisade sidecar")
+    warnings: list[str] = []
+    if _status_state(annotations) == "injected":
+        warnings.append(
+            f"palisade: pod {label} says {ANNOTATION_STATUS}=injected but has no sidecar; injecting"
+        )
     required = mode == "required"
     opt_out = str(annotations.get(ANNOTATION_INJECT, "")).strip().lower()
     if opt_out in ("false", "no", "off", "0", "disabled"):
@@ -259,7 +278,9 @@ def decide(
             warnings=(f"palisade: pod {label} not injected: {reason}",),
             status=status_value("skipped", reason=reason),
         )
-    return _plan(pod, meta, spec, annotations, namespace, label, server_name, ns_labels, settings)
+    return _plan(
+        pod, meta, spec, annotations, namespace, label, server_name, ns_labels, settings, warnings
+    )
 
 
 def _plan(
@@ -272,6 +293,7 @@ def _plan(
     server_name: str,
     ns_labels: Mapping[str, str],
     settings: InjectionSettings,
+    warnings: list[str],
 ) -> Decision:
     sidecar = settings.sidecar
     containers = _as_list(spec.get("containers"))
@@ -282,7 +304,6 @@ def _plan(
             f"pod {label}: the label {LABEL_MCP_SERVER} must name the MCP server "
             "(its registry name in the policy bundle), not be empty"
         )
-    warnings: list[str] = []
     port_name = str(annotations.get(ANNOTATION_PORT) or sidecar.port_name)
     wanted = annotations.get(ANNOTATION_CONTAINER)
     takeover = _find_named_port(containers, port_name)

@@ -213,18 +213,22 @@ CASES = [
         "opted out in an enabled namespace", pod(annotations={"palisade.dev/inject": "false"}), []
     ),
     Case(
-        "already injected (status annotation)",
+        "a status annotation without the sidecar is not trusted",
         pod(annotations={"palisade.dev/status": '{"state":"injected","version":1}'}),
+        [unname(), mounts(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", STATUS)],
+    ),
+    Case(
+        "already injected (our container, our image)",
+        pod(container("app", (None, 8080)), container("palisade-sidecar", image="palisade:0.1.0")),
         [],
     ),
     Case(
-        "already injected (container name)",
-        pod(container("app", ("mcp", 8080)), container("palisade-sidecar")),
-        [],
-    ),
-    Case(
-        "already injected as a native sidecar (init container name)",
-        pod(initContainers=[{"name": "palisade-sidecar", "image": "x", "restartPolicy": "Always"}]),
+        "already injected as a native sidecar",
+        pod(
+            initContainers=[
+                {"name": "palisade-sidecar", "image": "palisade:0.1.0", "restartPolicy": "Always"}
+            ]
+        ),
         [],
         NATIVE,
     ),

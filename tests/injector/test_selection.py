@@ -106,3 +106,18 @@ def test_updates_and_deletes_are_allowed_untouched() -> None:
 def test_namespace_labels_unknown_means_not_injected() -> None:
     answer = admission.serve(review(pod()), None, SETTINGS)
     assert answer["response"] == {"uid": "0d1e2f3a-uid", "allowed": True}
+
+
+def test_a_container_posing_as_the_sidecar_is_refused() -> None:
+    obj = pod(container("app", ("mcp", 8080)), container("palisade-sidecar", image="busybox:1"))
+    answer = admission.serve(review(obj), REQUIRED, SETTINGS)
+    assert answer["response"]["allowed"] is False
+    assert "not the Palisade sidecar" in answer["response"]["status"]["message"]
+
+
+def test_a_forged_status_annotation_does_not_dodge_a_required_namespace() -> None:
+    obj = pod(annotations={"palisade.dev/status": '{"state":"injected"}'})
+    answer = admission.serve(review(obj), REQUIRED, SETTINGS)
+    assert answer["response"]["allowed"] is True
+    assert any(op["path"] == "/spec/containers/-" for op in decode_patch(answer))
+    assert "has no sidecar" in answer["response"]["warnings"][0]
