@@ -27,6 +27,7 @@ bench: setup ## benchmarks: prints tables, writes bench/results/*.json
 
 demo: setup ## the worked example end to end on embedded defaults
 	$(PY) examples/demo.py
+	$(PY) examples/mcp_servers/demo.py
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-out
