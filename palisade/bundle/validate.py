@@ -11,6 +11,7 @@ bad budget and quota numbers; tests expecting an unknown rule.
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
@@ -501,6 +502,16 @@ def _test(c: _Checker, path: Path, raw: Any) -> BundleTest | None:
     if not isinstance(args, dict):
         c.err((*cp, "arguments"), f"must be a mapping, got {_typename(args)}")
         args = {}
+    else:
+        try:
+            json.dumps(args, allow_nan=False)
+        except (TypeError, ValueError):
+            c.err(
+                (*cp, "arguments"),
+                "must hold only JSON values (strings, numbers, booleans, null, lists, mappings);"
+                " quote YAML dates and timestamps",
+            )
+            args = {}
     declared = (
         c.enum_value(call_d["serverDeclaredRisk"], (*cp, "serverDeclaredRisk"), Risk)
         if "serverDeclaredRisk" in call_d

@@ -349,8 +349,8 @@ class Engine:
             retry_after,
         )
 
-    def _registry(self, reason: str, agent: Agent | None = None) -> Verdict:
-        return self._verdict(Decision.DENY, REGISTRY, reason, agent=agent)
+    def _registry(self, reason: str, agent_id: str) -> Verdict:
+        return self._verdict(Decision.DENY, REGISTRY, reason, agent=self._agents.get(agent_id))
 
     # -- routes -----------------------------------------------------------------
 
@@ -381,16 +381,17 @@ class Engine:
     def decide(self, call: Call, *, dry_run: bool = False, explain: bool = False) -> Verdict:
         server = self._servers.get(call.server)
         if server is None:
-            return self._registry(f"server {call.server!r} is not in the registry")
+            return self._registry(f"server {call.server!r} is not in the registry", call.agent)
         if not server.any_version and not server.version_ok(call.server_version):
             return self._registry(
                 f"server {call.server!r} version {call.server_version or '(not reported)'!r}"
-                " is not an approved version or image"
+                " is not an approved version or image",
+                call.agent,
             )
         entry = server.tools.get(call.tool)
         if entry is None:
             return self._registry(
-                f"tool {call.tool!r} is not registered for server {call.server!r}"
+                f"tool {call.tool!r} is not registered for server {call.server!r}", call.agent
             )
         tool = entry.tool
         risk = tool.risk
@@ -403,7 +404,9 @@ class Engine:
         if route is None:
             agent = self._agents.get(call.agent)
             if agent is None:
-                return self._registry(f"agent {call.agent!r} is not declared in the bundle")
+                return self._registry(
+                    f"agent {call.agent!r} is not declared in the bundle", call.agent
+                )
             route = self._route(server, tool, agent, risk)
             entry.routes[key] = route
 

@@ -294,3 +294,13 @@ def test_yaml_booleans_where_a_string_belongs_get_a_quoting_hint() -> None:
         "spec.rules[0].id: must be a string, got a boolean (YAML reads yes/no/on/off/true/false"
         " as booleans: quote it)"
     )
+
+
+def test_test_arguments_must_be_json_values() -> None:
+    text = spec_yaml("""\
+        tests:
+          - name: t1
+            call: {agent: sre, server: k8s, tool: pods_log, arguments: {since: 2024-01-01}}
+            expect: {decision: deny}
+        """)
+    assert "spec.tests[0].call.arguments: must hold only JSON values" in only_issue(text)

@@ -172,3 +172,8 @@ def test_lookups_for_adapters_find_tools_and_identities() -> None:
     a = engine.identify(service_account="search/indexer")
     assert a is not None and a.id == "search-indexer"
     assert engine.identify(issuer="https://issuer.example", subject="someone") is None
+
+
+def test_registry_denials_still_name_the_agents_tenant() -> None:
+    v = compile_bundle(bundle()).decide(call("rm_rf"))
+    assert (v.rule_id, v.tenant) == ("registry", "payments")
