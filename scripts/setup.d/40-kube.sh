@@ -53,6 +53,12 @@ need() {
 
 build_control_plane() {
   need go "to compile kube-apiserver, kube-controller-manager and etcd"
+  local have want="1.26"
+  have=$(go env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')
+  if [ "$(printf '%s\n%s\n' "$want" "$have" | sort -V | head -1)" != "$want" ]; then
+    echo "setup: Kubernetes ${K8S_VERSION} needs Go >= ${want}; this machine has go${have}" >&2
+    exit 1
+  fi
   local work start end modfile staging
   start=$(date +%s)
   work=$(mktemp -d)

@@ -37,7 +37,7 @@ def _shellcheck() -> str:
 class TestScripts:
     @pytest.mark.parametrize(
         "script",
-        [*SCRIPTS, REPO / "scripts" / "setup.d" / "40-kube.sh"],
+        [*SCRIPTS, REPO / "scripts" / "setup.d" / "40-kube.sh", REPO / "scripts" / "kube-up"],
         ids=lambda p: p.name,
     )
     def test_the_script_is_shellcheck_clean(self, script: Path) -> None:
