@@ -115,10 +115,12 @@ async def _worker_main(
         cmd, arg = await loop.run_in_executor(None, conn.recv)
         if cmd == "stop":
             break
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 30
         while min(latest) < arg and time.monotonic() < deadline:  # noqa: ASYNC110 - a poll
             await asyncio.sleep(0.005)
-        conn.send(acks.get(arg, []))
+        dead = [t for t in tasks if t.done()]
+        errors = sorted({repr(t.exception())[:200] for t in dead if not t.cancelled()})
+        conn.send((acks.get(arg, []), sum(1 for v in latest if v >= arg), len(dead), errors))
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -231,6 +233,7 @@ def _measure(n: int, rounds: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-distributor-") as tmpdir:
         dist = Distributor(Path(tmpdir))
         workers: list[tuple[Any, Connection]] = []
+        problems: list[str] = []
         try:
             time.sleep(0.5)
             rss_before = dist.rss()
@@ -246,12 +249,14 @@ def _measure(n: int, rounds: int) -> dict[str, Any]:
             for _, conn in workers:  # every stream has the current revision
                 conn.send(("wait", 2))
             for _, conn in workers:
-                conn.recv()
+                _, _reached, dead, errors = conn.recv()
+                if dead or errors:
+                    problems.append(f"{dead} streams ended at start: {errors}")
             time.sleep(2.0)  # idle: fleet rows flushed, nothing in flight
             rss_idle = dist.rss()
             latencies: list[float] = []
+            acked_min = n
             cpu_used: list[float] = []
-            acked = 0
             for _ in range(rounds):
                 cpu0 = dist.cpu()
                 revision, t0 = dist.change()
@@ -259,9 +264,12 @@ def _measure(n: int, rounds: int) -> dict[str, Any]:
                     conn.send(("wait", revision))
                 stamps: list[float] = []
                 for _, conn in workers:
-                    stamps.extend(conn.recv())
+                    got, _, dead, errors = conn.recv()
+                    stamps.extend(got)
+                    if dead or errors:
+                        problems.append(f"{dead} streams ended: {errors}")
                 cpu_used.append(dist.cpu() - cpu0)
-                acked = len(stamps)
+                acked_min = min(acked_min, len(stamps))
                 latencies.extend(t - t0 for t in stamps)
                 time.sleep(0.5)
         finally:
@@ -276,7 +284,7 @@ def _measure(n: int, rounds: int) -> dict[str, Any]:
     ms = [x * 1e3 for x in latencies]
     return {
         "subscribers": f"{n}",
-        "acked": acked,
+        "acked": acked_min,
         "p50_ms": percentile(ms, 50),
         "p99_ms": percentile(ms, 99),
         "max_ms": max(ms) if ms else float("nan"),
@@ -284,6 +292,7 @@ def _measure(n: int, rounds: int) -> dict[str, Any]:
         "rss_mb": rss_idle / 2**20,
         "cpu_s_per_push": sum(cpu_used) / len(cpu_used),
         "processes": len(sizes),
+        "problems": problems,
     }
 
 

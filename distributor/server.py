@@ -101,6 +101,11 @@ class Distributor:
                 ("grpc.http2.max_pings_without_data", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.max_concurrent_streams", 100_000),
+                # A fleet reconnecting at once (a replica died) arrives faster than
+                # the loop accepts calls; core's default (1,000 pending, hard limit
+                # 3,000) would cancel the rest and make them back off needlessly.
+                ("grpc.server.max_pending_requests", 50_000),
+                ("grpc.server.max_pending_requests_hard_limit", 100_000),
             ]
         )
         server.add_generic_rpc_handlers((generic_handler(self.hub),))
