@@ -27,6 +27,22 @@ SA_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S
 SA_CA_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 
 
+def in_cluster_issuer(issuer: str, jwks_uri: str = "") -> IssuerConfig:
+    """The cluster's own ServiceAccount issuer, read from inside a pod.
+
+    Its keys are fetched from the API server (default
+    ``https://kubernetes.default.svc/openid/v1/jwks``) with the pod's CA bundle and
+    its own token, since API servers rarely serve discovery anonymously.
+    """
+    return IssuerConfig(
+        issuer=issuer,
+        jwks_uri=jwks_uri or "https://kubernetes.default.svc/openid/v1/jwks",
+        cluster=True,
+        ca_file=SA_CA_FILE,
+        fetch_token_file=SA_TOKEN_FILE,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TokenReviewSettings:
     """Verify ServiceAccount tokens with the cluster's TokenReview API."""
