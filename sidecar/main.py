@@ -29,6 +29,7 @@ from palisade.service.server import stop_server
 from sidecar.app import build_app
 from sidecar.audit import AuditSink, LogSink, WriterSink
 from sidecar.core import ProxyCore
+from sidecar.credentials import FileCredential
 from sidecar.identity import DevAgent
 from sidecar.identity.jwks import IssuerConfig
 from sidecar.identity.mapping import IdentityMap
@@ -77,6 +78,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     a("--socket", default=_env("socket"), help="Unix socket for gRPC PolicyService/Check")
     a("--audit-dir", default=_env("audit-dir"), help="directory of the signed audit log")
     a("--audit-key", default=_env("audit-key"), help="Ed25519 key signing audit records (PEM)")
+    a(
+        "--upstream-credential-file",
+        default=_env("upstream-credential-file"),
+        help="file (e.g. a mounted Secret key) holding the credential sent upstream",
+    )
+    a("--upstream-credential-header", default=_env("upstream-credential-header", "Authorization"))
+    a("--upstream-credential-scheme", default=_env("upstream-credential-scheme", "Bearer"))
     a("--label", action="append", default=_list_env("label"), help="k=v label for rules")
     a("--resource", default=_env("resource"), help="this server's OAuth resource URI (audience)")
     a("--issuer", action="append", default=_list_env("issuer"), help="trusted token issuer URL")
@@ -254,7 +262,19 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
             policy=policy,
             authenticator=stack.authenticator,
             audit=sink,
-            upstream=Upstream(s.upstream, timeout_s=s.limits.upstream_timeout_s),
+            upstream=Upstream(
+                s.upstream,
+                timeout_s=s.limits.upstream_timeout_s,
+                credentials=(
+                    FileCredential(
+                        ns.upstream_credential_file,
+                        header=ns.upstream_credential_header,
+                        scheme=ns.upstream_credential_scheme,
+                    )
+                    if ns.upstream_credential_file
+                    else None
+                ),
+            ),
             metrics=metrics,
         )
         runner = web.AppRunner(

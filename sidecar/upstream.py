@@ -72,7 +72,12 @@ class Upstream:
             raise UpstreamError("upstream client is not started")
         out = dict(headers)
         if self._credentials is not None:
-            out.update(await self._credentials())
+            try:
+                out.update(await self._credentials())
+            except Exception as exc:  # fail closed: never forward without the credential
+                raise UpstreamError(
+                    f"the upstream credential is unavailable ({type(exc).__name__})"
+                ) from None
         try:
             async with asyncio.timeout(self._timeout_s):
                 resp = await self._session.request(
