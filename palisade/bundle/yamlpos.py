@@ -57,6 +57,14 @@ def _scalar(loader: _Loader, node: yaml.ScalarNode) -> Any:
     return loader.construct_object(node, deep=True)
 
 
+#: Most values one document may expand to; stops alias bombs ("billion laughs").
+MAX_VALUES = 200_000
+
+
+class _TooBig(Exception):
+    pass
+
+
 def _convert(
     loader: _Loader,
     node: yaml.Node,
@@ -65,6 +73,8 @@ def _convert(
     issues: list[Issue],
     source: str,
 ) -> Any:
+    if len(marks) > MAX_VALUES:
+        raise _TooBig
     marks[path] = Position(source, node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         explicit = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
@@ -111,9 +121,12 @@ def _convert(
 
 def load_yaml(text: str | bytes, source: str) -> list[tuple[Any, Positions]]:
     """Parse every YAML document in ``text``; raise with positions on syntax errors."""
-    loader = _Loader(text)
     docs: list[tuple[Any, Positions]] = []
     issues: list[Issue] = []
+    try:
+        loader = _Loader(text)
+    except yaml.YAMLError as exc:
+        raise BundleValidationError([Issue(Position(source), "", f"YAML error: {exc}")]) from None
     try:
         while loader.check_node():
             node = loader.get_node()
@@ -122,6 +135,12 @@ def load_yaml(text: str | bytes, source: str) -> list[tuple[Any, Positions]]:
             marks: dict[Path, Position] = {}
             value = _convert(loader, node, (), marks, issues, source)
             docs.append((value, Positions(source, marks)))
+    except _TooBig:
+        raise BundleValidationError(
+            [Issue(Position(source), "", f"document expands to more than {MAX_VALUES} values")]
+        ) from None
+    except RecursionError:
+        raise BundleValidationError([Issue(Position(source), "", "nested too deeply")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         pos = Position(source, mark.line + 1, mark.column + 1) if mark else Position(source)
