@@ -189,3 +189,21 @@ class TestChartWithTheInjector:
         kube.create_namespace("chart-plain-inj")
         pod = kube.request("POST", "/api/v1/namespaces/chart-plain-inj/pods", _mcp_pod("mcp"))
         assert _container_names(pod) == ["mcp"]
+
+    def test_an_overwritten_ca_bundle_is_restored_through_the_charts_watch_rights(
+        self, injector: ControlPlane
+    ) -> None:
+        kube = injector
+        good = kube.request("GET", MWC_PATH)["webhooks"][0]["clientConfig"]["caBundle"]
+        bad = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nbogus\n").decode()
+        kube.request(
+            "PATCH",
+            MWC_PATH,
+            [{"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": bad}],
+            content_type="application/json-patch+json",
+        )
+        # Well inside the 60 s resync: only the watch (list/watch by name) can be this quick.
+        deadline = time.monotonic() + 20
+        while kube.request("GET", MWC_PATH)["webhooks"][0]["clientConfig"]["caBundle"] != good:
+            assert time.monotonic() < deadline, "caBundle not restored"
+            time.sleep(0.3)
