@@ -102,3 +102,20 @@ def test_an_ambiguous_or_malformed_identity_table_is_refused(
 ) -> None:
     with pytest.raises(MappingError):
         IdentityMap.from_agents(agents)
+
+
+def test_the_example_bundle_maps_its_oidc_and_service_account_identities() -> None:
+    from pathlib import Path
+
+    from palisade.bundle.canonical import to_document
+    from palisade.bundle.load import load_file
+
+    root = Path(__file__).resolve().parents[3]
+    doc = to_document(load_file(root / "examples" / "payments-bundle.yaml"))
+    table = IdentityMap.from_agents(doc["spec"]["agents"])
+    by_oidc = table.resolve({"iss": "https://issuer.example", "sub": "sre-bot"})
+    assert (by_oidc.agent.agent, by_oidc.agent.tenant) == ("sre-agent-payments", "payments")
+    by_sa = table.resolve(
+        {"iss": "kubernetes", "sub": service_account_subject("search", "indexer")}, cluster=True
+    )
+    assert by_sa.agent.agent == "search-indexer"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sidecar.identity import (
     DevAgent,
@@ -119,3 +122,20 @@ def test_configured_origins_and_the_wildcard_are_allowed() -> None:
     assert not policy.allows("https://mcp.example.evil.example")
     assert not policy.allows("null")
     assert OriginPolicy("https://mcp.example/mcp", ["*"]).allows("https://anything.example")
+
+
+CHALLENGE = re.compile(r'^Bearer (?:[a-z_]+="[\x20\x21\x23-\x5b\x5d-\x7e]*"(?:, |$))+$')
+
+
+@given(st.text(max_size=200), st.lists(st.text(max_size=20), max_size=3))
+def test_every_challenge_is_a_well_formed_rfc6750_header(
+    description: str, scopes: list[str]
+) -> None:
+    builder = ChallengeBuilder("https://m.example/.well-known/oauth-protected-resource/mcp")
+    for value in (
+        builder.missing(),
+        builder.invalid_request(description),
+        builder.invalid_token(description),
+        builder.insufficient_scope(description, scopes),
+    ):
+        assert CHALLENGE.match(value), value
