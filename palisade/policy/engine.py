@@ -148,6 +148,7 @@ class _Route:
         "agent_view",
         "caps",
         "cost",
+        "fixed",
         "mutating",
         "rates",
         "risk",
@@ -184,6 +185,8 @@ class _Route:
             "scopes": list(agent.scopes),
         }
         self.verdicts: dict[int, Verdict] = {}
+        #: The verdict every call on this route gets, when nothing depends on the call.
+        self.fixed: Verdict | None = None
 
 
 class _Tool:
@@ -374,6 +377,29 @@ class Engine:
             # Unknown risk counts as mutating: fail closed.
             mutating=self._mutation_cap is not None and (risk is None or risk.mutating),
         )
+        # Rules after the first one without labels or `when` can never decide here.
+        for i, r in enumerate(route.rules):
+            if r.matcher.labels is None and r.program is None:
+                route.rules = route.rules[: i + 1]
+                break
+        # Fast path: when the first candidate always decides (or there is none) and neither
+        # budgets nor an approval id depend on the call, the verdict is fixed for the route.
+        first = route.rules[0] if route.rules else None
+        if first is None or (first.matcher.labels is None and first.program is None):
+            decision = first.decision if first else self.bundle.default_decision
+            budgeted = route.mutating or route.rates or route.caps
+            if decision is not Decision.REQUIRE_APPROVAL and not (
+                decision is Decision.ALLOW and budgeted
+            ):
+                route.fixed = self._verdict(
+                    decision,
+                    first.id if first else DEFAULT,
+                    first.reason if first else self._default_reason,
+                    route,
+                    retry_after=(
+                        first.retry_after if first and decision is Decision.THROTTLE else 0.0
+                    ),
+                )
         return route
 
     # -- deciding ------------------------------------------------------------------
@@ -409,6 +435,9 @@ class Engine:
                 )
             route = self._route(server, tool, agent, risk)
             entry.routes[key] = route
+        fixed = route.fixed
+        if fixed is not None and not explain:
+            return fixed
 
         decided: _Rule | None = None
         for rule in route.rules:
