@@ -102,7 +102,17 @@ class StreamableHandlers:
                     )
                 limit = core.settings.limits.max_inspect_bytes
                 async with asyncio.timeout(core.settings.limits.upstream_timeout_s):
-                    data = await up.content.read(limit + 1)
+                    # StreamReader.read(n) returns what has arrived, not n bytes: loop
+                    # to EOF (or past the limit), else large answers are cut short.
+                    parts: list[bytes] = []
+                    size = 0
+                    while size <= limit:
+                        part = await up.content.read(limit + 1 - size)
+                        if not part:
+                            break
+                        parts.append(part)
+                        size += len(part)
+                    data = b"".join(parts)
                 if len(data) > limit:
                     raise BadMessage(
                         jsonrpc.LIMIT_EXCEEDED,
