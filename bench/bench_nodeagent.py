@@ -7,6 +7,9 @@ quotas in force (so usage, violations and actions are computed every tick).
 Prometheus scrapes ``/metrics`` every 15 s as it would in a cluster. CPU is
 the process's user+system time over the window; RSS is the highest seen.
 
+The agent reads each process's cgroup from real files laid out like ``/proc``
+(``--proc-root``), 200 files a tick, as it would on a node.
+
 Baseline, same run, same window: the same agent in no-GPU mode (the interpreter,
 the HTTP server and the loop with nothing to sample).
 """
@@ -214,6 +217,14 @@ def run(quick: bool) -> Report:
         tmp = Path(d)
         (tmp / "node.yaml").write_text(yaml.safe_dump(scenario()))
         (tmp / "bundle.yaml").write_text(yaml.safe_dump(bundle()))
+        proc_root = tmp / "proc"  # real files: the agent reads 200 cgroup files a tick
+        from nodeagent.sim import Scenario, ScenarioCgroups
+
+        texts = ScenarioCgroups(Scenario(scenario()))
+        for i in range(PROCS):
+            pid = 3_000_000 + i
+            (proc_root / str(pid)).mkdir(parents=True)
+            (proc_root / str(pid) / "cgroup").write_text(texts.read(pid) or "")
         base = measure("no-GPU agent (baseline)", ["--backend", "none"], window, tmp)
         big = measure(
             "8 GPUs / 56 MIG / 200 procs",

@@ -76,7 +76,14 @@ def make_backend(opts: Options) -> tuple[GpuBackend, CgroupReader, PodIndex, Any
             raise ValueError("--backend sim needs --scenario FILE")
         scenario = Scenario.load(opts.scenario)
         backend = SimulatedBackend(scenario, time.time)
-        return backend, ScenarioCgroups(scenario), scenario.pod_index(), scenario
+        # An explicit --proc-root makes a simulated node read real cgroup files
+        # (the benchmark lays them out), else the scenario's own texts.
+        cgroups: CgroupReader = (
+            ProcCgroupReader(opts.proc_root)
+            if opts.proc_root != Path("/proc")
+            else ScenarioCgroups(scenario)
+        )
+        return backend, cgroups, scenario.pod_index(), scenario
     cgroups = ProcCgroupReader(opts.proc_root)
     if opts.backend == "none":
         return NoGpuBackend("no-GPU mode requested (--backend none)"), cgroups, PodIndex(), None
