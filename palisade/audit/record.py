@@ -133,27 +133,53 @@ def chain_hash(record: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(canonical.dumps(body)).hexdigest()
 
 
-def seal(
-    content: Mapping[str, Any], *, seq: int, prev_hash: str, signer: Signer
-) -> tuple[dict[str, Any], bytes]:
-    """The complete record (content plus seq, prev_hash, key_id, hash, signature) and
-    its JSON Lines line.
+@dataclass(slots=True)
+class Chained:
+    """A record placed in the chain (seq, prev_hash, hash) but not yet signed or written."""
 
-    The line is the canonical JSON of the body with ``hash`` and ``signature``
-    appended as the last two members: one serialization serves both the hash
-    and the file (verifiers recompute the canonical form, so member order in
-    the file does not matter).
-    """
+    record: dict[str, Any]
+    body: bytes
+    digest: str
+
+
+def chain(content: Mapping[str, Any], *, seq: int, prev_hash: str, key_id: str) -> Chained:
+    """Place ``content`` at ``seq`` after ``prev_hash``: one canonical serialization
+    gives the body, and the body's SHA-256 the record's ``hash``."""
     record: dict[str, Any] = dict(content)
     record["seq"] = seq
     record["prev_hash"] = prev_hash
-    record["key_id"] = signer.key_id
+    record["key_id"] = key_id
     body = canonical.dumps(record)
     digest = "sha256:" + hashlib.sha256(body).hexdigest()
-    signature = base64.b64encode(signer.sign(digest.encode())).decode()
     record["hash"] = digest
-    record["signature"] = signature
-    line = b"".join(
-        (body[:-1], b',"hash":"', digest.encode(), b'","signature":"', signature.encode(), b'"}\n')
+    return Chained(record, body, digest)
+
+
+def line_of(chained: Chained, signature: str) -> bytes:
+    """The JSON Lines line: the canonical body with ``hash`` and ``signature``
+    appended as its last two members (verifiers recompute the canonical form,
+    so member order in the file does not matter)."""
+    chained.record["signature"] = signature
+    return b"".join(
+        (
+            chained.body[:-1],
+            b',"hash":"',
+            chained.digest.encode(),
+            b'","signature":"',
+            signature.encode(),
+            b'"}\n',
+        )
     )
-    return record, line
+
+
+def sign(chained: Chained, signer: Signer) -> str:
+    return base64.b64encode(signer.sign(chained.digest.encode())).decode()
+
+
+def seal(
+    content: Mapping[str, Any], *, seq: int, prev_hash: str, signer: Signer
+) -> tuple[dict[str, Any], bytes]:
+    """The complete, signed record and its line (see :func:`chain`, :func:`line_of`)."""
+    chained = chain(content, seq=seq, prev_hash=prev_hash, key_id=signer.key_id)
+    line = line_of(chained, sign(chained, signer))
+    return chained.record, line

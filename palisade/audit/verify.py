@@ -4,7 +4,10 @@ Checks, record by record, in chain order:
   * the line is a JSON object with the chain fields (else: truncated or garbled);
   * ``hash`` equals the hash recomputed over the content (else: edited);
   * ``signature`` verifies under the key named by ``key_id`` (else: forged), and
-    that key is one of the trusted keys when any are given (else: untrusted);
+    that key is one of the trusted keys when any are given (else: untrusted).
+    A record written inside a group commit has an empty signature: the next
+    signed record covers it through the chain, and a log that ends with
+    unsigned records is reported (unsigned tail);
   * ``seq`` follows the previous record's (a gap: removed records; going back:
     reordered, inserted or duplicated records);
   * ``prev_hash`` equals the previous record's ``hash`` (else: the chain is
@@ -91,6 +94,7 @@ class _Checker:
         self.prev_seq: int | None = None
         self.prev_hash = ""
         self.key_cache: dict[str, Ed25519PublicKey | None] = {}
+        self.unsigned: list[tuple[str, int, int]] = []
 
     def find(self, file: str, line: int, seq: int | None, message: str) -> None:
         self.result.findings.append(Finding(file, line, seq, message))
@@ -133,19 +137,27 @@ class _Checker:
         if recomputed != stored:
             self.find(file, lineno, seq, "record edited: its hash does not match its content")
         kid = str(record["key_id"])
-        public = self._public(kid)
-        if public is None:
-            self.find(file, lineno, seq, f"unknown signing key {kid[:60]!r}")
+        signature = str(record["signature"])
+        if not signature:
+            # a record inside a group commit: covered by the next signed record's chain
+            self.unsigned.append((file, lineno, seq))
         else:
-            try:
-                sig = base64.b64decode(str(record["signature"]), validate=True)
-            except (binascii.Error, ValueError):
-                sig = b""
-            if not keys.verify_signature(public, sig, stored.encode()):
-                self.find(file, lineno, seq, "bad signature: the record was not signed by its key")
-            elif self.trusted_ids and kid not in self.trusted_ids:
-                self.find(file, lineno, seq, f"signed by an untrusted key {kid}")
-            res.key_ids.add(kid)
+            public = self._public(kid)
+            if public is None:
+                self.find(file, lineno, seq, f"unknown signing key {kid[:60]!r}")
+            else:
+                try:
+                    sig = base64.b64decode(signature, validate=True)
+                except (binascii.Error, ValueError):
+                    sig = b""
+                if not keys.verify_signature(public, sig, stored.encode()):
+                    self.find(
+                        file, lineno, seq, "bad signature: the record was not signed by its key"
+                    )
+                elif self.trusted_ids and kid not in self.trusted_ids:
+                    self.find(file, lineno, seq, f"signed by an untrusted key {kid}")
+                res.key_ids.add(kid)
+            self.unsigned.clear()
 
         if self.prev_seq is None:
             if seq != 1 and not self.allow_partial_start:
@@ -201,6 +213,17 @@ def verify_files(
                     checker.check_line(str(path), lineno, raw)
         except OSError as exc:
             checker.find(str(path), 0, None, f"cannot read: {exc.strerror}")
+    if checker.unsigned:
+        file, line, first = checker.unsigned[0]
+        final = checker.unsigned[-1][2]
+        span = f"seq {first}" if first == final else f"seqs {first}..{final}"
+        checker.find(
+            file,
+            line,
+            first,
+            f"unsigned tail: {span} not covered by any signature (a signed record "
+            "that ended the batch was removed, or the writer died mid-batch)",
+        )
     if result.records == 0 and not result.findings:
         name = str(ordered[0]) if ordered else "-"
         checker.find(name, 0, None, "no audit records found")

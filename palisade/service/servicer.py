@@ -166,13 +166,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             verdict = self._decide(active, call, request.dry_run, request.explain)
         latency = time.perf_counter_ns() - start
         names = active.secret_names(call.server, call.tool) if bad is None else ()
-        audit_hash = self._write_audit(call, verdict, latency, request.dry_run, bad, names)
-        if audit_hash is not None and self._audit.waits_for_fsync:
-            try:
-                await self._audit.durable(self._audit.head[0])
-            except OSError as exc:
-                log.error("audit fsync failed; denying", extra={"error": str(exc)})
-                audit_hash = None
+        audit_hash = await self._write_audit(call, verdict, latency, request.dry_run, bad, names)
         if audit_hash is None:
             verdict = _deny(
                 "audit-unavailable",
@@ -191,7 +185,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad)
         return response_from_verdict(verdict, audit_hash=audit_hash)
 
-    def _write_audit(
+    async def _write_audit(
         self,
         call: Call,
         verdict: Verdict,
@@ -226,7 +220,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             details=details,
         )
         try:
-            record = self._audit.append_sync(entry, secret_names)
+            record = await self._audit.append(entry, secret_names)
         except (AuditError, OSError) as exc:
             self._metrics.audit_failures.inc()
             log.error("audit write failed; denying", extra={"error": str(exc)})

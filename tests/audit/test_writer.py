@@ -173,3 +173,70 @@ async def test_interval_mode_fsyncs_in_the_background(tmp_path: Path, signer: Si
         await asyncio.sleep(0.01)
     assert w._synced_seq == 1
     await w.aclose()
+
+
+async def test_concurrent_appends_share_one_write_and_one_signature_per_batch(
+    tmp_path: Path, signer: Signer
+) -> None:
+    active = tmp_path / "audit.jsonl"
+    async with AuditWriter(active, signer, fsync="never") as w:
+        first = await asyncio.gather(*(w.append(entry(i)) for i in range(10)))
+        alone = await w.append(entry(99))
+    signed = [bool(r["signature"]) for r in first]
+    assert signed == [False] * 9 + [True]  # one batch, signed at its end
+    assert alone["signature"]  # a batch of one is signed
+    res = verify_files([active], trusted=[signer.public])
+    assert res.ok and res.records == 11
+
+
+async def test_a_log_ending_in_unsigned_records_is_reported(tmp_path: Path, signer: Signer) -> None:
+    active = tmp_path / "audit.jsonl"
+    async with AuditWriter(active, signer, fsync="never") as w:
+        await asyncio.gather(*(w.append(entry(i)) for i in range(4)))
+    lines = active.read_text().splitlines()
+    del lines[-1]  # drop the signed record that closed the batch
+    active.write_text("\n".join(lines) + "\n")
+    [f] = verify_files([active]).findings
+    assert (f.line, f.seq) == (1, 1)
+    assert "unsigned tail: seqs 1..3" in f.message
+
+
+async def test_an_edited_unsigned_record_is_caught_by_the_chain(
+    tmp_path: Path, signer: Signer
+) -> None:
+    from palisade.audit.record import chain_hash
+
+    active = tmp_path / "audit.jsonl"
+    async with AuditWriter(active, signer, fsync="never") as w:
+        await asyncio.gather(*(w.append(entry(i)) for i in range(4)))
+    lines = active.read_text().splitlines()
+    rec = json.loads(lines[1])
+    assert rec["signature"] == ""
+    rec["decision"] = "deny"
+    rec["hash"] = chain_hash(rec)
+    lines[1] = json.dumps(rec)
+    active.write_text("\n".join(lines) + "\n")
+    [f] = verify_files([active]).findings
+    assert (f.line, f.seq) == (3, 3) and "chain broken" in f.message
+
+
+async def test_a_failed_batch_write_fails_every_caller_and_rolls_the_chain_back(
+    tmp_path: Path, signer: Signer
+) -> None:
+    import os
+
+    active = tmp_path / "audit.jsonl"
+    w = AuditWriter(active, signer, fsync="never")
+    await w.start()
+    one = await w.append(entry(1))
+    good_fd = w._fd
+    w._fd = os.open(os.devnull, os.O_RDONLY)  # the disk "fails": writes get EBADF
+    results = await asyncio.gather(*(w.append(entry(i)) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(r, AuditError) for r in results)
+    assert w.head == (1, one["hash"])
+    os.close(w._fd)
+    w._fd = good_fd
+    two = await w.append(entry(2))
+    assert (two["seq"], two["prev_hash"]) == (2, one["hash"])
+    await w.aclose()
+    assert verify_files([active]).ok
