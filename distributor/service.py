@@ -25,11 +25,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
 
 from distributor.compiler import FULL, NODE_AGENT, SIDECAR, scope_for, scope_key
 from distributor.store import AsyncStore, AuditRow, Revision
@@ -86,6 +87,20 @@ class Subscriber:
             "connected_at": self.connected_at,
             "last_seen": self.last_seen,
         }
+
+
+MAX_FIELD = 253
+
+
+def identity_problem(identity: distribution_pb2.ClientIdentity) -> str:
+    """Why a Hello's identity is unacceptable ("" when it is fine)."""
+    for name in ("id", "node", "namespace", "pod", "tenant", "server", "version"):
+        value = getattr(identity, name)
+        if len(value) > MAX_FIELD:
+            return f"identity.{name} is longer than {MAX_FIELD} characters"
+        if any(ord(ch) < 32 for ch in value):
+            return f"identity.{name} contains control characters"
+    return ""
 
 
 def key_for(identity: distribution_pb2.ClientIdentity) -> str:
@@ -153,11 +168,16 @@ class Hub:
         first = await context.read()
         if first is grpc.aio.EOF:
             return
-        req = distribution_pb2.SubscribeRequest.FromString(first)
-        if req.WhichOneof("msg") != "hello" or not req.hello.identity.id:
+        req = _parse(distribution_pb2.SubscribeRequest, first)
+        if req is None or req.WhichOneof("msg") != "hello" or not req.hello.identity.id:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a Hello with an id"
             )
+            return  # abort raises; this keeps the types honest
+        problem = identity_problem(req.hello.identity)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            return
         hello = req.hello
         now = self.clock()
         sub = Subscriber(
@@ -184,7 +204,12 @@ class Hub:
                 raw = await context.read()
                 if raw is grpc.aio.EOF:
                     break
-                self._on_message(sub, distribution_pb2.SubscribeRequest.FromString(raw))
+                msg = _parse(distribution_pb2.SubscribeRequest, raw)
+                if msg is None:
+                    log.warning("malformed message; closing stream", extra={"client": cid})
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed message")
+                    break
+                self._on_message(sub, msg)
                 if writer.done():
                     break
         finally:
@@ -324,7 +349,10 @@ class Hub:
     async def send_audit(
         self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
-        batch = distribution_pb2.AuditBatch.FromString(request)
+        batch = _parse(distribution_pb2.AuditBatch, request)
+        if batch is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed AuditBatch")
+            return b""
         default_source = batch.identity.id
         rows = []
         top = 0
@@ -356,6 +384,18 @@ class Hub:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "audit store unavailable; retry")
         ack = distribution_pb2.AuditBatchAck(stored_through_seq=top)
         return bytes(ack.SerializeToString())
+
+
+M = TypeVar("M", bound=Message)
+
+
+def _parse(cls: type[M], data: bytes) -> M | None:
+    """Decode a client's bytes; None when they are not a valid message (never raises)."""
+    try:
+        message: M = cls.FromString(data)
+    except DecodeError:
+        return None
+    return message
 
 
 def _decision_name(value: int) -> str:
