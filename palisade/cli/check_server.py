@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from palisade.audit import AuditError, AuditKeyError, AuditWriter, load_signer
+from palisade.policy.guard import Guard
 from palisade.runtime.lifecycle import run_daemon
 from palisade.runtime.logs import setup_logging
 from palisade.runtime.metrics import DecisionMetrics, serve_metrics
@@ -32,28 +33,42 @@ from palisade.service.server import ServerError, stop_server
 log = logging.getLogger("palisade.check_server")
 
 
-def _load_into(holder: EngineHolder, bundle: str, revision: int, keep_last_good: bool) -> None:
-    try:
-        policy = load_policy(bundle, revision=revision)
-    except PolicyLoadError as exc:
-        if keep_last_good and holder.get().engine is not None:
-            log.error(
-                "bundle reload failed; keeping the last good bundle", extra={"error": str(exc)}
-            )
-        else:
-            holder.swap(None, reason=f"{exc}; every call is denied")
-            log.error("no usable bundle; denying every call", extra={"error": str(exc)})
-        return
-    holder.swap(policy.engine, secret_names=policy.secret_names)
-    log.info("bundle active", extra={"bundle": policy.name, "file": bundle, "revision": revision})
+class _Reloader:
+    """Loads the bundle file into one guard; each successful load gets the next revision."""
+
+    def __init__(self, holder: EngineHolder, bundle: str, revision: int) -> None:
+        self.holder = holder
+        self.bundle = bundle
+        self.revision = revision
+        self.guard = Guard()
+
+    def load(self) -> None:
+        try:
+            policy = load_policy(self.bundle, revision=self.revision, guard=self.guard)
+        except PolicyLoadError as exc:
+            if self.holder.get().engine is not None:
+                log.error(
+                    "bundle reload failed; keeping the last good bundle", extra={"error": str(exc)}
+                )
+            else:
+                self.holder.swap(None, reason=f"{exc}; every call is denied")
+                log.error("no usable bundle; denying every call", extra={"error": str(exc)})
+            return
+        self.holder.swap(policy.engine, secret_names=policy.secret_names)
+        log.info(
+            "bundle active",
+            extra={"bundle": policy.name, "file": self.bundle, "revision": policy.revision},
+        )
+        self.revision += 1
 
 
 async def _serve(ns: argparse.Namespace, signer_path: str, stop: asyncio.Event) -> None:
     signer = load_signer(Path(signer_path))
     holder = EngineHolder()
-    _load_into(holder, ns.bundle, ns.revision, keep_last_good=False)
+    reloader = _Reloader(holder, ns.bundle, ns.revision)
+    reloader.load()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, _load_into, holder, ns.bundle, ns.revision, True)
+    loop.add_signal_handler(signal.SIGHUP, reloader.load)
     metrics = DecisionMetrics()
     if ns.metrics_port:
         serve_metrics(ns.metrics_port)
@@ -104,7 +119,9 @@ def _run(ns: argparse.Namespace) -> int:
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", required=True, help="policy bundle file or directory")
-    parser.add_argument("--revision", type=int, default=1, help="revision reported for it")
+    parser.add_argument(
+        "--revision", type=int, default=1, help="revision of the first load; +1 on each reload"
+    )
     parser.add_argument("--socket", default="", help="Unix socket path to listen on")
     parser.add_argument("--tcp", default="", help="optional loopback address, 127.0.0.1:PORT")
     parser.add_argument("--audit-file", required=True, help="audit log (JSON Lines)")

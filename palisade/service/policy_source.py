@@ -1,9 +1,12 @@
-"""Loading a bundle file into an engine for the check server; failures fail closed.
+"""Loading a bundle file into the fail-closed guard for the check server.
 
-:func:`load_policy` returns a :class:`LoadedPolicy` (the engine and the
-registry's secret argument names) or raises :class:`PolicyLoadError` with a
-message that says what is wrong; the caller keeps the last good engine, or
-none (every call denied, rule ``no-bundle``, with that message as reason).
+:func:`load_policy` reads and validates a bundle and activates it in a
+:class:`~palisade.policy.guard.Guard` (which compiles it, swaps engines
+atomically, keeps budgets across reloads, and turns engine errors and slow
+decisions into the bundle's ``failureMode``). It raises
+:class:`PolicyLoadError` with a message that says what is wrong; the guard
+passed in then keeps its last good engine, and a caller with none denies
+every call (rule ``no-bundle``, that message as the reason).
 """
 
 from __future__ import annotations
@@ -15,8 +18,7 @@ from pathlib import Path
 from palisade.bundle.errors import BundleError
 from palisade.bundle.load import load_file
 from palisade.bundle.schema import Bundle
-from palisade.policy.engine import compile_bundle
-from palisade.policy.types import DecisionEngine
+from palisade.policy.guard import Guard
 
 
 class PolicyLoadError(RuntimeError):
@@ -25,8 +27,9 @@ class PolicyLoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class LoadedPolicy:
-    engine: DecisionEngine
+    engine: Guard
     name: str
+    revision: int
     #: (server, tool) -> secret argument names from the registry
     secrets: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
@@ -43,13 +46,15 @@ def secret_table(bundle: Bundle) -> dict[tuple[str, str], tuple[str, ...]]:
     }
 
 
-def load_policy(path: Path | str, *, revision: int = 1) -> LoadedPolicy:
-    """Load and compile the bundle at ``path`` (a file or a directory of files)."""
+def load_policy(path: Path | str, *, revision: int = 1, guard: Guard | None = None) -> LoadedPolicy:
+    """Load the bundle at ``path`` (a file or a directory) and activate it in ``guard``
+    (a new one when None). On error ``guard`` is left as it was."""
+    guard = guard if guard is not None else Guard()
     try:
         bundle = load_file(path)
-        engine = compile_bundle(bundle, revision=revision)
+        guard.load(bundle, revision=revision)
     except BundleError as exc:
         raise PolicyLoadError(f"bundle {path} is invalid: {exc}") from exc
     except Exception as exc:
         raise PolicyLoadError(f"bundle {path} cannot be compiled: {exc}") from exc
-    return LoadedPolicy(engine=engine, name=bundle.name, secrets=secret_table(bundle))
+    return LoadedPolicy(guard, bundle.name, revision, secret_table(bundle))

@@ -174,3 +174,24 @@ def test_an_unreadable_audit_key_refuses_to_start(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 2
     assert "cannot read audit key" in out.stderr
+
+
+def test_sighup_activates_a_changed_bundle_with_the_next_revision(running: Proc) -> None:
+    first = running.check()
+    assert (first.decision, first.bundle_revision) == (policy_pb2.DECISION_ALLOW, 1)
+    text = running.bundle.read_text().replace(
+        "decision: allow\n      reason: reads are allowed",
+        "decision: deny\n      reason: reads are frozen",
+    )
+    running.bundle.write_text(text)
+    running.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while (resp := running.check()).bundle_revision != 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (resp.decision, resp.reason, resp.bundle_revision) == (
+        policy_pb2.DECISION_DENY,
+        "reads are frozen",
+        2,
+    )
+    assert resp.bundle_digest != first.bundle_digest
+    _stop(running)
