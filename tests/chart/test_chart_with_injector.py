@@ -21,7 +21,13 @@ import pytest
 import yaml
 
 from tests.chart.render import CHART, container_env, one, render
-from tests.harness import BASIC_CONTROLLERS, ApiError, ControlPlane, ControlPlaneConfig
+from tests.harness import (
+    BASIC_CONTROLLERS,
+    ApiError,
+    ControlPlane,
+    ControlPlaneConfig,
+    kubeconfig,
+)
 from tests.harness.process import ManagedProcess, free_port
 
 pytestmark = pytest.mark.e2e
@@ -59,22 +65,7 @@ def _service_account_kubeconfig(kube: ControlPlane, path: Path) -> None:
         f"/api/v1/namespaces/{NS}/serviceaccounts/{NAME}/token",
         {"spec": {"expirationSeconds": 3600}},
     )["status"]["token"]
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "c",
-                "cluster": {
-                    "server": kube.server,
-                    "certificate-authority-data": base64.b64encode(kube.ca_pem).decode(),
-                },
-            }
-        ],
-        "users": [{"name": "injector", "user": {"token": token}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "injector"}}],
-        "current-context": "c",
-    }
+    doc = kubeconfig(kube.server, kube.ca_pem, token, user="injector")
     path.write_text(yaml.safe_dump(doc))
 
 

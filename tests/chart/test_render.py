@@ -286,7 +286,8 @@ class TestNonDefaults:
         assert dep["metadata"]["labels"]["team"] == "platform"
 
     def test_an_enabled_distributor_is_found_through_its_service_name(self) -> None:
-        env = container_env(one(render({"distributor": {"enabled": True}}), "Deployment"))
+        values = {"distributor": {"enabled": True, "signingKeySecret": "palisade-keys"}}
+        env = container_env(one(render(values), "Deployment", "palisade-injector"))
         assert env["PALISADE_DISTRIBUTOR"] == "palisade-distributor.palisade.svc:9401"
 
     def test_the_injector_can_be_left_out(self) -> None:

@@ -10,9 +10,8 @@ pytest fixtures (registered by tests/conftest.py): ``kube`` and
 """
 
 from tests.harness.binaries import BinariesMissing, KubeBinaries, find_binaries
+from tests.harness.commands import ADMIN_USER, BASIC_CONTROLLERS, kubeconfig
 from tests.harness.controlplane import (
-    ADMIN_USER,
-    BASIC_CONTROLLERS,
     ApiError,
     ControlPlane,
     ControlPlaneConfig,
@@ -29,4 +28,5 @@ __all__ = [
     "HarnessError",
     "KubeBinaries",
     "find_binaries",
+    "kubeconfig",
 ]

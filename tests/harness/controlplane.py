@@ -16,7 +16,6 @@ removes the temporary directory; nothing outlives the Python process.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -35,34 +34,14 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from tests.harness import pki
+from tests.harness import commands, pki
 from tests.harness.binaries import KubeBinaries, find_binaries
+from tests.harness.commands import ADMIN_USER, BASIC_CONTROLLERS, ISSUER
 from tests.harness.process import ManagedProcess, free_port
 
 if TYPE_CHECKING:
     from kubernetes_asyncio.client import ApiClient, Configuration
 
-ADMIN_USER = "palisade-admin"
-ISSUER = "https://kubernetes.default.svc.cluster.local"
-SERVICE_CIDR = "10.96.0.0/16"
-ADMISSION_PLUGINS = (
-    "NamespaceLifecycle",
-    "LimitRanger",
-    "ServiceAccount",
-    "DefaultTolerationSeconds",
-    "PodSecurity",
-    "MutatingAdmissionWebhook",
-    "ValidatingAdmissionWebhook",
-    "ValidatingAdmissionPolicy",
-    "ResourceQuota",
-)
-#: Controllers run by default: enough that namespaces get their ``default``
-#: ServiceAccount and ``kube-root-ca.crt``, and that namespace deletion finishes.
-BASIC_CONTROLLERS = (
-    "serviceaccount-controller",
-    "root-ca-certificate-publisher-controller",
-    "namespace-controller",
-)
 _PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
 
@@ -198,34 +177,14 @@ class ControlPlane:
             "admin.key": admin.key_pem,
             "sa.key": sa_key,
             "sa.pub": sa_pub,
-            "tokens.csv": f'{self.admin_token},{ADMIN_USER},uid-admin,"system:masters"\n'.encode(),
+            "tokens.csv": commands.token_file_line(self.admin_token).encode(),
         }
         for name, data in files.items():
             (d / name).write_bytes(data)
             (d / name).chmod(0o600)
 
     def _write_kubeconfig(self) -> None:
-        doc = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "palisade-test",
-                    "cluster": {
-                        "server": self.server,
-                        "certificate-authority-data": base64.b64encode(self.ca_pem).decode(),
-                    },
-                }
-            ],
-            "users": [{"name": ADMIN_USER, "user": {"token": self.admin_token}}],
-            "contexts": [
-                {
-                    "name": "palisade-test",
-                    "context": {"cluster": "palisade-test", "user": ADMIN_USER},
-                }
-            ],
-            "current-context": "palisade-test",
-        }
+        doc = commands.kubeconfig(self.server, self.ca_pem, self.admin_token)
         self.kubeconfig.write_text(yaml.safe_dump(doc))
         self.kubeconfig.chmod(0o600)
 
@@ -278,18 +237,7 @@ class ControlPlane:
         client, peer = free_port(), free_port()
         data = self.workdir / f"etcd-{client}"
         self.etcd_url = f"http://127.0.0.1:{client}"
-        argv = [
-            str(self.binaries.etcd),
-            "--name=palisade",
-            f"--data-dir={data}",
-            f"--listen-client-urls={self.etcd_url}",
-            f"--advertise-client-urls={self.etcd_url}",
-            f"--listen-peer-urls=http://127.0.0.1:{peer}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-            f"--initial-cluster=palisade=http://127.0.0.1:{peer}",
-            "--unsafe-no-fsync=true",
-            "--log-level=warn",
-        ]
+        argv = commands.etcd_args(self.binaries.etcd, data, client, peer)
         self._etcd = ManagedProcess("etcd", argv, self.workdir / "etcd.log", self._child_env())
         self._etcd.start()
         self._wait(self._etcd, lambda: self._etcd_healthy(), "etcd /health")
@@ -304,29 +252,15 @@ class ControlPlane:
     def _start_apiserver(self) -> None:
         self.port = free_port()
         self.server = f"https://127.0.0.1:{self.port}"
-        d = self.workdir / "pki"
-        argv = [
-            str(self.binaries.kube_apiserver),
-            f"--etcd-servers={self.etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            f"--secure-port={self.port}",
-            f"--cert-dir={self.workdir / 'apiserver-certs'}",
-            f"--tls-cert-file={d / 'apiserver.crt'}",
-            f"--tls-private-key-file={d / 'apiserver.key'}",
-            f"--client-ca-file={d / 'ca.crt'}",
-            f"--token-auth-file={d / 'tokens.csv'}",
-            "--authorization-mode=RBAC",
-            f"--service-account-issuer={self.service_account_issuer}",
-            f"--service-account-key-file={d / 'sa.pub'}",
-            f"--service-account-signing-key-file={d / 'sa.key'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--allow-privileged=true",
-            f"--enable-admission-plugins={','.join(ADMISSION_PLUGINS)}",
-            "--enable-priority-and-fairness=false",
-            "--profiling=false",
-            *self.config.extra_apiserver_args,
-        ]
+        argv = commands.apiserver_args(
+            self.binaries.kube_apiserver,
+            etcd_url=self.etcd_url,
+            port=self.port,
+            pki=self.workdir / "pki",
+            cert_dir=self.workdir / "apiserver-certs",
+            issuer=self.service_account_issuer,
+            extra=self.config.extra_apiserver_args,
+        )
         self._apiserver = ManagedProcess(
             "kube-apiserver", argv, self.workdir / "kube-apiserver.log", self._child_env()
         )
@@ -351,20 +285,12 @@ class ControlPlane:
         if self._kcm is not None and self._kcm.running() and self.controllers == wanted:
             return
         self._stop_process("_kcm")
-        d = self.workdir / "pki"
-        argv = [
-            str(self.binaries.kube_controller_manager),
-            f"--kubeconfig={self.kubeconfig}",
-            f"--controllers={','.join(wanted)}",
-            "--secure-port=0",
-            "--leader-elect=false",
-            f"--service-account-private-key-file={d / 'sa.key'}",
-            f"--root-ca-file={d / 'ca.crt'}",
-            "--use-service-account-credentials=false",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--concurrent-deployment-syncs=2",
-            "--concurrent-replicaset-syncs=2",
-        ]
+        argv = commands.controller_manager_args(
+            self.binaries.kube_controller_manager,
+            kubeconfig=self.kubeconfig,
+            controllers=wanted,
+            pki=self.workdir / "pki",
+        )
         self._kcm = ManagedProcess(
             "kube-controller-manager",
             argv,

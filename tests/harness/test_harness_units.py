@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from tests.harness import pki
+from tests.harness import commands, pki
 from tests.harness.binaries import BinariesMissing, find_binaries
 from tests.harness.process import ManagedProcess, free_port
 
@@ -159,3 +159,57 @@ class TestManagedProcess:
         port = free_port()
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
+
+
+class TestCommandLines:
+    def test_the_api_server_enables_webhooks_and_token_issuance_and_ends_with_extras(
+        self, tmp_path: Path
+    ) -> None:
+        argv = commands.apiserver_args(
+            Path("/bin/kube-apiserver"),
+            etcd_url="http://127.0.0.1:1",
+            port=6443,
+            pki=tmp_path,
+            cert_dir=tmp_path / "c",
+            extra=("--v=4",),
+        )
+        flags = dict(a.split("=", 1) for a in argv[1:])
+        plugins = flags["--enable-admission-plugins"].split(",")
+        assert {"MutatingAdmissionWebhook", "ValidatingAdmissionWebhook", "ServiceAccount"} <= set(
+            plugins
+        )
+        assert flags["--service-account-issuer"] == commands.ISSUER
+        assert flags["--service-account-signing-key-file"] == str(tmp_path / "sa.key")
+        assert flags["--bind-address"] == "127.0.0.1"
+        assert flags["--authorization-mode"] == "RBAC"
+        assert argv[-1] == "--v=4"
+
+    def test_etcd_listens_on_loopback_only(self, tmp_path: Path) -> None:
+        argv = commands.etcd_args(Path("/bin/etcd"), tmp_path, 2379, 2380)
+        urls = [a.split("=", 1)[1] for a in argv if "urls=" in a]
+        assert urls and all(u.startswith("http://127.0.0.1:") for u in urls)
+
+    def test_the_controller_manager_serves_nothing_and_runs_the_named_controllers(
+        self, tmp_path: Path
+    ) -> None:
+        argv = commands.controller_manager_args(
+            Path("/bin/kcm"), kubeconfig=tmp_path / "k", controllers=("a", "b"), pki=tmp_path
+        )
+        assert "--secure-port=0" in argv
+        assert "--controllers=a,b" in argv
+        assert "--leader-elect=false" in argv
+
+    def test_static_tokens_with_separators_are_refused(self) -> None:
+        with pytest.raises(ValueError, match="commas"):
+            commands.token_file_line("a,b")
+        line = commands.token_file_line("tok")
+        assert line == 'tok,palisade-admin,uid-palisade-admin,"system:masters"\n'
+
+    def test_a_kubeconfig_names_one_cluster_user_and_context(self) -> None:
+        import base64
+
+        doc = commands.kubeconfig("https://127.0.0.1:1", b"PEM", "tok", user="u")
+        assert doc["current-context"] == "palisade-test"
+        assert doc["users"] == [{"name": "u", "user": {"token": "tok"}}]
+        cluster = doc["clusters"][0]["cluster"]
+        assert base64.b64decode(cluster["certificate-authority-data"]) == b"PEM"
