@@ -1,4 +1,4 @@
-"""A real PolicyService on a real Unix socket, with a tiny engine written for the tests."""
+"""A real PolicyService on a real Unix socket, deciding with the real engine and a test bundle."""
 
 from __future__ import annotations
 
@@ -13,44 +13,21 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from palisade.audit import AuditWriter, Signer
-from palisade.policy.types import Call, Decision, Risk, RuleTrace, Verdict
+from palisade.policy.types import Call, Verdict
 from palisade.runtime.metrics import DecisionMetrics
 from palisade.service import EngineHolder, PolicyServicer, ServerSettings, start_server
+from palisade.service.policy_source import load_policy
 from palisade.service.server import stop_server
 from palisade.v1 import policy_pb2_grpc
 
+BUNDLE = Path(__file__).parent / "data" / "payments.yaml"
 
-class TinyEngine:
-    """Allows reads, denies ``*delete*``, throttles ``slow``, raises on ``boom``."""
 
-    revision = 3
+class BrokenEngine:
+    """An engine with a bug: the servicer must still answer, deny and audit."""
 
     def decide(self, call: Call, *, dry_run: bool = False, explain: bool = False) -> Verdict:
-        if call.tool == "boom":
-            raise RuntimeError("engine bug with a secret=hunter2 in its message")
-        trace = (RuleTrace("deny-delete", "delete" in call.tool, "tool glob *delete*"),)
-        if "delete" in call.tool:
-            return Verdict(
-                Decision.DENY,
-                "deny-delete",
-                "destructive",
-                3,
-                tenant="payments",
-                risk=Risk.DESTRUCTIVE,
-                explanation=trace if explain else (),
-            )
-        if call.tool == "slow":
-            return Verdict(Decision.THROTTLE, "rate", "slow down", 3, retry_after_s=0.2501)
-        return Verdict(
-            Decision.ALLOW,
-            "allow-reads",
-            "reads are fine",
-            3,
-            bundle_digest="sha256:x",
-            tenant="payments",
-            risk=Risk.READ,
-            explanation=trace if explain else (),
-        )
+        raise RuntimeError("engine bug with a secret=hunter2 in its message")
 
 
 @dataclass
@@ -74,7 +51,8 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     writer = AuditWriter(tmp_path / "audit.jsonl", signer, fsync="never")
     await writer.start()
     metrics = DecisionMetrics(CollectorRegistry())
-    engines = EngineHolder(TinyEngine(), secret_names=lambda s, t: ["kubeconfig"])
+    policy = load_policy(BUNDLE)  # the real engine, behind the fail-closed guard
+    engines = EngineHolder(policy.engine, secret_names=policy.secret_names)
     servicer = PolicyServicer(engines, writer, metrics)
     server, health, _ = await start_server(servicer, ServerSettings(socket_path=socket))
     channel = grpc.aio.insecure_channel(f"unix:{socket}")

@@ -11,13 +11,14 @@ from google.protobuf import struct_pb2
 from palisade.audit import REDACTED, digest, verify_files
 from palisade.v1 import policy_pb2
 
-from .conftest import Served
+from .conftest import BrokenEngine, Served
 
 
 def req(**kw: object) -> policy_pb2.CheckRequest:
     base: dict[str, object] = {
         "agent": "sre-agent-payments",
         "server": "kubernetes-mcp",
+        "server_version": "1.2.0",
         "tool": "pods_log",
         "session": "s1",
         "request_id": "r-1",
@@ -43,33 +44,70 @@ def counter(s: Served, decision: str, rule: str, server: str = "", tool: str = "
 
 
 async def test_an_allowed_call_is_answered_audited_and_counted(served: Served) -> None:
-    args = {"namespace": "payments", "replicas": 3, "kubeconfig": "apiVersion: v1 secret"}
-    resp = await served.stub.Check(req(args=args))
+    args = {
+        "namespace": "payments",
+        "replicas": 3,
+        "manifest_token": "tok-123",
+        "nested": {"password": "pw"},
+    }
+    resp = await served.stub.Check(req(tool="resources_create_or_update", args=args))
     assert resp.decision == policy_pb2.DECISION_ALLOW
-    assert (resp.rule_id, resp.reason, resp.bundle_revision) == ("allow-reads", "reads are fine", 3)
-    assert (resp.tenant, resp.risk, resp.bundle_digest) == (
-        "payments",
-        policy_pb2.RISK_READ,
-        "sha256:x",
-    )
+    assert (resp.rule_id, resp.bundle_revision) == ("allow-writes-in-own-namespace", 1)
+    assert (resp.tenant, resp.risk) == ("payments", policy_pb2.RISK_WRITE)
+    assert resp.bundle_digest.startswith("sha256:")
     [rec] = audit_lines(served)
     assert resp.audit_hash == rec["hash"]
     assert rec["decision"] == "allow" and rec["request_id"] == "r-1" and rec["tenant"] == "payments"
-    assert rec["arguments"] == {"namespace": "payments", "replicas": 3, "kubeconfig": REDACTED}
+    assert rec["arguments"] == {
+        "namespace": "payments",
+        "replicas": 3,
+        "manifest_token": REDACTED,  # named by the registry's secretArguments
+        "nested": {"password": REDACTED},  # a built-in secret name
+    }
     # the Struct's double 3.0 digests like the MCP JSON integer 3
     assert rec["arguments_digest"] == digest(args)
-    assert counter(served, "allow", "allow-reads", "kubernetes-mcp", "pods_log") == 1
+    labels = (
+        "allow",
+        "allow-writes-in-own-namespace",
+        "kubernetes-mcp",
+        "resources_create_or_update",
+    )
+    assert counter(served, *labels) == 1
     hist = served.metrics.registry.get_sample_value("palisade_decision_duration_seconds_count")
     assert hist == 1
 
 
-async def test_deny_throttle_and_explain_come_back_on_the_wire(served: Served) -> None:
+async def test_each_decision_type_comes_back_on_the_wire(served: Served) -> None:
     deny = await served.stub.Check(req(tool="resources_delete", explain=True))
-    assert deny.decision == policy_pb2.DECISION_DENY and deny.risk == policy_pb2.RISK_DESTRUCTIVE
-    assert [(t.rule_id, t.matched) for t in deny.explanation] == [("deny-delete", True)]
-    slow = await served.stub.Check(req(tool="slow"))
-    assert slow.decision == policy_pb2.DECISION_THROTTLE and slow.retry_after_ms == 251
-    assert verify_files([served.audit_path], trusted=[served.signer.public]).ok
+    assert (deny.decision, deny.rule_id) == (policy_pb2.DECISION_DENY, "deny-destructive")
+    assert deny.risk == policy_pb2.RISK_DESTRUCTIVE
+    assert ("deny-destructive", True) in [(t.rule_id, t.matched) for t in deny.explanation]
+    elsewhere = await served.stub.Check(
+        req(tool="resources_create_or_update", args={"namespace": "kube-system"})
+    )
+    assert (elsewhere.decision, elsewhere.rule_id) == (policy_pb2.DECISION_DENY, "default")
+    throttled = [await served.stub.Check(req(tool="pods_list")) for _ in range(3)][-1]
+    assert throttled.decision == policy_pb2.DECISION_THROTTLE
+    assert 0 < throttled.retry_after_ms <= 2000
+    write = req(tool="resources_create_or_update", session="s9", args={"namespace": "payments"})
+    answers = [await served.stub.Check(write) for _ in range(6)]
+    assert [a.decision for a in answers[:5]] == [policy_pb2.DECISION_ALLOW] * 5
+    assert answers[5].decision == policy_pb2.DECISION_REQUIRE_APPROVAL
+    assert answers[5].approval_id.startswith("apr-")
+    res = verify_files([served.audit_path], trusted=[served.signer.public])
+    assert res.ok and res.records == 11
+    approval = audit_lines(served)[-1]
+    assert (approval["decision"], approval["approval_id"]) == (
+        "require_approval",
+        answers[5].approval_id,
+    )
+
+
+async def test_a_dry_run_consumes_no_budget_and_is_audited_as_such(served: Served) -> None:
+    for _ in range(4):
+        resp = await served.stub.Check(req(tool="pods_list", dry_run=True))
+        assert resp.decision == policy_pb2.DECISION_ALLOW
+    assert all(r["details"] == {"dry_run": True, "risk": "read"} for r in audit_lines(served))
 
 
 @pytest.mark.parametrize(
@@ -143,12 +181,15 @@ async def test_garbage_bytes_get_a_status_and_the_server_stays_up(served: Served
 
 
 async def test_an_engine_exception_is_a_deny_audited_and_leaks_nothing(served: Served) -> None:
-    resp = await served.stub.Check(req(tool="boom"))
+    good = served.engines.get()
+    served.engines.swap(BrokenEngine())
+    resp = await served.stub.Check(req())
     assert resp.decision == policy_pb2.DECISION_DENY and resp.rule_id == "engine-error"
     assert "hunter2" not in resp.reason
     [rec] = audit_lines(served)
     assert rec["rule_id"] == "engine-error" and resp.audit_hash == rec["hash"]
     assert "hunter2" not in served.audit_path.read_text()
+    served.engines.swap(good.engine, secret_names=good.secret_names)
     assert (await served.stub.Check(req())).decision == policy_pb2.DECISION_ALLOW
 
 
