@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
+from fnmatch import fnmatchcase
 from typing import Any, TypeVar
 
 import cel
@@ -557,14 +558,42 @@ def _refs(c: _Checker, path: Path, patterns: tuple[str, ...], known: set[str], w
     """Exact names must exist; a glob must match at least one known name."""
     for i, pat in enumerate(patterns):
         if is_glob(pat):
-            from fnmatch import fnmatchcase
-
             if known and not any(fnmatchcase(k, pat) for k in known):
                 c.err((*path, i), f"glob {pat!r} matches no declared {what}")
         elif pat not in known:
             close = difflib.get_close_matches(pat, sorted(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             c.err((*path, i), f"unknown {what} {pat!r}{hint} (declare it under spec.{what}s)")
+
+
+def _tool_refs(c: _Checker, path: Path, m: Match, servers: list[Server | None]) -> None:
+    """Tools named in a match must be registered by a server the match can select.
+
+    Unregistered tools are denied before any rule runs, so such a rule is dead:
+    almost always a typo.
+    """
+    if not m.tools:
+        return
+    selected = [
+        s
+        for s in servers
+        if s is not None and (not m.servers or any(fnmatchcase(s.name, pat) for pat in m.servers))
+    ]
+    known = {t.name for s in selected for t in s.tools}
+    if not known:
+        return  # the servers are wrong already (reported there)
+    for i, pat in enumerate(m.tools):
+        if is_glob(pat):
+            if not any(fnmatchcase(k, pat) for k in known):
+                c.err((*path, i), f"glob {pat!r} matches no registered tool of the servers matched")
+        elif pat not in known:
+            close = difflib.get_close_matches(pat, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            c.err(
+                (*path, i),
+                f"unknown tool {pat!r}{hint} (no server this rule can match registers it;"
+                " unregistered tools are denied before rules run)",
+            )
 
 
 _BUILTIN_RULE_IDS = ("default", "registry", "failure")
@@ -640,6 +669,7 @@ def build_bundle(doc: Any, positions: Positions) -> Bundle:
             c.err((*p, "id"), f"rule id {r.id!r} is reserved for the engine; pick another")
         mp = (*p, "match")
         _refs(c, (*mp, "servers"), r.match.servers, server_names, "server")
+        _tool_refs(c, (*mp, "tools"), r.match, servers)
         _refs(c, (*mp, "agents"), r.match.agents, agent_ids, "agent")
         _refs(c, (*mp, "tenants"), r.match.tenants, tenant_names, "tenant")
     for (p, _), a in zip(a_items, agents, strict=True):
@@ -647,6 +677,7 @@ def build_bundle(doc: Any, positions: Positions) -> Bundle:
             c.err((*p, "tenant"), f"unknown tenant {a.tenant!r} (declare it under spec.tenants)")
     for mp, m in budget_items:
         _refs(c, (*mp, "servers"), m.servers, server_names, "server")
+        _tool_refs(c, (*mp, "tools"), m, servers)
         _refs(c, (*mp, "agents"), m.agents, agent_ids, "agent")
         _refs(c, (*mp, "tenants"), m.tenants, tenant_names, "tenant")
     known_rules = (

@@ -304,3 +304,18 @@ def test_test_arguments_must_be_json_values() -> None:
             expect: {decision: deny}
         """)
     assert "spec.tests[0].call.arguments: must hold only JSON values" in only_issue(text)
+
+
+def test_a_rule_naming_an_unregistered_tool_is_refused_as_a_likely_typo() -> None:
+    text = spec_yaml("""\
+        rules:
+          - {id: r1, decision: allow, match: {tools: [pods_lgo, "helm_*"]}}
+        """)
+    tails = [i.split(": ", 1)[1] for i in issues_of(text)]
+    assert tails == [
+        "spec.rules[0].match.tools[0]: unknown tool 'pods_lgo'; did you mean 'pods_log'? (no"
+        " server this rule can match registers it; unregistered tools are denied before rules"
+        " run)",
+        "spec.rules[0].match.tools[1]: glob 'helm_*' matches no registered tool of the servers"
+        " matched",
+    ]

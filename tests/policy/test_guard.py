@@ -93,7 +93,8 @@ def test_clearing_the_guard_returns_to_deny_everything() -> None:
 
 
 def test_concurrent_decisions_during_swaps_always_see_a_whole_engine() -> None:
-    guard = Guard()
+    # A generous time budget: this is about atomicity, and threads wait on the GIL.
+    guard = Guard(time_budget_s=60)
     a = bundle(ALLOW)
     b = bundle("rules:\n  - {id: deny-all, decision: deny}\n")
     guard.load(a, revision=1)
