@@ -125,14 +125,17 @@ def _pin(core: int | None) -> Any:
     return lambda: os.sched_setaffinity(0, {core})
 
 
-def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+def _wait(
+    url: str, proc: subprocess.Popen[bytes], log: Path | None = None, timeout: float = 60.0
+) -> None:
     import urllib.error
     import urllib.request
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+            tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}:\n{tail}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status < 500:
@@ -343,8 +346,9 @@ async def _throughput(
 
 
 async def _measure(quick: bool) -> Report:
-    n_lat, warm = (300, 50) if quick else (3000, 300)
+    n_lat, warm = (300, 50) if quick else (3000, 100)
     total = 2000 if quick else 12000
+    rounds = 1 if quick else 3
     cores = _cores()
     up_core = cores[0] if len(cores) >= 3 else None
     sc_core = cores[1] if len(cores) >= 3 else None
@@ -385,24 +389,43 @@ async def _measure(quick: bool) -> Report:
             _process(upstream_argv, tmp / "upstream.log", up_core) as up,
             _process(sidecar_argv, tmp / "sidecar.log", sc_core) as sc,
         ):
-            await asyncio.to_thread(_wait, f"http://127.0.0.1:{up_port}/", up)
-            await asyncio.to_thread(_wait, f"http://127.0.0.1:{sc_port}/readyz", sc)
+            await asyncio.to_thread(_wait, f"http://127.0.0.1:{up_port}/", up, tmp / "upstream.log")
+            await asyncio.to_thread(
+                _wait, f"http://127.0.0.1:{sc_port}/readyz", sc, tmp / "sidecar.log"
+            )
             token = issuer.token(sidecar_url)
             idle_rss = psutil.Process(sc.pid).memory_info().rss / 2**20
+            targets = (("direct", direct_url, None), ("sidecar", sidecar_url, token))
             for size, tool in (("small", "small"), ("64KiB", "big")):
+                # Rounds alternate direct and sidecar so drift in the machine's load
+                # (shared cores) falls on both alike.
+                lat: dict[str, list[float]] = {t: [] for t, _, _ in targets}
+                lat64: dict[str, list[float]] = {t: [] for t, _, _ in targets}
+                bad1 = dict.fromkeys(lat, 0)
+                bad64 = dict.fromkeys(lat, 0)
+                busy = dict.fromkeys(lat, 0.0)
+                peak = 0.0
+                for _ in range(rounds):
+                    for target, url, tok in targets:
+                        samples, bad = await _latency(url, tok, tool, n_lat // rounds, warm)
+                        lat[target] += samples
+                        bad1[target] += bad
+                        watch = sc.pid if target == "sidecar" else None
+                        rate, samples, rss, bad = await _throughput(
+                            url, tok, tool, 64, total // rounds, watch
+                        )
+                        lat64[target] += samples
+                        bad64[target] += bad
+                        busy[target] += (total // rounds) / rate
+                        peak = max(peak, rss)
                 by_target: dict[str, dict[str, Any]] = {}
-                for target, url, tok in (
-                    ("direct", direct_url, None),
-                    ("sidecar", sidecar_url, token),
-                ):
-                    lat, bad1 = await _latency(url, tok, tool, n_lat, warm)
-                    row1 = {"case": f"{target} {size} c=1", **summarize_us(lat), "bad": bad1}
-                    row1["calls_per_s"] = 1 / (sum(lat) / len(lat))
-                    rate, lat64, peak, bad64 = await _throughput(
-                        url, tok, tool, 64, total, sc.pid if target == "sidecar" else None
-                    )
-                    row64 = {"case": f"{target} {size} c=64", **summarize_us(lat64), "bad": bad64}
-                    row64["calls_per_s"] = rate
+                for target, _, _ in targets:
+                    row1 = {"case": f"{target} {size} c=1", **summarize_us(lat[target])}
+                    row1["calls_per_s"] = len(lat[target]) / sum(lat[target])
+                    row1["bad"] = bad1[target]
+                    row64 = {"case": f"{target} {size} c=64", **summarize_us(lat64[target])}
+                    row64["calls_per_s"] = rounds * (total // rounds) / busy[target]
+                    row64["bad"] = bad64[target]
                     if target == "sidecar":
                         row64["sidecar_rss_mb"] = peak
                     by_target[target] = {"c1": row1, "c64": row64}
@@ -449,8 +472,8 @@ async def _measure(quick: bool) -> Report:
             "BAD ANSWERS (not a complete tools/call result) in: " + ", ".join(bad_rows)
         )
     report.notes += [
-        f"{n_lat} sequential calls at c=1 after {warm} warm-up; "
-        f"{total} calls at c=64 over 64 sessions",
+        f"{n_lat} sequential calls at c=1 and {total} calls at c=64 over 64 sessions, "
+        f"in {rounds} round(s) alternating direct and sidecar",
         placement,
         f"sidecar idle RSS {idle_rss:.1f} MB; {audited} signed audit records written",
         "upstream: MCP Python SDK MCPServer, Streamable HTTP, JSON responses; "
