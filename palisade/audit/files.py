@@ -24,7 +24,7 @@ def rotated_files(active: Path) -> list[tuple[int, Path]]:
     for p in active.parent.iterdir():
         if p.name.startswith(prefix):
             suffix = p.name[len(prefix) :]
-            if suffix.isdigit():
+            if suffix.isdigit() and p.is_file():
                 out.append((int(suffix), p))
     out.sort()
     return out

@@ -281,6 +281,9 @@ class AuditWriter:
             except AuditError as exc:
                 error = exc
                 self._batch_error = None
+            except Exception as exc:  # never leave callers waiting on a batch
+                error = AuditError(f"audit batch failed: {type(exc).__name__}: {exc}")
+                self._batch_error = None
         if done is None or done.done():
             return
         if error is not None:
@@ -307,7 +310,11 @@ class AuditWriter:
             raise
         self._written_seq = last.record["seq"]
         if self._size >= self._max_bytes:
-            self._rotate()
+            try:
+                self._rotate()
+            except OSError:
+                # the records are written; keep appending and try again next time
+                log.exception("audit file rotation failed", extra={"file": str(self.path)})
 
     @property
     def waits_for_fsync(self) -> bool:
@@ -351,14 +358,17 @@ class AuditWriter:
             raise AuditError(f"cannot write audit record to {self.path}: {exc.strerror}") from exc
 
     def _rotate(self) -> None:
+        # Rename while the file is still open, then switch descriptors: if any
+        # step fails, appends continue on a descriptor that is still valid, so
+        # a failed rotation never loses or blocks a record.
         os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = -1
         rotated = files.rotated_files(self.path)
         index = rotated[-1][0] + 1 if rotated else 1
         target = self.path.with_name(f"{self.path.name}.{index:06d}")
         os.rename(self.path, target)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        new_fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        old_fd, self._fd = self._fd, new_fd
+        os.close(old_fd)
         files.fsync_dir(self.path.parent)
         self._size = 0
         self._synced_seq = self._written_seq

@@ -240,3 +240,15 @@ async def test_a_failed_batch_write_fails_every_caller_and_rolls_the_chain_back(
     assert (two["seq"], two["prev_hash"]) == (2, one["hash"])
     await w.aclose()
     assert verify_files([active]).ok
+
+
+async def test_a_failing_rotation_keeps_every_record_in_the_active_file(
+    tmp_path: Path, signer: Signer
+) -> None:
+    active = tmp_path / "audit.jsonl"
+    (tmp_path / "audit.jsonl.000001").mkdir()  # the rename target is taken: rotation fails
+    async with AuditWriter(active, signer, max_bytes=500, fsync="never") as w:
+        for i in range(5):
+            await w.append(entry(i))
+    res = verify_files([active], trusted=[signer.public])
+    assert res.ok and res.records == 5
