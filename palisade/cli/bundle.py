@@ -1,4 +1,4 @@
-"""``palisade bundle lint|test|sign|verify``: policy bundles on files.
+"""``palisade bundle lint|test|decide|sign|verify``: policy bundles on files.
 
 Exit codes: 0 fine, 1 the bundle is wrong (lint errors, failing tests, bad
 signature), 2 the command was used wrongly (missing key file, ...).
@@ -127,6 +127,55 @@ def cmd_verify(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_decide(ns: argparse.Namespace) -> int:
+    import json
+
+    from palisade.policy.engine import compile_bundle
+    from palisade.policy.types import Call, Risk
+
+    try:
+        arguments = json.loads(ns.args) if ns.args else {}
+    except json.JSONDecodeError as exc:
+        _err(f"palisade bundle decide: --args is not JSON: {exc}")
+        return 2
+    if not isinstance(arguments, dict):
+        _err("palisade bundle decide: --args must be a JSON object")
+        return 2
+    labels: dict[str, str] = {}
+    for item in ns.label or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _err(f"palisade bundle decide: --label {item!r} is not KEY=VALUE")
+            return 2
+        labels[key] = value
+    try:
+        bundle = load_file(ns.file)
+    except BundleValidationError as exc:
+        for issue in exc.issues:
+            print(issue)
+        return 1
+    call = Call(
+        agent=ns.agent,
+        server=ns.server,
+        tool=ns.tool,
+        arguments=arguments,
+        session=ns.session,
+        server_version=ns.server_version,
+        on_behalf_of=ns.on_behalf_of,
+        labels=labels,
+        server_declared_risk=Risk(ns.declared_risk) if ns.declared_risk else None,
+    )
+    verdict = compile_bundle(bundle).decide(call, dry_run=True, explain=True)
+    print(f"decision: {verdict.decision.value}")
+    print(f"rule:     {verdict.rule_id}")
+    print(f"reason:   {verdict.reason}")
+    if verdict.approval_id:
+        print(f"approval: {verdict.approval_id}")
+    for t in verdict.explanation:
+        print(f"  {'MATCH' if t.matched else 'skip '} {t.rule_id}: {t.detail}")
+    return 0
+
+
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
 
@@ -138,6 +187,21 @@ def register(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("test", help="run the tests inside a bundle")
     p.add_argument("file", metavar="FILE")
     p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("decide", help="decide one call with a bundle and explain (dry run)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--agent", required=True)
+    p.add_argument("--server", required=True)
+    p.add_argument("--tool", required=True)
+    p.add_argument("--args", default="", help="arguments as a JSON object")
+    p.add_argument("--session", default="cli")
+    p.add_argument("--server-version", default="")
+    p.add_argument("--on-behalf-of", default="")
+    p.add_argument("--label", action="append", metavar="KEY=VALUE")
+    p.add_argument(
+        "--declared-risk", choices=["read", "write", "destructive", "admin"], default=None
+    )
+    p.set_defaults(func=cmd_decide)
 
     p = sub.add_parser("sign", help="write a signed palisade.v1.SignedBundle")
     p.add_argument("file", metavar="FILE")

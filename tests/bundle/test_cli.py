@@ -93,3 +93,23 @@ def test_the_console_script_runs_lint_in_a_real_process() -> None:
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_decide_explains_one_call(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bundle", "decide", EXAMPLE, "--agent", "sre-agent-payments"]
+    argv += ["--server", "kubernetes-mcp", "--server-version", "0.0.52"]
+    argv += ["--tool", "resources_create_or_update", "--args", '{"namespace": "kube-system"}']
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "decision: deny" in out and "rule:     deny-writes-elsewhere" in out
+    assert "skip  deny-destructive: risk 'write' is not in ['destructive', 'admin']" in out
+    assert "MATCH deny-writes-elsewhere" in out
+
+
+def test_decide_refuses_arguments_that_are_not_a_json_object(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["bundle", "decide", EXAMPLE, "--agent", "a", "--server", "s", "--tool", "t"]
+    assert main([*argv, "--args", "[1]"]) == 2
+    assert main([*argv, "--args", "{nope"]) == 2
+    assert "--args is not JSON" in capsys.readouterr().err
