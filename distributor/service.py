@@ -323,9 +323,9 @@ class Hub:
                 self.dirty |= ids
 
     async def deliver_approvals(self) -> None:
-        decided = await self.store.call(
-            self.store.store.undelivered_decisions, list(self.subscribers)
-        )
+        if not self.subscribers:
+            return
+        decided = await self.store.call(self.store.store.undelivered_decisions)
         for d in decided:
             sub = self.subscribers.get(d["client_id"])
             if sub is None:

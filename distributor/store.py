@@ -21,7 +21,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS audit (
   PRIMARY KEY (source, seq, hash)
 );
 CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
+CREATE INDEX IF NOT EXISTS approvals_undelivered ON approvals (delivered, status);
 """
 
 
@@ -380,21 +381,13 @@ class Store:
             rows = self.db.execute(sql + " ORDER BY created", args).fetchall()
         return [self._approval(r) for r in rows]
 
-    def undelivered_decisions(self, client_ids: Iterable[str]) -> list[dict[str, Any]]:
-        ids = list(client_ids)
-        if not ids:
-            return []
-        out: list[dict[str, Any]] = []
+    def undelivered_decisions(self) -> list[dict[str, Any]]:
+        """Decided approvals not yet handed to their sidecar (a small set, any replica's)."""
         with self._lock:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                rows = self.db.execute(
-                    "SELECT * FROM approvals WHERE status != 'pending' AND delivered=0"  # noqa: S608
-                    f" AND client_id IN ({', '.join('?' for _ in chunk)})",
-                    chunk,
-                ).fetchall()
-                out.extend(self._approval(r) for r in rows)
-        return out
+            rows = self.db.execute(
+                "SELECT * FROM approvals WHERE status != 'pending' AND delivered=0"
+            ).fetchall()
+        return [self._approval(r) for r in rows]
 
     def mark_delivered(self, approval_id: str) -> None:
         with self._lock:

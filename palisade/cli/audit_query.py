@@ -47,8 +47,8 @@ def query(ns: argparse.Namespace) -> int:
         decision=ns.decision,
         source=ns.source,
         kind=ns.kind,
-        since=parse_time(ns.since),
-        until=parse_time(ns.until),
+        since=ns.since,
+        until=ns.until,
         limit=ns.limit,
     )
     if ns.output == "json":

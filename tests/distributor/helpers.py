@@ -205,6 +205,7 @@ def make_client(
     heartbeat_s: float = 0.3,
     recorder: Recorder | None = None,
     counters: Callable[[], dict[str, float]] | None = None,
+    summary: Callable[[], dict[str, Any]] | None = None,
 ) -> tuple[DistributionClient, Recorder]:
     rec = recorder or Recorder()
     identity = distribution_pb2.ClientIdentity(
@@ -226,7 +227,8 @@ def make_client(
         audit_interval_s=0.1,
         rpc_timeout_s=3,
     )
-    return DistributionClient(settings, identity, rec, counters=counters), rec
+    client = DistributionClient(settings, identity, rec, counters=counters, summary=summary)
+    return client, rec
 
 
 async def eventually(

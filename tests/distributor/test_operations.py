@@ -164,6 +164,7 @@ async def test_the_fleet_command_shows_sidecars_and_node_agents_for_people_and_s
         [r0.target],
         fleet.trusted,
         kind=distribution_pb2.CLIENT_KIND_NODE_AGENT,
+        summary=lambda: {"gpus": 8, "violations": 1},
     )
     await side.start()
     await node.start()
@@ -192,6 +193,7 @@ async def test_the_fleet_command_shows_sidecars_and_node_agents_for_people_and_s
 
         status, body = await ahttp("GET", r0.url + "/v1/fleet?kind=node")
         assert status == 200 and [r["id"] for r in body["clients"]] == ["gpu-node-1"]
+        assert body["clients"][0]["summary"] == {"gpus": 8, "violations": 1}
     finally:
         await side.stop()
         await node.stop()
@@ -220,3 +222,54 @@ async def test_the_http_api_requires_the_admin_token_when_one_is_configured(
         "POST", r0.url + "/v1/bundles/rollback", {"to": "one"}, token="s3cret-token"
     )
     assert status == 400 and "positive" in body["error"]
+
+
+async def test_audit_query_filters_by_agent_tool_decision_and_time(fleet: Fleet) -> None:
+    from palisade.v1 import audit_pb2
+
+    r0 = fleet.start("r0")
+    client, _ = make_client(fleet.tmp, "side", [r0.target], fleet.trusted)
+    await client.start()
+    rows = [
+        ("sre", "pods_log", policy_pb2.DECISION_ALLOW, 1_000.0),
+        ("sre", "resources_delete", policy_pb2.DECISION_DENY, 2_000.0),
+        ("ops", "pods_log", policy_pb2.DECISION_DENY, 3_000.0),
+        ("sre", "resources_delete", policy_pb2.DECISION_REQUIRE_APPROVAL, 4_000.0),
+    ]
+    records = []
+    for seq, (agent, tool, decision, when) in enumerate(rows, start=1):
+        rec = audit_pb2.AuditRecord(
+            seq=seq,
+            source="side",
+            agent=agent,
+            tool=tool,
+            decision=decision,
+            hash=f"h{seq}",
+            kind="decision",
+            reason=f"reason {seq}",
+        )
+        rec.time.FromSeconds(int(when))
+        records.append(rec)
+    client.record_audit(records)
+    try:
+        await eventually(lambda: client.spool.pending_bytes() == 0, 10, "audit shipped")
+
+        async def query(*args: str) -> list[int]:
+            out = await acli(
+                "audit", "query", "--kind", "decision", "-o", "json", "--url", r0.url, *args
+            )
+            assert out.returncode == 0, out.stderr
+            return [int(r["seq"]) for r in json.loads(out.stdout)]
+
+        assert await query() == [1, 2, 3, 4]
+        assert await query("--agent", "sre") == [1, 2, 4]
+        assert await query("--tool", "resources_delete", "--decision", "deny") == [2]
+        assert await query("--decision", "require_approval") == [4]
+        assert await query("--since", "1500", "--until", "3500") == [2, 3]
+        assert await query("--since", "1970-01-01T00:50:01Z") == [4]
+        table = await acli("audit-query", "--agent", "ops", "--url", r0.url)
+        assert table.returncode == 0 and "reason 3" in table.stdout
+        bad = await acli("audit", "query", "--since", "yesterday-ish", "--url", r0.url)
+        assert bad.returncode == 2 and "not a time" in bad.stderr
+    finally:
+        await client.stop()
