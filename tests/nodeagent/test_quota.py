@@ -197,3 +197,16 @@ def test_kill_targets_only_the_processes_on_unallocated_devices() -> None:
     u = usage(procs, {})
     (action,), _ = plan(evaluate(u, q), q, u, EnforcementState(), 0.0)
     assert action.target.pids == (2,)
+
+
+def test_power_is_the_tenants_share_and_over_it_is_a_violation() -> None:
+    procs = [proc(1, "a", mem=3 * GIB), proc(2, "b", mem=GIB)]
+    u = usage(procs, {"t": 800.0})
+    assert u["t"].pods["uid-a"].power_watts == 600.0 and u["t"].pods["uid-b"].power_watts == 200.0
+    (v,) = evaluate(u, {"t": GpuQuota("t", power_watts=700)})
+    assert v.kind == "powerWatts" and v.measured == 800.0 and v.pods == ("uid-a",)
+
+
+def test_tenants_without_quotas_are_measured_but_never_violate() -> None:
+    u = usage([proc(1, "a", mem=100 * GIB)], {})
+    assert evaluate(u, {}) == []
