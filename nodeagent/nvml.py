@@ -197,7 +197,11 @@ class NvmlBackend:
         )
         procs = f.get("processes", lambda: nv.nvmlDeviceGetComputeRunningProcesses(h)) or []
         processes = tuple(self._process(p, uuid) for p in procs)
-        mig = self._mig(h, f) if mig_enabled else ()
+        instances = self._mig(h, f) if mig_enabled else []
+        mig = tuple(sample for sample, _ in instances)
+        if instances and "processes" in f.errors:
+            # The parent GPU refused the process list; each MIG instance may still answer.
+            processes = self._mig_processes(uuid, instances, f)
         if self._events is None:
             f.unsupported.append("xid")
         return GpuSample(
@@ -235,10 +239,39 @@ class NvmlBackend:
             used_memory_bytes=int(used) if used is not None else None,
         )
 
-    def _mig(self, h: Any, f: _Fields) -> tuple[MigSample, ...]:
+    def _mig_processes(
+        self, uuid: str, instances: list[tuple[MigSample, Any]], f: _Fields
+    ) -> tuple[ProcessSample, ...]:
+        nv = self._nv
+        out: list[ProcessSample] = []
+        answered = False
+        for sample, handle in instances:
+            pf = _Fields(nv)
+            query = functools.partial(nv.nvmlDeviceGetComputeRunningProcesses, handle)
+            procs = pf.get("processes", query)
+            if procs is None:
+                f.errors[f"processes/gi{sample.gi_id}"] = pf.errors.get("processes", "unsupported")
+                continue
+            answered = True
+            for p in procs:
+                used = getattr(p, "usedGpuMemory", None)
+                out.append(
+                    ProcessSample(
+                        pid=int(p.pid),
+                        gpu_uuid=uuid,
+                        gi_id=sample.gi_id,
+                        ci_id=sample.ci_id,
+                        used_memory_bytes=int(used) if used is not None else None,
+                    )
+                )
+        if answered:
+            f.errors.pop("processes", None)
+        return tuple(out)
+
+    def _mig(self, h: Any, f: _Fields) -> list[tuple[MigSample, Any]]:
         nv = self._nv
         count = f.get("mig_count", lambda: nv.nvmlDeviceGetMaxMigDeviceCount(h)) or 0
-        out: list[MigSample] = []
+        out: list[tuple[MigSample, Any]] = []
         for i in range(int(count)):
             try:
                 m = nv.nvmlDeviceGetMigDeviceHandleByIndex(h, i)
@@ -246,8 +279,8 @@ class NvmlBackend:
                 if getattr(exc, "value", None) == nv.NVML_ERROR_GPU_IS_LOST:
                     raise _DeviceLost(str(exc)) from exc
                 continue  # NOT_FOUND: no instance in this slot
-            out.append(self._mig_instance(m))
-        return tuple(out)
+            out.append((self._mig_instance(m), m))
+        return out
 
     def _mig_instance(self, m: Any) -> MigSample:
         nv = self._nv

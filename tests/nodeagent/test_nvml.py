@@ -257,3 +257,21 @@ def test_mig_profile_names_come_from_the_device_name_or_the_attributes() -> None
 def test_no_gpu_mode_runs_when_asked_even_with_a_driver(tmp_path: Path) -> None:
     backend, *_ = make_backend(Options(node="n", backend="none", proc_root=tmp_path))
     assert backend.mode is BackendMode.NO_GPU
+
+
+def test_when_the_parent_refuses_processes_each_mig_instance_is_asked() -> None:
+    gpu = healthy(
+        0,
+        mig=1,
+        instances=[
+            {**instance(1, 3, 20096, "MIG-a", "3g.20gb", used=0), "procs": []},
+            {
+                **instance(2, 1, 4864, "MIG-b", "1g.5gb", used=0),
+                "procs": [SimpleNamespace(pid=77, usedGpuMemory=None)],
+            },
+        ],
+        procs=_err(pynvml.NVML_ERROR_NO_PERMISSION),
+    )
+    (g,) = NvmlBackend(nvml=FakeNvml([gpu])).sample().gpus
+    assert [(p.pid, p.gi_id) for p in g.processes] == [(77, 2)]
+    assert "processes" not in g.errors

@@ -78,3 +78,20 @@ async def test_mig_allocations_decide_whether_a_mig_process_is_on_its_own_slice(
     assert procs[10].allocated is True and procs[10].profile == "1g.10gb"
     assert procs[11].allocated is False
     assert procs[10].container == "jupyter" and procs[10].tenant == "research"
+
+
+def test_the_generated_stubs_match_the_vendored_proto() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        ["bash", "nodeagent/podresources/generate.sh", "--check"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 0, out.stderr
