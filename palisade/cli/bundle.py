@@ -22,6 +22,7 @@ from palisade.bundle import (
     verify_bundle,
 )
 from palisade.bundle.canonical import bundle_digest
+from palisade.bundle.lint import lint_warnings
 
 
 def _err(msg: str) -> None:
@@ -38,7 +39,12 @@ def cmd_lint(ns: argparse.Namespace) -> int:
             for issue in exc.issues:
                 print(issue)
             continue
-        if not ns.quiet:
+        warnings = lint_warnings(bundle)
+        for w in warnings:
+            print(f"{path}: {w}")
+        if warnings and ns.strict:
+            bad += 1
+        elif not ns.quiet:
             print(
                 f"{path}: ok ({len(bundle.rules)} rules, {len(bundle.servers)} servers,"
                 f" {len(bundle.agents)} agents, {len(bundle.tests)} tests) {bundle_digest(bundle)}"
@@ -181,7 +187,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("lint", help="check bundle files; errors as file:line:col: field: message")
     p.add_argument("files", nargs="+", metavar="FILE", help="bundle file or directory")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors and warnings")
+    p.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
     p.set_defaults(func=cmd_lint)
 
     p = sub.add_parser("test", help="run the tests inside a bundle")
