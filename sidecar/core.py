@@ -325,10 +325,14 @@ class ProxyCore:
             declared_risk=gate.risk_from_annotations(known) if known is not None else None,
         )
         t0 = time.perf_counter_ns()
-        verdict = self.policy.decide(call)
+        snap = self.policy.snapshot
+        pin = snap.pin_problem(call.server, known, call.tool) if snap is not None else ""
+        if snap is not None and pin:
+            verdict = Verdict(Decision.DENY, "registry", pin, snap.revision, snap.digest)
+        else:
+            verdict = self.policy.decide(call)
         latency = time.perf_counter_ns() - t0
         self.metrics.decision_seconds.observe(latency / 1e9)
-        snap = self.policy.snapshot
         facts = snap.facts(call.tool) if snap is not None else None
         entry = Entry(
             agent=principal.agent,
@@ -404,6 +408,11 @@ class ProxyCore:
             dry_run=True,
             explain=True,
         )
+        snap = self.policy.snapshot
+        if snap is not None and snap.pin_problem(
+            self.settings.server_name, tool, str(tool.get("name", ""))
+        ):
+            return False  # a changed definition of a pinned tool is hidden (and refused)
         return gate.listable(verdict)
 
     def rewrite_result(

@@ -32,7 +32,9 @@ from palisade.bundle.errors import BundleError
 from palisade.bundle.load import load_bytes, load_file
 from palisade.bundle.schema import Bundle
 from palisade.bundle.signing import TrustedKeys, from_bytes, verify_bundle
+from palisade.policy.budgets import BudgetState
 from palisade.policy.engine import Engine, compile_bundle
+from palisade.policy.guard import Guard
 from sidecar.policy import PolicySnapshot, ToolFacts
 
 log = logging.getLogger(__name__)
@@ -57,18 +59,20 @@ class Loaded:
 
 
 def snapshot_of(engine: Engine, server_name: str) -> PolicySnapshot:
-    """The proxy's view of a compiled bundle: the engine plus this server's tool facts."""
+    """The proxy's view of a compiled bundle: the engine behind the core's fail-closed
+    :class:`Guard` (time budget, engine errors), plus this server's tool facts."""
     server = engine.bundle.server(server_name)
     tools = {
         t.name: ToolFacts(bool(t.untrusted_output), frozenset(t.secret_arguments))
         for t in (server.tools if server else ())
     }
     return PolicySnapshot(
-        engine=engine,
+        engine=Guard(engine, clock=engine.clock, state=engine.state),
         revision=engine.revision,
         digest=engine.digest,
         name=engine.bundle.name,
         tools=tools,
+        compiled=engine,
     )
 
 
@@ -122,6 +126,8 @@ class BundleIntake:
         self._seen = ""
         self._active: Loaded | None = None
         self._unsigned_revision = 0
+        #: One budget state across bundle swaps: a new revision does not reset budgets.
+        self._budgets = BudgetState()
         self.last_error = ""
 
     @property
@@ -210,13 +216,18 @@ class BundleIntake:
             raise IntakeError(
                 f"revision {loaded.revision} is older than the active revision {cur.revision}"
             )
-        engine = compile_bundle(loaded.bundle, revision=loaded.revision, digest=loaded.digest)
+        engine = compile_bundle(
+            loaded.bundle, revision=loaded.revision, digest=loaded.digest, state=self._budgets
+        )
         if engine.bundle.server(self._server) is None:
             log.warning(
                 "the bundle does not register this server; every call will be denied",
                 extra={"server": self._server, "bundle": loaded.bundle.name},
             )
-        self._activate(snapshot_of(engine, self._server))
+        try:
+            self._activate(snapshot_of(engine, self._server))
+        except Exception as exc:  # e.g. two agents claiming one identity
+            raise IntakeError(f"activation failed: {exc}") from None
         if not loaded.signed:
             log.warning(
                 "UNSIGNED bundle activated (development only)",

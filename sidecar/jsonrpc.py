@@ -182,5 +182,9 @@ def error_response(
 
 
 def dumps(doc: Any) -> bytes:
-    """Compact JSON bytes, as sent on the wire."""
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact JSON bytes, as sent on the wire.
+
+    ASCII with escapes: a JSON string may legally carry a lone surrogate
+    (``"\\ud800"``), which has no UTF-8 encoding; escaped, it passes unchanged.
+    """
+    return json.dumps(doc, separators=(",", ":")).encode("ascii")

@@ -227,7 +227,7 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
     async with IdentityStack(identity_from(ns, s), IdentityMap()) as stack:
 
         def activate(snap: PolicySnapshot) -> None:
-            engine: Any = snap.engine
+            engine: Any = snap.compiled
             stack.update_identities(
                 IdentityMap.from_agents(to_document(engine.bundle)["spec"].get("agents", []))
             )

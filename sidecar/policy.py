@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from palisade.policy.types import Call, Decision, DecisionEngine, Verdict
 
@@ -30,15 +31,40 @@ class ToolFacts:
 class PolicySnapshot:
     """An activated bundle."""
 
+    #: What decides: the core's fail-closed :class:`~palisade.policy.guard.Guard`.
     engine: DecisionEngine
     revision: int
     digest: str
     name: str = ""
+    #: The compiled engine, for registry lookups (tool definition pins); None in tests.
+    compiled: Any = None
     #: tool name -> facts, for this sidecar's server only.
     tools: Mapping[str, ToolFacts] = field(default_factory=dict)
 
     def facts(self, tool: str) -> ToolFacts:
         return self.tools.get(tool, _NO_FACTS)
+
+    def pin_problem(self, server: str, tool: Mapping[str, Any] | None, name: str) -> str:
+        """Why a tool definition breaks the registry's pin ("" when fine or not pinned).
+
+        A pinned tool whose definition the proxy has not seen (in the server's
+        ``tools/list``) cannot be checked, so it counts as a problem: fail closed.
+        """
+        if self.compiled is None:
+            return ""
+        registered = self.compiled.tool(server, name)
+        if registered is None or not registered.pinned:
+            return ""
+        if tool is None:
+            return (
+                f"tool {name!r} is pinned and its definition was not seen in the server's "
+                "tools/list for this session; list the tools first"
+            )
+        return str(
+            self.compiled.pin_problem(
+                server, name, tool.get("description"), tool.get("inputSchema")
+            )
+        )
 
 
 _NO_FACTS = ToolFacts()

@@ -95,4 +95,4 @@ def encode_event(ev: Event) -> bytes:
     if ev.retry is not None:
         out.append(f"retry: {ev.retry}")
     out.extend(f"data: {line}" for line in ev.data.split("\n"))
-    return ("\n".join(out) + "\n\n").encode("utf-8")
+    return ("\n".join(out) + "\n\n").encode("utf-8", errors="replace")

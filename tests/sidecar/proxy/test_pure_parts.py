@@ -64,6 +64,14 @@ def msg(method: str, params: dict[str, Any]) -> Message:
     return Message({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
 
 
+def test_a_lone_surrogate_in_arguments_is_forwarded_escaped() -> None:
+    m = parse_message(
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":"\\ud800"}}}',
+        max_depth=8,
+    )
+    assert jsonrpc.dumps(m.body).endswith(b'{"a":"\\ud800"}}}')
+
+
 class TestRoutingHeaders:
     MODERN = {"mcp-protocol-version": "2026-07-28"}
 
@@ -185,7 +193,11 @@ class TestSse:
 
     @given(
         st.lists(
-            st.text(alphabet=st.characters(blacklist_characters="\r\n"), max_size=20), max_size=5
+            st.text(
+                alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)),
+                max_size=20,
+            ),
+            max_size=5,
         ),
         st.integers(1, 50),
     )
