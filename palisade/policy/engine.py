@@ -499,6 +499,10 @@ class Engine:
         if decision is Decision.ALLOW and (route.mutating or route.rates or route.caps):
             budget_verdict = self._budgets(call, route, rule_key, dry_run)
             if budget_verdict is not None:
+                if explain:
+                    trace = self._explain(call, route)
+                    step = RuleTrace(budget_verdict.rule_id, True, budget_verdict.reason)
+                    return _with_trace(budget_verdict, (*trace, step))
                 verdict = budget_verdict
         if explain:
             verdict = _with_trace(verdict, self._explain(call, route))

@@ -174,3 +174,12 @@ def test_budget_tables_are_bounded() -> None:
     for i in range(100):
         engine.decide(call("apply", session=f"s{i}"))
     assert len(state._sessions) <= 10
+
+
+def test_explain_shows_the_budget_that_overrode_the_rule() -> None:
+    engine = engine_with("budgets:\n  mutationsPerSession: 0\n", FakeClock())
+    v = engine.decide(call("apply"), explain=True)
+    assert [(t.rule_id, t.matched) for t in v.explanation] == [
+        ("allow-all", True),
+        ("budget/mutationsPerSession", True),
+    ]
