@@ -136,6 +136,8 @@ async def serve(opts: Options) -> int:
     from nodeagent import server
     from palisade.audit import AuditWriter, Signer, load_signer
 
+    # Bad input fails here, before anything is started.
+    initial = load_bundle_file(opts.bundle) if opts.bundle is not None else None
     backend, cgroups, pods, scenario = make_backend(opts)
     api = await _kube_client(opts)
     watcher = None
@@ -181,8 +183,8 @@ async def serve(opts: Options) -> int:
     dist = _distribution_client(opts, agent_box)
     if dist is not None:
         enforcer.set_audit(_ShippingAudit(writer, dist))
-    if opts.bundle is not None:
-        agent.set_quotas(load_bundle_file(opts.bundle))
+    if initial is not None:
+        agent.set_quotas(initial)
     runner, port = await server.start(agent, opts.listen_host, opts.listen_port)
     log.info("node agent serving", extra={"port": port, "mode": backend.mode.value})
     stop = asyncio.Event()

@@ -244,3 +244,35 @@ def test_a_bad_scenario_file_fails_at_startup_with_a_clear_message(tmp_path: Pat
     )
     assert out.returncode == 1
     assert "processes[0]: needs pid and gpu" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_bad_bundle_file_fails_at_startup_naming_file_line_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bundle.yaml"
+    bad.write_text(
+        "apiVersion: palisade.dev/v1alpha1\nkind: PolicyBundle\nmetadata: {name: x}\n"
+        "spec:\n  tenants:\n    - name: a\n      gpuQuota: {gpus: -1}\n"
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "palisade.cli.main",
+            "nodeagent",
+            "run",
+            "--backend",
+            "none",
+            "--bundle",
+            str(bad),
+            "--kube",
+            "off",
+            "--state-dir",
+            str(tmp_path / "s"),
+            "--listen",
+            f"127.0.0.1:{_free_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"{bad}:7:" in out.stderr and "gpuQuota.gpus" in out.stderr
