@@ -611,7 +611,9 @@ def build_bundle(doc: Any, positions: Positions) -> Bundle:
         )
     if "kind" in root and root["kind"] != KIND:
         c.err(("kind",), f"kind must be {KIND!r}, got {root['kind']!r}")
-    meta = c.obj(root.get("metadata", {}), ("metadata",), ["name"], ["labels", "annotations"]) or {}
+    meta: dict[str, Any] = {}
+    if "metadata" in root:  # (its absence is already reported)
+        meta = c.obj(root["metadata"], ("metadata",), ["name"], ["labels", "annotations"]) or {}
     name = c.string(meta, "name", ("metadata",))
     if "name" in meta and isinstance(meta["name"], str) and not _DNS_LABEL.match(name):
         c.err(

@@ -319,3 +319,8 @@ def test_a_rule_naming_an_unregistered_tool_is_refused_as_a_likely_typo() -> Non
         "spec.rules[0].match.tools[1]: glob 'helm_*' matches no registered tool of the servers"
         " matched",
     ]
+
+
+def test_missing_metadata_is_reported_once() -> None:
+    text = BASE.replace("metadata:\n  name: t\n", "")
+    assert only_issue(text) == "bad.yaml:1:1: missing required field 'metadata'"
