@@ -160,3 +160,77 @@ async def test_legacy_sse_refuses_a_message_for_an_unknown_session(sidecar: Side
         http.post(sidecar.base + "/messages/?session_id=nope", json=body, headers=auth()) as r,
     ):
         assert r.status == 404
+
+
+async def test_the_2024_11_05_revision_over_legacy_sse_raw(
+    python_sse: UpstreamProc, tmp_path: Path
+) -> None:
+    """Initialize with 2024-11-05 by hand; answers, denials included, arrive on the SSE stream."""
+    import json
+
+    import aiohttp
+
+    async with (
+        run_sidecar(python_sse.url, tmp_path) as sc,
+        aiohttp.ClientSession() as http,
+        http.get(sc.base + "/sse", headers={**auth(), "Accept": "text/event-stream"}) as stream,
+    ):
+        assert stream.status == 200
+        buf = b""
+
+        async def next_event() -> tuple[str, str]:
+            nonlocal buf
+            while b"\n\n" not in buf.replace(b"\r\n", b"\n"):
+                buf += await stream.content.readany()
+            norm = buf.replace(b"\r\n", b"\n")
+            block, rest = norm.split(b"\n\n", 1)
+            buf = rest
+            fields = dict(
+                line.split(": ", 1) for line in block.decode().split("\n") if ": " in line
+            )
+            return fields.get("event", "message"), fields.get("data", "")
+
+        kind, endpoint = await next_event()
+        assert kind == "endpoint" and endpoint.startswith("/messages/")
+
+        async def send(doc: dict[str, Any]) -> dict[str, Any] | None:
+            async with http.post(sc.base + endpoint, json=doc, headers=auth()) as r:
+                assert r.status == 202, await r.text()
+            if "id" not in doc:
+                return None
+            while True:
+                _, data = await next_event()
+                msg = json.loads(data)
+                if msg.get("id") == doc["id"]:
+                    return msg
+
+        init = await send(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2024-11-05",
+                    "capabilities": {},
+                    "clientInfo": {"name": "raw", "version": "1"},
+                },
+            }
+        )
+        assert init is not None and init["result"]["protocolVersion"] == "2024-11-05"
+        await send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        listed = await send({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+        assert listed is not None
+        names = {t["name"] for t in listed["result"]["tools"]}
+        assert "resources_delete" not in names and "pods_list" in names
+        denied = await send(
+            {
+                "jsonrpc": "2.0",
+                "id": 3,
+                "method": "tools/call",
+                "params": {
+                    "name": "resources_delete",
+                    "arguments": {"kind": "Pod", "name": "x"},
+                },
+            }
+        )
+        assert denied is not None and denied["error"]["code"] == jsonrpc.POLICY_DENIED
