@@ -225,6 +225,8 @@ def _outcome_class(record: ActionRecord) -> str:
         return "dry_run"
     if record.outcome.startswith("skipped"):
         return "skipped"
+    if "not done" in record.outcome:
+        return "failed"
     for word in ("failed", "refused"):
         if word in record.outcome:
             return word

@@ -10,6 +10,10 @@ only does it, through injected adapters, and writes one audit record per action
   still alive after ``kill_grace_s``. Before each signal the PID's cgroup is read
   again and must still name the same pod (a recycled PID is never signalled).
 * dry-run, a system namespace: nothing is done; the record says what would have been.
+
+Before an eviction or a kill a ``decided`` record is written; if the audit log
+cannot take it, the action is not carried out (fail closed). The outcome follows
+as a ``done`` record, a late SIGKILL as a ``followup``.
 """
 
 from __future__ import annotations
@@ -104,7 +108,7 @@ class Enforcer:
         self._audit = audit
 
     async def execute(self, action: Action) -> ActionRecord:
-        v, t = action.violation, action.target
+        v = action.violation
         message = (
             f"palisade: tenant {v.tenant} over GPU quota {v.kind} "
             f"({_fmt(v.measured)} > {_fmt(v.limit)}); action {action.enforcement.value}"
@@ -113,9 +117,22 @@ class Enforcer:
             outcome = f"skipped: {action.skipped}"
         elif action.dry_run:
             outcome = f"dry-run: would {action.enforcement.value}"
+        elif action.enforcement is not Enforcement.REPORT and not await self._write_audit(
+            action, self._record(action, "decided"), message, phase="decided"
+        ):
+            # Fail closed: nothing destructive happens that the audit log cannot show.
+            outcome = "not done: audit log unavailable"
         else:
             outcome = await self._do(action, message)
-        record = ActionRecord(
+        record = self._record(action, outcome)
+        self.records.append(record)
+        del self.records[:-200]
+        await self._write_audit(action, record, message)
+        return record
+
+    def _record(self, action: Action, outcome: str) -> ActionRecord:
+        v, t = action.violation, action.target
+        return ActionRecord(
             time=self._clock(),
             tenant=v.tenant,
             quota=v.kind,
@@ -128,10 +145,6 @@ class Enforcer:
             limit=v.limit,
             pids=t.pids,
         )
-        self.records.append(record)
-        del self.records[:-200]
-        await self._write_audit(action, record, message)
-        return record
 
     async def _do(self, action: Action, message: str) -> str:
         t = action.target
@@ -201,9 +214,12 @@ class Enforcer:
                 pids=tuple(killed),
             )
             self.records.append(record)
-            await self._write_audit(action, record, "grace period over")
+            await self._write_audit(action, record, "grace period over", phase="followup")
 
-    async def _write_audit(self, action: Action, record: ActionRecord, message: str) -> None:
+    async def _write_audit(
+        self, action: Action, record: ActionRecord, message: str, phase: str = "done"
+    ) -> bool:
+        """One record; ``phase`` is ``decided`` (before evict/kill), ``done`` or ``followup``."""
         from palisade.audit import Entry
 
         v = action.violation
@@ -215,6 +231,7 @@ class Enforcer:
             reason=message,
             bundle_revision=self._revision(),
             details={
+                "phase": phase,
                 "outcome": record.outcome,
                 "dryRun": record.dry_run,
                 "pod": f"{record.namespace}/{record.pod}",
@@ -230,6 +247,8 @@ class Enforcer:
             await self._audit.append(entry)
         except Exception as exc:
             log.error("audit record not written", extra={"error": str(exc)})
+            return False
+        return True
 
     async def close(self) -> None:
         for task in list(self._followups):

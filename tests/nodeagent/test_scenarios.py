@@ -225,10 +225,15 @@ async def test_over_mig_profile_count_kills_only_the_offending_pods_real_process
     assert await _wait_exit(stubborn) == -signal.SIGKILL, "SIGKILL after the grace period"
     assert bystander.poll() is None, "the other pod's process is never signalled"
     audit = node.audit()
-    assert [a["decision"] for a in audit] == ["kill", "kill"]
-    assert "SIGTERM" in audit[0]["details"]["outcome"]
-    assert audit[1]["details"]["outcome"].startswith(f"SIGKILL sent to [{stubborn.pid}]")
-    assert audit[0]["rule_id"] == "gpuQuota/migInstances/1g.10gb"
+    assert [(a["decision"], a["details"]["phase"]) for a in audit] == [
+        ("kill", "decided"),
+        ("kill", "done"),
+        ("kill", "followup"),
+    ]
+    assert "SIGTERM" in audit[1]["details"]["outcome"]
+    assert audit[2]["details"]["outcome"].startswith(f"SIGKILL sent to [{stubborn.pid}]")
+    assert all(a["rule_id"] == "gpuQuota/migInstances/1g.10gb" for a in audit)
+    assert audit[0]["details"]["evidence"]["pods"][0]["pod"] == "research/notebook"
     assert node.audit_verifies()
     assert "SIGKILL" in node.status_text()
 
@@ -435,3 +440,36 @@ async def test_system_namespaces_are_never_acted_on_even_over_quota(make_node: A
     assert record.outcome == "skipped: system namespace"
     (audit,) = node.audit()
     assert audit["details"]["outcome"] == "skipped: system namespace"
+
+
+class BrokenAudit:
+    async def append(self, entry: Any, secret_names: Any = ()) -> dict[str, Any]:
+        raise OSError("disk full")
+
+
+async def test_nothing_is_killed_when_the_audit_log_cannot_record_it(
+    make_node: Any, children: list[subprocess.Popen[bytes]]
+) -> None:
+    victim = _child()
+    children.append(victim)
+    node = await make_node(
+        {
+            "gpus": [MIG_GPU],
+            "namespaces": {"research": {"palisade.dev/tenant": "research"}},
+            "pods": [pod("trainer", "research", 1)],
+            "processes": [{"pid": victim.pid, "gpu": 0, "gi": 1, "pod": "trainer"}],
+        },
+        bundle(
+            "research",
+            "research",
+            enforcement="kill",
+            gracePeriodSeconds=1,
+            allocatedDevicesOnly=True,
+        ),
+    )
+    node.agent.enforcer.set_audit(BrokenAudit())
+    (record,) = await node.run_until(1)
+    assert record.outcome == "not done: audit log unavailable"
+    await asyncio.sleep(0.2)
+    assert victim.poll() is None
+    assert ("research", "allocatedDevicesOnly", "kill", "failed") in node.agent.action_counts
