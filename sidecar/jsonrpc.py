@@ -45,6 +45,9 @@ UNAUTHORIZED = -32015
 
 RequestId = str | int | None
 
+#: Methods the proxy decides; they must come as requests (with an id).
+DECIDED_METHODS = frozenset({"tools/call"})
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
@@ -162,8 +165,14 @@ def parse_message(raw: bytes, *, max_depth: int) -> Message:
             "Invalid Request: neither a request, a notification nor a response",
             request_id=msg.id,
         )
-    if "id" in doc and doc["id"] is not None and msg.id is None:
+    if "id" in doc and msg.id is None and not (doc["id"] is None and msg.is_response):
+        # MCP: request ids are strings or integers, never null
         raise BadMessage(INVALID_REQUEST, 'Invalid Request: "id" must be a string or an integer')
+    if msg.method in DECIDED_METHODS and "id" not in doc:
+        # a notification would reach the server without a decision
+        raise BadMessage(
+            INVALID_REQUEST, f"Invalid Request: {msg.method} must be a request with an id"
+        )
     if "params" in doc and not isinstance(doc["params"], dict | list):
         raise BadMessage(
             INVALID_REQUEST, 'Invalid Request: "params" must be an object', request_id=msg.id

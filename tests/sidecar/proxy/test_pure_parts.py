@@ -36,6 +36,11 @@ class TestMessages:
             (b'{"jsonrpc":"2.0","id":true,"method":"ping"}', jsonrpc.INVALID_REQUEST),
             (b'{"jsonrpc":"2.0","id":1,"method":5}', jsonrpc.INVALID_REQUEST),
             (b'{"jsonrpc":"2.0","id":1,"method":"x","params":"s"}', jsonrpc.INVALID_REQUEST),
+            (b'{"jsonrpc":"2.0","id":null,"method":"tools/call"}', jsonrpc.INVALID_REQUEST),
+            (
+                b'{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x"}}',
+                jsonrpc.INVALID_REQUEST,
+            ),
         ],
     )
     def test_bad_messages_name_the_json_rpc_error(self, raw: bytes, code: int) -> None:
