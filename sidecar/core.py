@@ -363,6 +363,19 @@ class ProxyCore:
                 verdict.bundle_revision,
             )
         self.metrics.decisions.labels(str(verdict.decision), verdict.rule_id).inc()
+        log.log(
+            logging.DEBUG if verdict.allowed else logging.INFO,
+            "tools/call decided",
+            extra={
+                "agent": principal.agent,
+                "tool": call.tool,
+                "decision": str(verdict.decision),
+                "rule": verdict.rule_id,
+                "revision": verdict.bundle_revision,
+                "session": session_id,
+                "dev_identity": principal.dev_mode,
+            },
+        )
         pending = Pending(
             "tools/call",
             tool=call.tool,
