@@ -222,6 +222,7 @@ class NvmlBackend:
             xid_events=tuple(xids),
             processes=processes,
             mig=mig,
+            mig_total_slices=mig_slices_of(str(name or "")),
             unsupported=tuple(dict.fromkeys(f.unsupported)),
             errors=dict(f.errors),
         )
@@ -327,6 +328,11 @@ def mig_profile(device_name: str, slices: int, memory_mb: int) -> str:
     if slices:
         return f"{slices}g.{round(memory_mb / 1024)}gb"
     return "unknown"
+
+
+def mig_slices_of(device_name: str) -> int:
+    """Compute slices a MIG-capable GPU is cut into: 4 on the A30, 7 on the others."""
+    return 4 if " A30" in f" {device_name}" else 7
 
 
 def open_backend(clock: Clock | None = None) -> NvmlBackend:

@@ -248,6 +248,14 @@ def test_xid_events_are_drained_to_their_gpu() -> None:
     assert nv.shutdown
 
 
+def test_the_a30_is_cut_into_four_slices_and_the_others_into_seven() -> None:
+    from nodeagent.nvml import mig_slices_of
+
+    assert mig_slices_of("NVIDIA A30") == 4
+    assert mig_slices_of("NVIDIA H100 80GB HBM3") == 7
+    assert mig_slices_of("NVIDIA A100-SXM4-40GB") == 7
+
+
 def test_mig_profile_names_come_from_the_device_name_or_the_attributes() -> None:
     assert mig_profile("NVIDIA H100 80GB HBM3 MIG 1g.10gb", 1, 9856) == "1g.10gb"
     assert mig_profile("", 2, 20096) == "2g.20gb"
