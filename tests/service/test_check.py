@@ -211,3 +211,18 @@ async def test_an_audit_failure_turns_the_answer_into_a_deny(served: Served) -> 
     )
     failures = served.metrics.registry.get_sample_value("palisade_audit_write_failures_total")
     assert failures == 1
+
+
+async def test_a_decision_over_the_time_budget_is_denied_and_audited(served: Served) -> None:
+    from palisade.policy.guard import Guard
+    from palisade.service.policy_source import load_policy
+
+    from .conftest import BUNDLE
+
+    slow = load_policy(BUNDLE, guard=Guard(time_budget_s=0.0))  # every decision is "too slow"
+    served.engines.swap(slow.engine)
+    resp = await served.stub.Check(req())
+    assert (resp.decision, resp.rule_id) == (policy_pb2.DECISION_DENY, "failure")
+    assert "over the" in resp.reason and "budget" in resp.reason
+    [rec] = audit_lines(served)
+    assert (rec["decision"], rec["rule_id"]) == ("deny", "failure")
