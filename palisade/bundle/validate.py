@@ -3,8 +3,8 @@
 The checks, each with its own message: missing or wrong ``apiVersion`` and
 ``kind``; unknown fields (with a suggestion); wrong types; bad enum values;
 missing required fields; duplicate servers, tools, tenants, agents, rules,
-budgets and tests; references to unknown servers, agents and tenants; bad
-globs; empty match lists; CEL that does not compile or uses unknown variables;
+budgets and tests; references to unknown servers, tools, agents and tenants;
+bad globs; empty match lists; CEL that does not compile or uses unknown variables;
 bad budget and quota numbers; tests expecting an unknown rule.
 """
 
@@ -13,14 +13,14 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
-from enum import StrEnum
+from collections.abc import Callable, Mapping
 from fnmatch import fnmatchcase
 from typing import Any, TypeVar
 
 import cel
 
-from palisade.bundle.errors import BundleValidationError, Issue
+from palisade.bundle.checker import Checker, typename
+from palisade.bundle.errors import BundleValidationError
 from palisade.bundle.globs import glob_problem, is_glob
 from palisade.bundle.schema import (
     API_VERSION,
@@ -44,10 +44,9 @@ from palisade.bundle.schema import (
     TestExpect,
     Tool,
 )
-from palisade.bundle.yamlpos import Path, Positions, path_str
+from palisade.bundle.yamlpos import Path, Positions
 from palisade.policy.types import Decision, Risk
 
-E = TypeVar("E", bound=StrEnum)
 T = TypeVar("T")
 
 #: Variables a ``when`` expression may use (comprehension variables aside).
@@ -55,197 +54,12 @@ CEL_VARIABLES = frozenset({"args", "agent", "call"})
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
 _COMPREHENSION = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)")
-_MISSING = object()
-
-
-def _typename(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
-
-
-class _Checker:
-    """Collects issues while reading one document."""
-
-    def __init__(self, positions: Positions) -> None:
-        self.positions = positions
-        self.issues: list[Issue] = []
-
-    def err(self, path: Path, message: str) -> None:
-        self.issues.append(Issue(self.positions.at(path), path_str(path), message))
-
-    # -- shapes -------------------------------------------------------------
-
-    def obj(
-        self, value: Any, path: Path, required: Iterable[str], optional: Iterable[str]
-    ) -> dict[str, Any] | None:
-        req = tuple(required)
-        allowed = (*req, *optional)
-        if not isinstance(value, dict):
-            self.err(path, f"must be a mapping, got {_typename(value)}")
-            return None
-        for key in value:
-            if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                self.err(
-                    (*path, key),
-                    f"unknown field {key!r}{hint} (allowed here: {', '.join(allowed)})",
-                )
-        for key in req:
-            if key not in value:
-                self.err(path, f"missing required field {key!r}")
-        return value
-
-    def string(self, d: Mapping[str, Any], key: str, path: Path, default: str = "") -> str:
-        value = d.get(key, _MISSING)
-        if value is _MISSING:
-            return default
-        if not isinstance(value, str):
-            hint = ""
-            if isinstance(value, bool):
-                hint = " (YAML reads yes/no/on/off/true/false as booleans: quote it)"
-            self.err((*path, key), f"must be a string, got {_typename(value)}{hint}")
-            return default
-        return value
-
-    def name(self, d: Mapping[str, Any], key: str, path: Path) -> str:
-        value = self.string(d, key, path)
-        if key in d and isinstance(d[key], str) and not value.strip():
-            self.err((*path, key), "must not be empty")
-        return value
-
-    def number(
-        self,
-        d: Mapping[str, Any],
-        key: str,
-        path: Path,
-        default: float | None,
-        *,
-        minimum: float | None = 0.0,
-        exclusive: bool = False,
-    ) -> float | None:
-        value = d.get(key, _MISSING)
-        if value is _MISSING or (value is None and default is None):
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.err((*path, key), f"must be a number, got {_typename(value)}")
-            return default
-        if value != value or value in (float("inf"), float("-inf")):
-            self.err((*path, key), "must be a finite number")
-            return default
-        if minimum is not None and (value <= minimum if exclusive else value < minimum):
-            word = "greater than" if exclusive else "at least"
-            self.err((*path, key), f"must be {word} {minimum:g}, got {value:g}")
-            return default
-        return float(value)
-
-    def integer(
-        self, d: Mapping[str, Any], key: str, path: Path, default: int | None, minimum: int = 0
-    ) -> int | None:
-        value = d.get(key, _MISSING)
-        if value is _MISSING or (value is None and default is None):
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.err((*path, key), f"must be a whole number, got {_typename(value)}")
-            return default
-        if value < minimum:
-            self.err((*path, key), f"must be at least {minimum}, got {value}")
-            return default
-        return value
-
-    def boolean(self, d: Mapping[str, Any], key: str, path: Path, default: bool) -> bool:
-        value = d.get(key, _MISSING)
-        if value is _MISSING:
-            return default
-        if not isinstance(value, bool):
-            self.err((*path, key), f"must be true or false, got {_typename(value)}")
-            return default
-        return value
-
-    def enum(self, d: Mapping[str, Any], key: str, path: Path, kind: type[E], default: E) -> E:
-        value = d.get(key, _MISSING)
-        if value is _MISSING:
-            return default
-        got = self.enum_value(value, (*path, key), kind)
-        return default if got is None else got
-
-    def enum_value(self, value: Any, path: Path, kind: type[E]) -> E | None:
-        choices = [m.value for m in kind]
-        if isinstance(value, str) and value in choices:
-            return kind(value)
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        self.err(path, f"{value!r} is not one of {', '.join(choices)}{hint}")
-        return None
-
-    def items(self, d: Mapping[str, Any], key: str, path: Path) -> list[tuple[Path, Any]]:
-        value = d.get(key, _MISSING)
-        if value is _MISSING or value is None:
-            return []
-        if not isinstance(value, list):
-            self.err((*path, key), f"must be a list, got {_typename(value)}")
-            return []
-        return [((*path, key, i), v) for i, v in enumerate(value)]
-
-    def strings(
-        self, d: Mapping[str, Any], key: str, path: Path, *, globs: bool = False
-    ) -> tuple[str, ...]:
-        out: list[str] = []
-        for p, v in self.items(d, key, path):
-            if not isinstance(v, str):
-                self.err(p, f"must be a string, got {_typename(v)}")
-                continue
-            if globs:
-                problem = glob_problem(v)
-                if problem:
-                    self.err(p, f"bad glob {v!r}: {problem}")
-                    continue
-            out.append(v)
-        return tuple(out)
-
-    def str_map(self, d: Mapping[str, Any], key: str, path: Path) -> dict[str, str]:
-        value = d.get(key, _MISSING)
-        if value is _MISSING or value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.err((*path, key), f"must be a mapping of strings, got {_typename(value)}")
-            return {}
-        out: dict[str, str] = {}
-        for k, v in value.items():
-            if not isinstance(v, str):
-                self.err((*path, key, k), f"must be a string, got {_typename(v)}")
-            else:
-                out[k] = v
-        return out
-
-    def unique(self, entries: Iterable[tuple[Path, str]], what: str) -> None:
-        seen: dict[str, Path] = {}
-        for path, name in entries:
-            if not name:
-                continue
-            if name in seen:
-                first = self.positions.at(seen[name])
-                where = f" (first at line {first.line})" if first.line else ""
-                self.err(path, f"duplicate {what} {name!r}{where}; {what}s must be unique")
-            else:
-                seen[name] = path
 
 
 # -- sections -----------------------------------------------------------------
 
 
-def _tool(c: _Checker, path: Path, raw: Any) -> Tool | None:
+def _tool(c: Checker, path: Path, raw: Any) -> Tool | None:
     d = c.obj(raw, path, ["name"], ["risk", "cost", "untrustedOutput", "secretArguments", "pinned"])
     if d is None:
         return None
@@ -263,7 +77,7 @@ def _tool(c: _Checker, path: Path, raw: Any) -> Tool | None:
     )
 
 
-def _server(c: _Checker, path: Path, raw: Any) -> Server | None:
+def _server(c: Checker, path: Path, raw: Any) -> Server | None:
     d = c.obj(raw, path, ["name", "tools"], ["versions", "images"])
     if d is None:
         return None
@@ -287,7 +101,7 @@ def _server(c: _Checker, path: Path, raw: Any) -> Server | None:
     )
 
 
-def _quota(c: _Checker, path: Path, raw: Any) -> GpuQuota | None:
+def _quota(c: Checker, path: Path, raw: Any) -> GpuQuota | None:
     d = c.obj(
         raw,
         path,
@@ -307,7 +121,7 @@ def _quota(c: _Checker, path: Path, raw: Any) -> GpuQuota | None:
     mig: dict[str, int] = {}
     raw_mig = d.get("migInstances") or {}
     if not isinstance(raw_mig, dict):
-        c.err((*path, "migInstances"), f"must be a mapping, got {_typename(raw_mig)}")
+        c.err((*path, "migInstances"), f"must be a mapping, got {typename(raw_mig)}")
     else:
         for profile in raw_mig:
             n = c.integer(raw_mig, profile, (*path, "migInstances"), None)
@@ -324,7 +138,7 @@ def _quota(c: _Checker, path: Path, raw: Any) -> GpuQuota | None:
     )
 
 
-def _tenant(c: _Checker, path: Path, raw: Any) -> Tenant | None:
+def _tenant(c: Checker, path: Path, raw: Any) -> Tenant | None:
     d = c.obj(raw, path, ["name"], ["namespaces", "gpuQuota"])
     if d is None:
         return None
@@ -336,7 +150,7 @@ def _tenant(c: _Checker, path: Path, raw: Any) -> Tenant | None:
     )
 
 
-def _agent(c: _Checker, path: Path, raw: Any) -> Agent | None:
+def _agent(c: Checker, path: Path, raw: Any) -> Agent | None:
     d = c.obj(raw, path, ["id"], ["tenant", "namespaces", "scopes", "identities"])
     if d is None:
         return None
@@ -362,7 +176,7 @@ def _agent(c: _Checker, path: Path, raw: Any) -> Agent | None:
     )
 
 
-def _match(c: _Checker, path: Path, raw: Any) -> Match:
+def _match(c: Checker, path: Path, raw: Any) -> Match:
     if raw is None:
         return Match()
     d = c.obj(raw, path, [], ["servers", "tools", "risk", "agents", "tenants", "labels"])
@@ -406,7 +220,7 @@ def check_cel(expr: str) -> str:
     return ""
 
 
-def _rule(c: _Checker, path: Path, raw: Any) -> Rule | None:
+def _rule(c: Checker, path: Path, raw: Any) -> Rule | None:
     d = c.obj(raw, path, ["id", "decision"], ["match", "when", "reason", "retryAfterSeconds"])
     if d is None:
         return None
@@ -426,7 +240,7 @@ def _rule(c: _Checker, path: Path, raw: Any) -> Rule | None:
     )
 
 
-def _budgets(c: _Checker, path: Path, raw: Any) -> tuple[Budgets, list[tuple[Path, Match]]]:
+def _budgets(c: Checker, path: Path, raw: Any) -> tuple[Budgets, list[tuple[Path, Match]]]:
     """The budgets, plus (path, match) of each limit for the reference checks."""
     if raw is None:
         return Budgets(), []
@@ -477,7 +291,7 @@ def _budgets(c: _Checker, path: Path, raw: Any) -> tuple[Budgets, list[tuple[Pat
     return budgets, matches
 
 
-def _test(c: _Checker, path: Path, raw: Any) -> BundleTest | None:
+def _test(c: Checker, path: Path, raw: Any) -> BundleTest | None:
     d = c.obj(raw, path, ["name", "call", "expect"], ["repeat", "everySeconds"])
     if d is None:
         return None
@@ -501,7 +315,7 @@ def _test(c: _Checker, path: Path, raw: Any) -> BundleTest | None:
         return None
     args = call_d.get("arguments", {})
     if not isinstance(args, dict):
-        c.err((*cp, "arguments"), f"must be a mapping, got {_typename(args)}")
+        c.err((*cp, "arguments"), f"must be a mapping, got {typename(args)}")
         args = {}
     else:
         try:
@@ -544,17 +358,17 @@ def _test(c: _Checker, path: Path, raw: Any) -> BundleTest | None:
 
 
 def _section(
-    c: _Checker,
+    c: Checker,
     d: Mapping[str, Any],
     key: str,
     path: Path,
-    build: Callable[[_Checker, Path, Any], T | None],
+    build: Callable[[Checker, Path, Any], T | None],
 ) -> tuple[list[tuple[Path, Any]], list[T | None]]:
     items = c.items(d, key, path)
     return items, [build(c, p, raw) for p, raw in items]
 
 
-def _refs(c: _Checker, path: Path, patterns: tuple[str, ...], known: set[str], what: str) -> None:
+def _refs(c: Checker, path: Path, patterns: tuple[str, ...], known: set[str], what: str) -> None:
     """Exact names must exist; a glob must match at least one known name."""
     for i, pat in enumerate(patterns):
         if is_glob(pat):
@@ -566,7 +380,7 @@ def _refs(c: _Checker, path: Path, patterns: tuple[str, ...], known: set[str], w
             c.err((*path, i), f"unknown {what} {pat!r}{hint} (declare it under spec.{what}s)")
 
 
-def _tool_refs(c: _Checker, path: Path, m: Match, servers: list[Server | None]) -> None:
+def _tool_refs(c: Checker, path: Path, m: Match, servers: list[Server | None]) -> None:
     """Tools named in a match must be registered by a server the match can select.
 
     Unregistered tools are denied before any rule runs, so such a rule is dead:
@@ -601,7 +415,7 @@ _BUILTIN_RULE_IDS = ("default", "registry", "failure")
 
 def build_bundle(doc: Any, positions: Positions) -> Bundle:
     """Check ``doc`` and build the bundle; raise :class:`BundleValidationError` with every issue."""
-    c = _Checker(positions)
+    c = Checker(positions)
     root = c.obj(doc, (), ["apiVersion", "kind", "metadata", "spec"], [])
     if root is None:
         raise BundleValidationError(c.issues)

@@ -15,7 +15,7 @@ Order of evaluation (docs/bundle-format.md, "Order of evaluation"):
 
 How it stays fast: everything that depends only on (server, tool, agent,
 risk) is worked out once, the first time that combination is seen, into a
-:class:`_Route`: the rules that can match it (in file order, already
+:class:`Route`: the rules that can match it (in file order, already
 filtered by server, tool, risk, agent and tenant), the budgets that apply,
 and the agent's CEL view. A decision is then a few dict lookups plus the
 per-call checks that truly depend on the call (labels, ``when``, budgets).
@@ -29,204 +29,27 @@ The engine is pure apart from the injected clock and the budget state.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import cel
-
 from palisade.bundle.canonical import bundle_digest
-from palisade.bundle.globs import compile_glob, compile_globs, is_glob
-from palisade.bundle.schema import Agent, Bundle, FailureMode, Match, RatePer, Server, Tool
+from palisade.bundle.globs import is_glob
+from palisade.bundle.schema import Agent, Bundle, FailureMode, RatePer, Tool
 from palisade.policy.budgets import BudgetState
+from palisade.policy.compiled import (
+    CompiledRule,
+    Limit,
+    Route,
+    ServerEntry,
+    labels_ok,
+)
 from palisade.policy.digests import approval_id, tool_definition_digest
 from palisade.policy.types import Call, Clock, Decision, Risk, RuleTrace, Verdict
-
-Pred = Callable[[str], bool] | None
 
 REGISTRY = "registry"
 DEFAULT = "default"
 FAILURE = "failure"
 MUTATION_CAP = "budget/mutationsPerSession"
-
-
-class _Matcher:
-    """A compiled ``match`` block."""
-
-    __slots__ = ("agents", "labels", "risks", "servers", "tenants", "tools")
-
-    def __init__(self, m: Match) -> None:
-        self.servers: Pred = compile_globs(m.servers)
-        self.tools: Pred = compile_globs(m.tools)
-        self.risks: frozenset[Risk] | None = frozenset(m.risk) if m.risk else None
-        self.agents: Pred = compile_globs(m.agents)
-        self.tenants: Pred = compile_globs(m.tenants)
-        self.labels: tuple[tuple[str, Callable[[str], bool]], ...] | None = (
-            tuple((k, compile_glob(v)) for k, v in m.labels.items()) if m.labels else None
-        )
-
-    def static(self, server: str, tool: str, agent: Agent, risk: Risk | None) -> bool:
-        """Everything but labels, for one route."""
-        return (
-            (self.servers is None or self.servers(server))
-            and (self.tools is None or self.tools(tool))
-            and (self.risks is None or (risk is not None and risk in self.risks))
-            and (self.agents is None or self.agents(agent.id))
-            and (self.tenants is None or self.tenants(agent.tenant))
-        )
-
-
-def _labels_ok(
-    wanted: tuple[tuple[str, Callable[[str], bool]], ...], labels: Mapping[str, str]
-) -> bool:
-    for key, pred in wanted:
-        value = labels.get(key)
-        if value is None or not pred(value):
-            return False
-    return True
-
-
-class _Rule:
-    __slots__ = (
-        "decision",
-        "id",
-        "index",
-        "matcher",
-        "needs_agent",
-        "needs_call",
-        "program",
-        "reason",
-        "retry_after",
-        "when",
-    )
-
-    def __init__(self, index: int, rule: Any) -> None:
-        self.index: int = index
-        self.id: str = rule.id
-        self.decision: Decision = rule.decision
-        self.reason: str = rule.reason or f"rule {rule.id!r} decided {rule.decision.value}"
-        self.retry_after: float = rule.retry_after_seconds
-        self.matcher = _Matcher(rule.match)
-        self.when: str = rule.when
-        self.program: Any = cel.compile(rule.when) if rule.when else None
-        # Converting each variable into CEL costs microseconds: pass only those used.
-        used = set(self.program.variables()) if self.program is not None else set()
-        self.needs_agent = "agent" in used
-        self.needs_call = "call" in used
-
-
-class _Limit:
-    """A compiled rate limit or spend cap."""
-
-    __slots__ = ("burst", "id", "labels", "limit", "matcher", "per", "rate", "window")
-
-    def __init__(
-        self,
-        id: str,
-        match: Match,
-        *,
-        per: RatePer = RatePer.AGENT,
-        rate: float = 0.0,
-        burst: float = 0.0,
-        limit: float = 0.0,
-        window: float = 0.0,
-    ) -> None:
-        self.id = id
-        self.matcher = _Matcher(match)
-        self.labels = self.matcher.labels
-        self.per = per
-        self.rate = rate
-        self.burst = burst
-        self.limit = limit
-        self.window = window
-
-
-class _Route:
-    """Everything about (server, tool, agent, risk) that does not change per call."""
-
-    __slots__ = (
-        "agent",
-        "agent_view",
-        "caps",
-        "cost",
-        "fixed",
-        "mutating",
-        "rates",
-        "risk",
-        "rules",
-        "server",
-        "tool",
-        "verdicts",
-    )
-
-    def __init__(
-        self,
-        server: str,
-        tool: Tool,
-        agent: Agent,
-        risk: Risk | None,
-        rules: tuple[_Rule, ...],
-        rates: tuple[_Limit, ...],
-        caps: tuple[_Limit, ...],
-        mutating: bool,
-    ) -> None:
-        self.server = server
-        self.tool = tool.name
-        self.agent = agent
-        self.risk = risk
-        self.rules = rules
-        self.rates = rates
-        self.caps = caps
-        self.cost = tool.cost
-        self.mutating = mutating
-        self.agent_view: dict[str, Any] = {
-            "id": agent.id,
-            "tenant": agent.tenant,
-            "namespaces": list(agent.namespaces),
-            "scopes": list(agent.scopes),
-        }
-        self.verdicts: dict[int, Verdict] = {}
-        #: The verdict every call on this route gets, when nothing depends on the call.
-        self.fixed: Verdict | None = None
-
-
-class _Tool:
-    """A registered tool and the routes through it, keyed by agent id.
-
-    When the registry gives the tool a risk (the usual case) the key is the agent
-    id alone, a string whose hash Python caches; otherwise the risk the server
-    declared joins the key.
-    """
-
-    __slots__ = ("routes", "tool")
-
-    def __init__(self, tool: Tool) -> None:
-        self.tool = tool
-        self.routes: dict[Any, _Route] = {}
-
-
-class _Server:
-    __slots__ = ("any_version", "images", "name", "tools", "version_cache", "versions")
-
-    def __init__(self, s: Server) -> None:
-        self.name = s.name
-        self.tools: dict[str, _Tool] = {t.name: _Tool(t) for t in s.tools}
-        self.images = frozenset(s.images)
-        self.versions: Pred = compile_globs(s.versions) if s.versions else None
-        self.any_version = (not s.versions and not s.images) or "*" in s.versions
-        self.version_cache: dict[str, bool] = {}
-
-    def version_ok(self, version: str) -> bool:
-        ok = self.version_cache.get(version)
-        if ok is None:
-            ok = (
-                self.any_version
-                or version in self.images
-                or (self.versions is not None and self.versions(version))
-            )
-            if len(self.version_cache) > 1024:
-                self.version_cache.clear()
-            self.version_cache[version] = ok
-        return ok
 
 
 class Engine:
@@ -247,12 +70,12 @@ class Engine:
         self.failure_mode = bundle.failure_mode
         self.clock = clock
         self.state = state if state is not None else BudgetState()
-        self._servers = {s.name: _Server(s) for s in bundle.servers}
+        self._servers = {s.name: ServerEntry(s) for s in bundle.servers}
         self._agents = {a.id: a for a in bundle.agents}
-        self._rules = tuple(_Rule(i, r) for i, r in enumerate(bundle.rules))
+        self._rules = tuple(CompiledRule(i, r) for i, r in enumerate(bundle.rules))
         # Index for building routes: rules by exact tool name, plus the rest.
-        self._by_tool: dict[str, list[_Rule]] = {}
-        self._any_tool: list[_Rule] = []
+        self._by_tool: dict[str, list[CompiledRule]] = {}
+        self._any_tool: list[CompiledRule] = []
         for r in self._rules:
             tools = bundle.rules[r.index].match.tools
             if tools and not any(is_glob(t) for t in tools):
@@ -262,10 +85,10 @@ class Engine:
                 self._any_tool.append(r)
         b = bundle.budgets
         self._rates = tuple(
-            _Limit(x.id, x.match, per=x.per, rate=x.rate, burst=x.burst) for x in b.rate_limits
+            Limit(x.id, x.match, per=x.per, rate=x.rate, burst=x.burst) for x in b.rate_limits
         )
         self._caps = tuple(
-            _Limit(x.id, x.match, limit=x.limit, window=x.window_seconds) for x in b.spend_caps
+            Limit(x.id, x.match, limit=x.limit, window=x.window_seconds) for x in b.spend_caps
         )
         self._mutation_cap = b.mutations_per_session
         self._default_reason = (
@@ -330,7 +153,7 @@ class Engine:
         decision: Decision,
         rule_id: str,
         reason: str,
-        route: _Route | None = None,
+        route: Route | None = None,
         *,
         approval: str = "",
         retry_after: float = 0.0,
@@ -357,12 +180,12 @@ class Engine:
 
     # -- routes -----------------------------------------------------------------
 
-    def _route(self, server: _Server, tool: Tool, agent: Agent, risk: Risk | None) -> _Route:
+    def _route(self, server: ServerEntry, tool: Tool, agent: Agent, risk: Risk | None) -> Route:
         name = server.name
         candidates = sorted(
             (*self._by_tool.get(tool.name, ()), *self._any_tool), key=lambda r: r.index
         )
-        route = _Route(
+        route = Route(
             name,
             tool,
             agent,
@@ -439,10 +262,10 @@ class Engine:
         if fixed is not None and not explain:
             return fixed
 
-        decided: _Rule | None = None
+        decided: CompiledRule | None = None
         for rule in route.rules:
             labels = rule.matcher.labels
-            if labels is not None and not _labels_ok(labels, call.labels):
+            if labels is not None and not labels_ok(labels, call.labels):
                 continue
             if rule.program is not None:
                 try:
@@ -508,7 +331,9 @@ class Engine:
             verdict = _with_trace(verdict, self._explain(call, route))
         return verdict
 
-    def _cel_context(self, call: Call, route: _Route, rule: _Rule | None = None) -> dict[str, Any]:
+    def _cel_context(
+        self, call: Call, route: Route, rule: CompiledRule | None = None
+    ) -> dict[str, Any]:
         """The CEL variables ``rule`` uses (all of them when ``rule`` is None)."""
         args = call.arguments
         ctx: dict[str, Any] = {"args": args if isinstance(args, dict) else dict(args)}
@@ -526,7 +351,7 @@ class Engine:
         return ctx
 
     def _failed(
-        self, rule: _Rule, problem: str, route: _Route, call: Call, explain: bool
+        self, rule: CompiledRule, problem: str, route: Route, call: Call, explain: bool
     ) -> Verdict:
         if self.failure_mode is FailureMode.OPEN:
             decision = Decision.ALLOW
@@ -544,7 +369,7 @@ class Engine:
             verdict = _with_trace(verdict, self._explain(call, route))
         return verdict
 
-    def _budgets(self, call: Call, route: _Route, rule_key: str, dry_run: bool) -> Verdict | None:
+    def _budgets(self, call: Call, route: Route, rule_key: str, dry_run: bool) -> Verdict | None:
         state = self.state
         now = self.clock()
         with state.lock:
@@ -564,9 +389,9 @@ class Engine:
                     )
             rate_keys: list[tuple[Any, ...]] = []
             worst = 0.0
-            worst_limit: _Limit | None = None
+            worst_limit: Limit | None = None
             for lim in route.rates:
-                if lim.labels is not None and not _labels_ok(lim.labels, call.labels):
+                if lim.labels is not None and not labels_ok(lim.labels, call.labels):
                     continue
                 if lim.per is RatePer.AGENT:
                     key: tuple[Any, ...] = (lim.id, lim.rate, lim.burst, "agent", call.agent)
@@ -590,7 +415,7 @@ class Engine:
             spend_keys: list[tuple[Any, ...]] = []
             cost = route.cost
             for lim in route.caps:
-                if lim.labels is not None and not _labels_ok(lim.labels, call.labels):
+                if lim.labels is not None and not labels_ok(lim.labels, call.labels):
                     continue
                 skey = (lim.id, lim.limit, lim.window, call.agent)
                 spent = state.spent(skey, lim.window, now)
@@ -617,7 +442,7 @@ class Engine:
 
     # -- explain ---------------------------------------------------------------------
 
-    def _explain(self, call: Call, route: _Route) -> tuple[RuleTrace, ...]:
+    def _explain(self, call: Call, route: Route) -> tuple[RuleTrace, ...]:
         """Why each rule, in file order up to the one that decided, did or did not match."""
         traces: list[RuleTrace] = []
         agent = route.agent
@@ -636,7 +461,7 @@ class Engine:
                 detail = f"agent {agent.id!r} does not match {list(src.agents)}"
             elif m.tenants is not None and not m.tenants(agent.tenant):
                 detail = f"tenant {agent.tenant!r} does not match {list(src.tenants)}"
-            elif m.labels is not None and not _labels_ok(m.labels, call.labels):
+            elif m.labels is not None and not labels_ok(m.labels, call.labels):
                 detail = f"labels {dict(call.labels)} do not match {dict(src.labels)}"
             elif rule.program is not None:
                 try:
