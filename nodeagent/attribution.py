@@ -120,9 +120,8 @@ def _owner(
         return replace(base, unattributed_reason="process is not in a pod cgroup")
     pod = pods.get(ident.pod_uid)
     if pod is None:
-        return replace(
-            base, pod_uid=ident.pod_uid, unattributed_reason="pod is not known on this node"
-        )
+        reason = "pod is not known on this node" if pods.synced else "pod list not yet synced"
+        return replace(base, pod_uid=ident.pod_uid, unattributed_reason=reason)
     allocated: bool | None = None
     if allocations is not None:
         allocated = bool(_device_ids(gpu, base.gi_id) & allocations.get(pod.uid, set()))

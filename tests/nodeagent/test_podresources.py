@@ -95,3 +95,15 @@ def test_the_generated_stubs_match_the_vendored_proto() -> None:
         env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_before_the_first_pod_list_a_pod_process_is_unattributed_and_says_why() -> None:
+    pods = PodIndex()
+    gpu = GpuSample(index=0, uuid=G0, processes=(ProcessSample(pid=5, gpu_uuid=G0),))
+    snap = NodeSnapshot(time=0.0, mode=BackendMode.SIMULATED, gpus=(gpu,))
+    cg = f"0::/kubepods/burstable/pod{UID}/{CID}\n"
+    (p,) = attribute(snap, {5: cg}, pods, None)
+    assert p.unattributed_reason == "pod list not yet synced" and p.pod_uid == UID
+    pods.synced = True
+    (p,) = attribute(snap, {5: cg}, pods, None)
+    assert p.unattributed_reason == "pod is not known on this node"
