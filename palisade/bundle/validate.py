@@ -488,9 +488,20 @@ def build_bundle(doc: Any, positions: Positions) -> Bundle:
         _tool_refs(c, (*mp, "tools"), r.match, servers)
         _refs(c, (*mp, "agents"), r.match.agents, agent_ids, "agent")
         _refs(c, (*mp, "tenants"), r.match.tenants, tenant_names, "tenant")
+    owners: dict[tuple[str, str, str], str] = {}
     for (p, _), a in zip(a_items, agents, strict=True):
-        if a is not None and a.tenant and a.tenant not in tenant_names:
+        if a is None:
+            continue
+        if a.tenant and a.tenant not in tenant_names:
             c.err((*p, "tenant"), f"unknown tenant {a.tenant!r} (declare it under spec.tenants)")
+        for i, ident in enumerate(a.identities):
+            key = (ident.issuer, ident.subject, ident.service_account)
+            owner = owners.setdefault(key, a.id)
+            if owner != a.id:
+                c.err(
+                    (*p, "identities", i),
+                    f"this identity already maps to agent {owner!r}; one identity, one agent",
+                )
     for mp, m in budget_items:
         _refs(c, (*mp, "servers"), m.servers, server_names, "server")
         _tool_refs(c, (*mp, "tools"), m, servers)

@@ -324,3 +324,17 @@ def test_a_rule_naming_an_unregistered_tool_is_refused_as_a_likely_typo() -> Non
 def test_missing_metadata_is_reported_once() -> None:
     text = BASE.replace("metadata:\n  name: t\n", "")
     assert only_issue(text) == "bad.yaml:1:1: missing required field 'metadata'"
+
+
+def test_one_identity_may_map_to_only_one_agent() -> None:
+    text = BASE.replace(
+        '{id: sre, tenant: payments, namespaces: [payments], scopes: ["k8s:write"]}',
+        "{id: sre, tenant: payments, identities: [{serviceAccount: payments/bot}]}",
+    ).replace(
+        "{id: other, tenant: search, namespaces: [search]}",
+        "{id: other, tenant: search, identities: [{serviceAccount: payments/bot}]}",
+    )
+    assert only_issue(text).endswith(
+        "spec.agents[1].identities[0]: this identity already maps to agent 'sre'; one identity,"
+        " one agent"
+    )
