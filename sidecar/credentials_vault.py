@@ -375,14 +375,15 @@ class VaultCredential:
         #: Successful reads and failed attempts so far.
         self.reads = 0
         self.errors = 0
-        self.state = VaultState.STARTING
+        self._state = VaultState.STARTING
 
     # hot path: memory only ------------------------------------------------------
 
     def current(self) -> str:
         """The header value, or :class:`CredentialUnavailable` with a secret-free reason."""
-        if self._value is not None and self._clock() < self._expires_at:
-            return self._value
+        value = self._value
+        if value is not None and self._clock() < self._expires_at:
+            return value
         if self._value is not None:
             self._reason = "the cached credential expired and Vault could not be read"
         raise CredentialUnavailable(
@@ -395,6 +396,16 @@ class VaultCredential:
     async def __call__(self) -> dict[str, str]:
         """The headers to add, as :class:`sidecar.upstream.Upstream` takes them."""
         return {self.settings.header: self.current()}
+
+    @property
+    def state(self) -> VaultState:
+        """The state of the last attempt; FAILED as soon as a cached value expired."""
+        if self._state is not VaultState.STARTING and not self._usable():
+            return VaultState.FAILED
+        return self._state
+
+    def _usable(self) -> bool:
+        return self._value is not None and self._clock() < self._expires_at
 
     @property
     def reason(self) -> str:
@@ -454,14 +465,14 @@ class VaultCredential:
     def _succeeded(self, read: _Read) -> None:
         now = self._clock()
         changed = read.version != self.version or self._value != self._render(read.value)
-        recovered = self.state is not VaultState.OK
+        recovered = self._state is not VaultState.OK
         self._value = self._render(read.value)
         self._expires_at = value_expiry(now, read.lease_s, self.settings.max_stale_s)
         self.version = read.version
         self.reads += 1
         self._failures = 0
         self._reason = "ok"
-        self.state = VaultState.OK
+        self._state = VaultState.OK
         if changed or recovered:
             log.info(
                 "upstream credential read from Vault",
@@ -479,9 +490,9 @@ class VaultCredential:
         if failure.drop:
             self._value = None
             self._io.token = None  # start over with a fresh token next time
-        usable = self._value is not None and self._clock() < self._expires_at
+        usable = self._usable()
         state = VaultState.STALE if usable else VaultState.FAILED
-        if state is not self.state or self._failures == 1:
+        if state is not self._state or self._failures == 1:
             log.error(
                 "cannot read the upstream credential from Vault",
                 extra={
@@ -491,7 +502,7 @@ class VaultCredential:
                     "serving_cached": usable,
                 },
             )
-        self.state = state
+        self._state = state
 
     def _render(self, value: str) -> str:
         return f"{self.settings.scheme} {value}" if self.settings.scheme else value

@@ -97,7 +97,8 @@ class BaoServer:
             self._proc = None
 
     def log_text(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("bao-*.log")))
+        logs = sorted(self.workdir.glob("bao-*.log"))
+        return "".join(p.read_text(errors="replace") for p in logs)
 
     def client(self, token: str | None = None) -> Any:
         return hvac.Client(url=self.addr, token=token or self.root_token, timeout=5)

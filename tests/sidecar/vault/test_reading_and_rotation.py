@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,10 @@ def settings(vault: Vault, token_file: Path, **kw: object) -> VaultSettings:
     return VaultSettings(**base)  # type: ignore[arg-type]
 
 
-async def eventually(cond: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+async def eventually(cond: Callable[[], bool], within_s: float = 10.0) -> None:
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
+        if cond():
             return
         await asyncio.sleep(0.05)
     raise AssertionError("condition not met in time")
