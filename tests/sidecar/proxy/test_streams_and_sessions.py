@@ -228,6 +228,26 @@ class TestJsonResponses:
                 doc = await r.json()
         assert doc["result"]["_meta"][UNTRUSTED_META_KEY] is True
 
+    async def test_a_client_that_gives_up_on_a_json_answer_cancels_the_work(
+        self, json_upstream: UpstreamProc, tmp_path: Path
+    ) -> None:
+        async with run_sidecar(json_upstream.url, tmp_path) as sc:
+            async with aiohttp.ClientSession() as http:
+                sid = await raw_session(http, sc.url)
+                await list_tools(http, sc.url, sid)
+                body = call(
+                    6, "wait_rollout", {"namespace": "payments", "name": "quit", "steps": 40}
+                )
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        async with http.post(sc.url, json=body, headers=session_headers(sid)) as r:
+                            await r.read()
+            assert await wait_for_file(json_upstream.state_dir / "cancelled-payments-quit")
+            assert not (json_upstream.state_dir / "finished-payments-quit").exists()
+            await asyncio.sleep(0.2)
+            assert not sc.core.background
+            assert sc.core.metrics.in_flight._value.get() == 0
+
     async def test_a_slow_upstream_times_out_with_504_and_is_cancelled(
         self, json_upstream: UpstreamProc, tmp_path: Path
     ) -> None:
