@@ -1,9 +1,11 @@
 """gRPC ``PolicyService/Check`` over a Unix socket: latency at concurrency 1, throughput at 32.
 
-The server is the real ``palisade check-server`` (real engine, real signed
-audit log with interval fsync, metrics) in its own process pinned to one
-core with ``os.sched_setaffinity``, so its RSS and CPU are its own; the
-client runs in this process on the other cores. Concurrency 1 uses the
+The server is the real ``palisade check-server`` (real engine on the example
+bundle with its rate limit and spend cap lifted, so calls are decided by the
+rules and the mutation cap; real signed audit log with interval fsync;
+metrics) in its own process pinned to one core with
+``os.sched_setaffinity``, so its RSS and CPU are its own; the client runs
+in this process on the other cores. Concurrency 1 uses the
 synchronous gRPC client (one call in flight, latency per call);
 concurrency 32 runs 32 asyncio callers over one channel.
 The baseline row is the health service's Check on the same socket: the cost
@@ -13,22 +15,40 @@ of a gRPC round trip with no policy work, measured in the same run.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import grpc
 import psutil
+import yaml
 
 from bench.common import Report, Target, rss_mb, summarize_us
 from palisade.audit import Signer
 from palisade.v1 import policy_pb2, policy_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
-BUNDLES = (ROOT / "examples" / "payments-bundle.yaml", ROOT / "tests/service/data/payments.yaml")
+EXAMPLE = ROOT / "examples" / "payments-bundle.yaml"
+
+
+def _bench_bundle(tmp: Path) -> Path:
+    """The example bundle with its rate limit and spend cap lifted: one agent calling
+    thousands of times a second would otherwise be throttled on nearly every call,
+    and the benchmark would measure only the refusal path."""
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    budgets = doc["spec"].get("budgets", {})
+    for limit in budgets.get("rateLimits", []):
+        limit["rate"] = limit["burst"] = 1e9
+    for cap in budgets.get("spendCaps", []):
+        cap["limit"] = 1e15
+    out = tmp / "bench-bundle.yaml"
+    out.write_text(yaml.safe_dump(doc))
+    return out
 
 
 def _requests() -> list[policy_pb2.CheckRequest]:
@@ -36,6 +56,7 @@ def _requests() -> list[policy_pb2.CheckRequest]:
     calls = [
         ("pods_log", {"namespace": "payments", "name": "payments-api-7d9f", "tailLines": 200}),
         ("pods_list", {"namespace": "payments"}),
+        ("resources_create_or_update", {"namespace": "payments", "kind": "ConfigMap"}),
         ("resources_delete", {"namespace": "payments", "kind": "Deployment"}),
     ]
     for i in range(64):
@@ -54,7 +75,7 @@ def _requests() -> list[policy_pb2.CheckRequest]:
 
 
 def _start_server(tmp: Path, core: int) -> tuple[subprocess.Popen[bytes], str]:
-    bundle = next(b for b in BUNDLES if b.exists())
+    bundle = _bench_bundle(tmp)
     key = tmp / "audit.pem"
     key.write_bytes(Signer.generate().private_pem())
     sock = str(tmp / "check.sock")
@@ -123,6 +144,23 @@ async def _throughput(sock: str, concurrency: int, seconds: float) -> tuple[floa
     return count / elapsed, samples
 
 
+def _audit_summary(tmp: Path) -> str:
+    """What the server decided and wrote, from its audit log (every record is one Check)."""
+    decisions: Counter[str] = Counter()
+    records = signed = 0
+    for path in tmp.glob("audit.jsonl*"):
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            decisions[rec["decision"]] += 1
+            records += 1
+            signed += bool(rec["signature"])
+    mix = ", ".join(f"{k} {v / max(1, records):.0%}" for k, v in decisions.most_common())
+    return (
+        f"audit: {records:,} records ({mix}); {signed:,} signatures, "
+        f"{records / max(1, signed):.1f} records per group commit on average"
+    )
+
+
 def run(quick: bool) -> Report:
     n = 2000 if quick else 20000
     seconds = 2.0 if quick else 8.0
@@ -187,6 +225,7 @@ def run(quick: bool) -> Report:
             except subprocess.TimeoutExpired:
                 proc.kill()
             os.sched_setaffinity(0, set(cores))
+        report.notes.append(_audit_summary(Path(tmp)))
     report.notes.append(
         f"machine: {os.cpu_count()} CPUs shared with other work; client on cores "
         f"{sorted(client_cores)}, server on core {server_core}; audit fsync=interval"
