@@ -207,6 +207,9 @@ def filter_tools(
             hidden.append(str(tool.get("name", "")) if isinstance(tool, Mapping) else "")
     out = dict(result)
     out["tools"] = kept
+    if "cacheScope" in out:
+        # 2026-07-28 cache hints: this list is for one agent; a shared cache must not reuse it
+        out["cacheScope"] = "private"
     if hidden:
         meta = dict(out.get("_meta") or {})
         meta[FILTERED_META_KEY] = hidden

@@ -175,6 +175,12 @@ class TestRiskAndRewrites:
         assert out["tools"] == [{"name": "a"}] and out["nextCursor"] == "c"
         assert out["_meta"][gate.FILTERED_META_KEY] == ["b"]
 
+    def test_a_filtered_list_is_never_publicly_cacheable(self) -> None:
+        out = gate.filter_tools(
+            {"tools": [], "cacheScope": "public", "ttlMs": 60000}, lambda t: True
+        )
+        assert out["cacheScope"] == "private"
+
 
 class TestSse:
     def test_events_are_cut_at_blank_lines_whatever_the_chunking(self) -> None:
