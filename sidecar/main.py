@@ -30,6 +30,14 @@ from sidecar.app import build_app
 from sidecar.audit import AuditSink, LogSink, WriterSink
 from sidecar.core import ProxyCore
 from sidecar.credentials import FileCredential
+from sidecar.credentials_vault import (
+    DEFAULT_SA_TOKEN,
+    KubernetesAuth,
+    TokenFileAuth,
+    VaultAuth,
+    VaultCredential,
+    VaultSettings,
+)
 from sidecar.identity import DevAgent
 from sidecar.identity.jwks import IssuerConfig
 from sidecar.identity.mapping import IdentityMap
@@ -85,6 +93,24 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     a("--upstream-credential-header", default=_env("upstream-credential-header", "Authorization"))
     a("--upstream-credential-scheme", default=_env("upstream-credential-scheme", "Bearer"))
+    # The upstream credential from Vault KV v2 instead (docs/credentials.md).
+    a("--vault-addr", default=_env("vault-addr"), help="Vault/OpenBao URL: credential from KV v2")
+    a("--vault-kv-mount", default=_env("vault-kv-mount", "secret"), help="KV v2 mount")
+    a("--vault-secret-path", default=_env("vault-secret-path"), help="secret path in the mount")
+    a("--vault-secret-field", default=_env("vault-secret-field", "token"))
+    a("--vault-token-file", default=_env("vault-token-file"), help="auth: a Vault token file")
+    a("--vault-role", default=_env("vault-role"), help="auth: Kubernetes auth role")
+    a("--vault-auth-mount", default=_env("vault-auth-mount", "kubernetes"))
+    a("--vault-sa-token-file", default=_env("vault-sa-token-file", DEFAULT_SA_TOKEN))
+    a("--vault-ca-file", default=_env("vault-ca-file"), help="CA bundle for Vault's TLS")
+    a("--vault-namespace", default=_env("vault-namespace"))
+    a("--vault-refresh", type=float, default=float(_env("vault-refresh", 30.0)), help="seconds")
+    a(
+        "--vault-max-stale",
+        type=float,
+        default=float(_env("vault-max-stale", 300.0)),
+        help="seconds a cached credential is used while Vault cannot be read",
+    )
     a("--label", action="append", default=_list_env("label"), help="k=v label for rules")
     a("--resource", default=_env("resource"), help="this server's OAuth resource URI (audience)")
     a("--issuer", action="append", default=_list_env("issuer"), help="trusted token issuer URL")
@@ -192,6 +218,45 @@ def identity_from(ns: argparse.Namespace, s: SidecarSettings) -> IdentitySetting
     )
 
 
+def credentials_from(ns: argparse.Namespace) -> FileCredential | VaultCredential | None:
+    """The upstream credential source the flags select (a file, Vault, or none)."""
+    if ns.vault_addr and ns.upstream_credential_file:
+        raise SystemExit("palisade sidecar: give --vault-addr or --upstream-credential-file")
+    if ns.upstream_credential_file:
+        return FileCredential(
+            ns.upstream_credential_file,
+            header=ns.upstream_credential_header,
+            scheme=ns.upstream_credential_scheme,
+        )
+    if not ns.vault_addr:
+        return None
+    if bool(ns.vault_role) == bool(ns.vault_token_file):
+        raise SystemExit("palisade sidecar: --vault-addr needs --vault-role or --vault-token-file")
+    auth: VaultAuth = (
+        KubernetesAuth(ns.vault_role, mount=ns.vault_auth_mount, token_path=ns.vault_sa_token_file)
+        if ns.vault_role
+        else TokenFileAuth(ns.vault_token_file)
+    )
+    try:
+        return VaultCredential(
+            VaultSettings(
+                addr=ns.vault_addr,
+                secret_path=ns.vault_secret_path or "",
+                field=ns.vault_secret_field,
+                auth=auth,
+                mount=ns.vault_kv_mount,
+                header=ns.upstream_credential_header,
+                scheme=ns.upstream_credential_scheme,
+                ca_file=ns.vault_ca_file,
+                namespace=ns.vault_namespace,
+                refresh_interval_s=ns.vault_refresh,
+                max_stale_s=ns.vault_max_stale,
+            )
+        )
+    except ValueError as exc:
+        raise SystemExit(f"palisade sidecar: bad Vault settings: {exc}") from None
+
+
 def _signer(ns: argparse.Namespace, audit_dir: Path) -> Signer:
     if ns.audit_key:
         return load_signer(Path(ns.audit_key))
@@ -257,6 +322,9 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
         else:
             log.error("no --bundle: every call is denied until one is given")
         assert stack.authenticator is not None
+        credentials = credentials_from(ns)
+        if isinstance(credentials, VaultCredential):
+            await credentials.start()  # never raises: calls fail closed until Vault answers
         core = ProxyCore(
             settings=s,
             policy=policy,
@@ -265,15 +333,7 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
             upstream=Upstream(
                 s.upstream,
                 timeout_s=s.limits.upstream_timeout_s,
-                credentials=(
-                    FileCredential(
-                        ns.upstream_credential_file,
-                        header=ns.upstream_credential_header,
-                        scheme=ns.upstream_credential_scheme,
-                    )
-                    if ns.upstream_credential_file
-                    else None
-                ),
+                credentials=credentials,
             ),
             metrics=metrics,
         )
@@ -319,6 +379,8 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
             if grpc_server is not None:
                 await stop_server(grpc_server[0], grpc_server[1], min(5.0, s.shutdown_grace_s))
             await runner.cleanup()
+            if isinstance(credentials, VaultCredential):
+                await credentials.aclose()
             if writer is not None:
                 await writer.aclose()
 
