@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from palisade.policy.types import Decision
 from sidecar import gate, jsonrpc
 from sidecar.core import ProxyCore, error_http, forward_headers, response_headers
 from sidecar.identity import AuthError, Principal
@@ -61,7 +63,12 @@ class StreamableHandlers:
                 verdict, pending = core.decide(msg, principal, session_id, session)
                 if not verdict.allowed:
                     core.metrics.requests.labels("tools/call", str(verdict.decision)).inc()
-                    return error_http(200, gate.verdict_error(msg.id, verdict, pending.tool))
+                    retry = {"Retry-After": str(max(1, math.ceil(verdict.retry_after_s)))}
+                    return error_http(
+                        200,
+                        gate.verdict_error(msg.id, verdict, pending.tool),
+                        headers=retry if verdict.decision is Decision.THROTTLE else None,
+                    )
                 if pending.untrusted:
                     expect = (msg.id, pending)
             else:

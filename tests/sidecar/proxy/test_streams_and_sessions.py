@@ -293,6 +293,20 @@ async def test_an_unreachable_upstream_is_502_and_not_ready(tmp_path: Path) -> N
                 assert "upstream" in " ".join((await r.json())["problems"])
 
 
+async def test_a_throttled_call_also_carries_retry_after(sidecar: Sidecar) -> None:
+    async with aiohttp.ClientSession() as http:
+        sid = await raw_session(http, sidecar.url, token="busy-token")
+        h = session_headers(sid, token="busy-token")
+        statuses = []
+        for rid in range(3):
+            async with http.post(sidecar.url, json=call(rid + 10, "pods_list", {}), headers=h) as r:
+                statuses.append((r.headers.get("Retry-After"), await answer_of(r)))
+    retry, doc = statuses[-1]
+    assert doc["error"]["code"] == jsonrpc.THROTTLED
+    assert retry is not None and int(retry) >= 1
+    assert statuses[0][0] is None
+
+
 async def test_probes_and_metrics(sidecar: Sidecar) -> None:
     async with aiohttp.ClientSession() as http:
         sid = await raw_session(http, sidecar.url)
