@@ -235,6 +235,24 @@ def build() -> MCPServer[Any]:
         await ctx.log("info", "After reconnect")
         return "Reconnection test completed"
 
+    @mcp.tool()
+    def json_schema_2020_12_tool(name: str = "", address: dict[str, Any] | None = None) -> str:
+        """Declares a JSON Schema 2020-12 input schema ($schema, $defs, additionalProperties)."""
+        return json.dumps({"name": name, "address": address})
+
+    mcp._tool_manager.get_tool("json_schema_2020_12_tool").parameters = {  # type: ignore[union-attr]
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "$defs": {
+            "address": {
+                "type": "object",
+                "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
+            }
+        },
+        "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
+        "additionalProperties": False,
+    }
+
     @mcp.resource("test://static-text")
     def static_text() -> str:
         """A static text resource."""

@@ -187,6 +187,10 @@ class SuiteResult:
     passed: dict[str, bool]
     failures: dict[str, list[str]]
     output: str
+    #: Checks with status SUCCESS, over all scenarios.
+    checks_passed: int = 0
+    #: Checks with status SUCCESS or FAILURE.
+    checks_run: int = 0
 
 
 def run_suite(url: str, outdir: Path, token: str | None, timeout: float = 420.0) -> SuiteResult:
@@ -201,7 +205,7 @@ def run_suite(url: str, outdir: Path, token: str | None, timeout: float = 420.0)
     if token is not None:
         env["PALISADE_CONFORMANCE_TOKEN"] = token
     done = subprocess.run(
-        ["node", str(SUITE_CLI), "server", "--url", url, "-o", str(outdir)],
+        ["node", str(SUITE_CLI), "server", "--url", url, "--suite", "all", "-o", str(outdir)],
         capture_output=True,
         text=True,
         env=env,
@@ -210,6 +214,7 @@ def run_suite(url: str, outdir: Path, token: str | None, timeout: float = 420.0)
     )
     passed: dict[str, bool] = {}
     failures: dict[str, list[str]] = {}
+    checks_passed = checks_run = 0
     for checks_file in sorted(outdir.glob("server-*/checks.json")):
         # directory names end with an ISO timestamp: server-<scenario>-2026-11-21T05-07-12-271Z
         scenario = _strip_timestamp(checks_file.parent.name.removeprefix("server-"))
@@ -220,10 +225,12 @@ def run_suite(url: str, outdir: Path, token: str | None, timeout: float = 420.0)
             if c.get("status") == "FAILURE"
         ]
         ok = not failed and any(c.get("status") == "SUCCESS" for c in checks)
+        checks_passed += sum(c.get("status") == "SUCCESS" for c in checks)
+        checks_run += sum(c.get("status") in ("SUCCESS", "FAILURE") for c in checks)
         passed[scenario] = ok
         if failed:
             failures[scenario] = failed
-    return SuiteResult(passed, failures, done.stdout + done.stderr)
+    return SuiteResult(passed, failures, done.stdout + done.stderr, checks_passed, checks_run)
 
 
 def _strip_timestamp(name: str) -> str:
