@@ -144,9 +144,12 @@ class Checker:
         return default if got is None else got
 
     def enum_value(self, value: Any, path: Path, kind: type[E]) -> E | None:
+        if isinstance(value, str):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
         choices = [m.value for m in kind]
-        if isinstance(value, str) and value in choices:
-            return kind(value)
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         self.err(path, f"{value!r} is not one of {', '.join(choices)}{hint}")

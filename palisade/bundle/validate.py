@@ -380,20 +380,30 @@ def _refs(c: Checker, path: Path, patterns: tuple[str, ...], known: set[str], wh
             c.err((*path, i), f"unknown {what} {pat!r}{hint} (declare it under spec.{what}s)")
 
 
-def _tool_refs(c: Checker, path: Path, m: Match, servers: list[Server | None]) -> None:
+def _tool_refs(
+    c: Checker,
+    path: Path,
+    m: Match,
+    servers: list[Server | None],
+    memo: dict[tuple[str, ...], frozenset[str]],
+) -> None:
     """Tools named in a match must be registered by a server the match can select.
 
     Unregistered tools are denied before any rule runs, so such a rule is dead:
-    almost always a typo.
+    almost always a typo. ``memo`` caches the tool names per ``servers`` patterns.
     """
     if not m.tools:
         return
-    selected = [
-        s
-        for s in servers
-        if s is not None and (not m.servers or any(fnmatchcase(s.name, pat) for pat in m.servers))
-    ]
-    known = {t.name for s in selected for t in s.tools}
+    known = memo.get(m.servers)
+    if known is None:
+        known = frozenset(
+            t.name
+            for s in servers
+            if s is not None
+            and (not m.servers or any(fnmatchcase(s.name, pat) for pat in m.servers))
+            for t in s.tools
+        )
+        memo[m.servers] = known
     if not known:
         return  # the servers are wrong already (reported there)
     for i, pat in enumerate(m.tools):
@@ -478,6 +488,7 @@ def build_bundle(doc: Any, positions: Positions) -> Bundle:
     tenant_names = {t.name for t in tenants if t}
     agent_ids = {a.id for a in agents if a}
     rule_ids = {r.id for r in rules if r}
+    tool_memo: dict[tuple[str, ...], frozenset[str]] = {}
     for (p, _), r in zip(r_items, rules, strict=True):
         if r is None:
             continue
@@ -485,7 +496,7 @@ def build_bundle(doc: Any, positions: Positions) -> Bundle:
             c.err((*p, "id"), f"rule id {r.id!r} is reserved for the engine; pick another")
         mp = (*p, "match")
         _refs(c, (*mp, "servers"), r.match.servers, server_names, "server")
-        _tool_refs(c, (*mp, "tools"), r.match, servers)
+        _tool_refs(c, (*mp, "tools"), r.match, servers, tool_memo)
         _refs(c, (*mp, "agents"), r.match.agents, agent_ids, "agent")
         _refs(c, (*mp, "tenants"), r.match.tenants, tenant_names, "tenant")
     owners: dict[tuple[str, str, str], str] = {}
@@ -504,7 +515,7 @@ def build_bundle(doc: Any, positions: Positions) -> Bundle:
                 )
     for mp, m in budget_items:
         _refs(c, (*mp, "servers"), m.servers, server_names, "server")
-        _tool_refs(c, (*mp, "tools"), m, servers)
+        _tool_refs(c, (*mp, "tools"), m, servers, tool_memo)
         _refs(c, (*mp, "agents"), m.agents, agent_ids, "agent")
         _refs(c, (*mp, "tenants"), m.tenants, tenant_names, "tenant")
     known_rules = (
