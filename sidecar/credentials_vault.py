@@ -286,9 +286,16 @@ class _VaultIO:
         auth = self.s.auth
         if isinstance(auth, KubernetesAuth):
             jwt = self._read_file(auth.token_path, "ServiceAccount token")
-            resp = self.client.auth.kubernetes.login(
-                role=auth.role, jwt=jwt, use_token=True, mount_point=auth.mount
-            )
+            try:
+                resp = self.client.auth.kubernetes.login(
+                    role=auth.role, jwt=jwt, use_token=True, mount_point=auth.mount
+                )
+            except (hvac_errors.Forbidden, hvac_errors.Unauthorized, hvac_errors.InvalidRequest):
+                raise VaultFailure(
+                    f"Vault refused the Kubernetes login for role {auth.role!r}"
+                    " (ServiceAccount, namespace or audience not bound to it)",
+                    drop=True,
+                ) from None
             info = resp.get("auth") or {}
             ttl = float(info.get("lease_duration") or 0)
             renewable = bool(info.get("renewable"))
