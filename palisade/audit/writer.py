@@ -111,7 +111,8 @@ class AuditWriter:
         self._synced_seq = 0
         self._task: asyncio.Task[None] | None = None
         self._pending: list[Chained] = []
-        self._batch_done: asyncio.Future[None] | None = None
+        #: one future per caller waiting on the pending batch; None: no flush scheduled
+        self._waiters: list[asyncio.Future[None]] | None = None
         self._batch_error: AuditError | None = None
         self._batch_turns = batch_turns
         self._quiet_turns = quiet_turns
@@ -246,12 +247,15 @@ class AuditWriter:
         """
         prepared = self._prepare(entry, secret_names)
         loop = asyncio.get_running_loop()
+        # A future per caller, so a cancelled caller cancels only its own wait:
+        # its record is still written with the batch.
+        done: asyncio.Future[None] = loop.create_future()
         with self._lock:
             chained = self._chain_locked(entry, prepared)
-            if self._batch_done is None:
-                self._batch_done = loop.create_future()
+            if self._waiters is None:
+                self._waiters = []
                 loop.call_soon(self._flush_after, loop, self._batch_turns, 0, 0)
-            done = self._batch_done
+            self._waiters.append(done)
         await done
         if self._fsync == "always":
             await self.durable(chained.record["seq"])
@@ -274,7 +278,7 @@ class AuditWriter:
 
     def _flush_batch(self) -> None:
         with self._lock:
-            done, self._batch_done = self._batch_done, None
+            waiters, self._waiters = self._waiters or [], None
             error, self._batch_error = self._batch_error, None
             try:
                 self._flush_locked()
@@ -284,12 +288,13 @@ class AuditWriter:
             except Exception as exc:  # never leave callers waiting on a batch
                 error = AuditError(f"audit batch failed: {type(exc).__name__}: {exc}")
                 self._batch_error = None
-        if done is None or done.done():
-            return
-        if error is not None:
-            done.set_exception(error)
-        else:
-            done.set_result(None)
+        for done in waiters:
+            if done.done():  # the caller was cancelled
+                continue
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(None)
 
     def _flush_locked(self) -> None:
         """Sign the last pending record and write all pending lines in one write."""
@@ -305,7 +310,7 @@ class AuditWriter:
             # nothing of this batch is on disk: the chain goes back to before it
             self._seq = batch[0].record["seq"] - 1
             self._head = batch[0].record["prev_hash"]
-            if self._batch_done is not None:
+            if self._waiters is not None:
                 self._batch_error = exc
             raise
         self._written_seq = last.record["seq"]

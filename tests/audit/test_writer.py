@@ -252,3 +252,19 @@ async def test_a_failing_rotation_keeps_every_record_in_the_active_file(
             await w.append(entry(i))
     res = verify_files([active], trusted=[signer.public])
     assert res.ok and res.records == 5
+
+
+async def test_a_cancelled_caller_does_not_fail_its_batch_and_its_record_is_kept(
+    tmp_path: Path, signer: Signer
+) -> None:
+    active = tmp_path / "audit.jsonl"
+    async with AuditWriter(active, signer, fsync="never") as w:
+        tasks = [asyncio.ensure_future(w.append(entry(i, request_id=f"r{i}"))) for i in range(5)]
+        await asyncio.sleep(0)  # every task has joined the batch
+        tasks[2].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert [r["seq"] for i, r in enumerate(results) if i != 2] == [1, 2, 4, 5]  # type: ignore[index]
+    records = _all_records(active)
+    assert [r["request_id"] for r in records] == ["r0", "r1", "r2", "r3", "r4"]
+    assert verify_files([active]).ok
