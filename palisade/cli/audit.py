@@ -1,6 +1,8 @@
 """``palisade audit``: verify signed audit logs, generate audit signing keys.
 
   palisade audit verify FILE|DIR... [--trusted KEY]... [--expect-head HASH] [--partial]
+  palisade audit show FILE|DIR... [--agent A] [--tool T] [--decision D] [--session S]
+      [--last N] [--json]
   palisade audit keygen --out PATH
 
 ``verify`` exits 0 when the chain is intact, 1 with one line per problem
@@ -13,11 +15,18 @@ named in the records, which proves integrity but not authorship.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
+from collections import deque
 from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
 
 from palisade.audit import AuditKeyError, Signer, load_public_key, verify_files
+from palisade.audit.verify import order_files
 
 _AUDIT_NAME = re.compile(r".*\.jsonl(\.\d+)?$")
 
@@ -63,6 +72,54 @@ def _verify(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _matches(record: dict[str, Any], ns: argparse.Namespace) -> bool:
+    return all(
+        not want or str(record.get(name, "")) == want
+        for name, want in (
+            ("agent", ns.agent),
+            ("tool", ns.tool),
+            ("decision", ns.decision),
+            ("session", ns.session),
+        )
+    )
+
+
+def _show(ns: argparse.Namespace) -> int:
+    files = order_files(_expand(ns.files))
+    if not files:
+        print("palisade audit show: no audit files found", file=sys.stderr)
+        return 2
+    selected: deque[dict[str, Any]] = deque(maxlen=ns.last or None)
+    for path in files:
+        with path.open("rb") as f:
+            for raw in f:
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    continue  # `verify` is the tool that reports bad lines
+                if isinstance(record, dict) and _matches(record, ns):
+                    selected.append(record)
+    if ns.json:
+        for record in selected:
+            print(json.dumps(record, sort_keys=True))
+        return 0
+    table = Table(title=f"{len(selected)} audit record(s)", title_justify="left")
+    for col in ("seq", "time", "agent", "tool", "decision", "rule", "reason"):
+        table.add_column(col, overflow="fold")
+    for r in selected:
+        table.add_row(
+            str(r.get("seq", "")),
+            str(r.get("time", "")),
+            str(r.get("agent", "")),
+            str(r.get("tool", "")),
+            str(r.get("decision", "")),
+            str(r.get("rule_id", "")),
+            str(r.get("reason", "")),
+        )
+    Console(width=160).print(table)
+    return 0
+
+
 def _keygen(ns: argparse.Namespace) -> int:
     out = Path(ns.out)
     if out.exists() and not ns.force:
@@ -97,6 +154,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     from palisade.cli.audit_query import add_query_parser  # the distributor's audit store
 
     add_query_parser(sub)
+    q = sub.add_parser("show", help="list audit records, filtered (no verification)")
+    q.add_argument("files", nargs="+", metavar="FILE", help="audit files or directories")
+    q.add_argument("--agent", default="")
+    q.add_argument("--tool", default="")
+    q.add_argument("--decision", default="", help="allow, deny, require_approval or throttle")
+    q.add_argument("--session", default="")
+    q.add_argument("--last", type=int, default=0, metavar="N", help="only the last N matches")
+    q.add_argument("--json", action="store_true", help="one JSON record per line")
+    q.set_defaults(func=_show)
     k = sub.add_parser("keygen", help="generate an Ed25519 audit signing key (PKCS#8 PEM)")
     k.add_argument("--out", required=True, help="private key path; the public key gets .pub")
     k.add_argument("--force", action="store_true", help="overwrite an existing key")

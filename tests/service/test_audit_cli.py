@@ -72,3 +72,16 @@ def test_bad_usage_exits_two(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["audit", "verify", str(tmp_path), "--trusted", "ed25519:short"]) == 2
     err = capsys.readouterr().err
     assert "no audit files found" in err or "32-byte" in err
+
+
+def test_show_filters_records_and_keeps_the_last_n(
+    tmp_path: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _log(tmp_path, key, 10)
+    assert (
+        main(["audit", "show", str(tmp_path), "--decision", "allow", "--last", "3", "--json"]) == 0
+    )
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["request_id"] for r in lines] == ["7", "8", "9"]
+    assert main(["audit", "show", str(tmp_path), "--decision", "deny"]) == 0
+    assert "0 audit record(s)" in capsys.readouterr().out
