@@ -242,9 +242,8 @@ class ProxyCore:
             tool = session.tools.get(str(msg.params.get("name", "")))
             if tool is not None and isinstance(tool.get("inputSchema"), Mapping):
                 schema = tool["inputSchema"]
-        lower = {k.lower(): v for k, v in request.headers.items()}
-        raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
-        gate.check_routing_headers(msg, lower, raw, schema)
+        # CIMultiDict: case-insensitive lookups, and items() keeps duplicated headers
+        gate.check_routing_headers(msg, request.headers, request.headers.items(), schema)
 
     # -- the upstream's version ------------------------------------------------------
 

@@ -57,7 +57,9 @@ def check_routing_headers(
 ) -> None:
     """Raise :class:`BadMessage` (-32020) when the routing headers disagree with the body.
 
-    ``headers`` are keyed by lower-case name. Under 2026-07-28 ``Mcp-Method`` is
+    ``headers`` answers lower-case names (a lower-cased dict, or aiohttp's
+    case-insensitive multidict); ``raw_headers`` lists every header line, so
+    duplicates are seen. Under 2026-07-28 ``Mcp-Method`` is
     required on every message; under earlier revisions the headers are optional,
     but when a client sends them they must still agree with the body, because an
     intermediary may already have acted on them. ``Mcp-Param-*`` headers are

@@ -23,13 +23,14 @@ import asyncio
 import itertools
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import ToolAnnotations
+from pydantic import Field
 
 READ = ToolAnnotations(read_only_hint=True)
 WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False)
@@ -140,6 +141,13 @@ def build_server(state_dir: Path | None = None, version: str = "1.4.2") -> MCPSe
             raise
         mark("finished", marker)
         return f"rollout of {namespace}/{name} complete"
+
+    @mcp.tool(annotations=READ)
+    def pods_top(
+        namespace: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Namespace"})],
+    ) -> str:
+        """CPU and memory of a namespace's pods (the namespace rides in Mcp-Param-Namespace)."""
+        return "\n".join(f"{dep}: 120m 256Mi" for dep in cluster.get(namespace, {}))
 
     @mcp.tool(annotations=READ)
     def blob(size: int) -> str:

@@ -243,6 +243,36 @@ class TestHeaderBodyMismatch:
             status, doc = await post(http, sidecar, jsonrpc.dumps(bad), headers)
         assert status == 400 and doc["error"]["code"] == -32020  # type: ignore[index]
 
+    async def test_an_mcp_param_header_disagreeing_with_its_argument_is_refused(
+        self, sidecar: Sidecar
+    ) -> None:
+        async with aiohttp.ClientSession() as http:
+            listing = jsonrpc.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "tools/list",
+                    "params": {
+                        "_meta": {
+                            "io.modelcontextprotocol/protocolVersion": self.MODERN,
+                            "io.modelcontextprotocol/clientCapabilities": {},
+                        }
+                    },
+                }
+            )
+            status, _ = await post(http, sidecar, listing, self.modern("tools/list"))
+            assert status == 200  # the sidecar now knows pods_top's inputSchema
+            body = self.body("pods_top", {"namespace": "payments"})
+            ok = self.modern("tools/call", "pods_top", **{"Mcp-Param-Namespace": "payments"})
+            status, doc = await post(http, sidecar, body, ok)
+            assert status == 200 and "result" in doc, doc
+            lying = self.modern("tools/call", "pods_top", **{"Mcp-Param-Namespace": "kube-system"})
+            status, doc = await post(http, sidecar, body, lying)
+            assert status == 400 and doc["error"]["code"] == -32020  # type: ignore[index]
+            missing = self.modern("tools/call", "pods_top")
+            status, doc = await post(http, sidecar, body, missing)
+            assert status == 400 and doc["error"]["code"] == -32020  # type: ignore[index]
+
     async def test_matching_modern_headers_pass(self, sidecar: Sidecar) -> None:
         async with aiohttp.ClientSession() as http:
             status, doc = await post(

@@ -183,6 +183,9 @@ async def test_the_modern_revision_works_end_to_end(sidecar: Sidecar) -> None:
         assert "resources_delete" not in {t.name for t in listed.tools}
         result = await c.call_tool("pods_list", {"namespace": "payments"})
         assert not result.is_error
+        # the SDK mirrors the annotated argument into Mcp-Param-Namespace; the sidecar checks it
+        top = await c.call_tool("pods_top", {"namespace": "payments"})
+        assert not top.is_error
         with pytest.raises(MCPError) as info:
             await c.call_tool(
                 "resources_delete", {"kind": "Pod", "name": "x", "namespace": "payments"}
