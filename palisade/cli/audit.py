@@ -5,11 +5,12 @@
       [--last N] [--json]
   palisade audit keygen --out PATH
 
-``verify`` exits 0 when the chain is intact, 1 with one line per problem
+``verify`` exits 0 when every chain is intact, 1 with one line per problem
 (``file:line (seq N): what``) otherwise, 2 on bad usage. A directory stands
 for the audit files in it (``*.jsonl`` and their rotated ``.NNNNNN``
-siblings). Without ``--trusted``, signatures are checked against the keys
-named in the records, which proves integrity but not authorship.
+siblings); each ``x.jsonl`` with its siblings is one chain, verified alone.
+Without ``--trusted``, signatures are checked against the keys named in the
+records, which proves integrity but not authorship.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from palisade.audit import AuditKeyError, Signer, load_public_key, verify_files
 from palisade.audit.verify import order_files
 
 _AUDIT_NAME = re.compile(r".*\.jsonl(\.\d+)?$")
+_ROTATED = re.compile(r"\.\d+$")
 
 
 def _expand(paths: list[str]) -> list[Path]:
@@ -42,6 +44,15 @@ def _expand(paths: list[str]) -> list[Path]:
     return out
 
 
+def _chains(files: list[Path]) -> dict[Path, list[Path]]:
+    """Files grouped by chain: ``x.jsonl`` and its rotated ``x.jsonl.NNNNNN`` siblings."""
+    groups: dict[Path, list[Path]] = {}
+    for f in files:
+        base = f.with_name(_ROTATED.sub("", f.name))
+        groups.setdefault(base, []).append(f)
+    return groups
+
+
 def _verify(ns: argparse.Namespace) -> int:
     try:
         trusted = [load_public_key(k) for k in ns.trusted]
@@ -52,24 +63,31 @@ def _verify(ns: argparse.Namespace) -> int:
     if not files:
         print("palisade audit verify: no audit files found", file=sys.stderr)
         return 2
-    result = verify_files(
-        files, trusted=trusted, allow_partial_start=ns.partial, expect_head=ns.expect_head
-    )
-    for finding in result.findings:
-        print(finding)
-    if not result.ok:
-        print(f"FAILED: {len(result.findings)} problem(s) in {result.records} record(s)")
-        return 1
-    print(
-        f"OK: {result.records} record(s), seq {result.first_seq}..{result.last_seq}, "
-        f"{len(files)} file(s), head {result.head}"
-    )
-    if not trusted:
+    chains = _chains(files)
+    if ns.expect_head and len(chains) > 1:
+        print("palisade audit verify: --expect-head needs the files of one chain", file=sys.stderr)
+        return 2
+    failed = 0
+    for base, group in chains.items():
+        result = verify_files(
+            group, trusted=trusted, allow_partial_start=ns.partial, expect_head=ns.expect_head
+        )
+        for finding in result.findings:
+            print(finding)
+        if not result.ok:
+            failed += 1
+            print(f"FAILED {base}: {len(result.findings)} problem(s) in {result.records} record(s)")
+            continue
+        print(
+            f"OK {base}: {result.records} record(s), seq {result.first_seq}..{result.last_seq}, "
+            f"{len(group)} file(s), head {result.head}"
+        )
+    if not trusted and not failed:
         print(
             "note: signatures were checked against the keys named in the records; "
             "pass --trusted KEY to pin the signer"
         )
-    return 0
+    return 1 if failed else 0
 
 
 def _matches(record: dict[str, Any], ns: argparse.Namespace) -> bool:

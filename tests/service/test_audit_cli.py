@@ -38,7 +38,7 @@ def test_an_intact_rotated_log_verifies_from_its_directory_with_a_pinned_key(
     code = main(["audit", "verify", str(tmp_path), "--trusted", f"{key}.pub"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "OK: 10 record(s), seq 1..10" in out
+    assert f"OK {tmp_path / 'audit.jsonl'}: 10 record(s), seq 1..10" in out
 
 
 def test_a_tampered_log_exits_one_and_names_file_line_and_seq(
@@ -54,7 +54,7 @@ def test_a_tampered_log_exits_one_and_names_file_line_and_seq(
     out = capsys.readouterr().out
     assert code == 1
     assert f"{path}:{len(lines)} (seq {rec['seq']}): record edited" in out
-    assert "FAILED: 1 problem(s)" in out
+    assert f"FAILED {path}: 1 problem(s)" in out
 
 
 def test_a_log_signed_by_another_key_fails_against_the_trusted_one(
@@ -85,3 +85,17 @@ def test_show_filters_records_and_keeps_the_last_n(
     assert [r["request_id"] for r in lines] == ["7", "8", "9"]
     assert main(["audit", "show", str(tmp_path), "--decision", "deny"]) == 0
     assert "0 audit record(s)" in capsys.readouterr().out
+
+
+def test_a_directory_with_two_chains_verifies_each_on_its_own(
+    tmp_path: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _log(tmp_path, key, 4)
+    other = AuditWriter(tmp_path / "nodeagent.jsonl", load_signer(key), fsync="never")
+    other.open()
+    other.append_sync(Entry(kind="action", reason="evicted"))
+    other.close()
+    assert main(["audit", "verify", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "nodeagent.jsonl: 1 record(s)" in out and "audit.jsonl: 4 record(s)" in out
+    assert main(["audit", "verify", str(tmp_path), "--expect-head", "sha256:x"]) == 2
