@@ -499,6 +499,16 @@ async def _measure(quick: bool) -> Report:
         if up_core is not None
         else f"{len(cores)} cores shared by upstream, sidecar and client (no pinning)"
     )
+    by_case = {r["case"]: r for r in rows}
+    projected = []
+    for size in ("small", "64KiB"):
+        up_cpu = by_case[f"direct {size} c=64"].get("up_cpu_us", float("nan"))
+        sc_cpu = by_case[f"sidecar {size} c=64"].get("sc_cpu_us", float("nan"))
+        projected.append(f"{size} {min(1.0, up_cpu / sc_cpu):.2f}")
+    report.notes.append(
+        "throughput ratio projected for a core per process, min(1, up_cpu_us / sc_cpu_us): "
+        + ", ".join(projected)
+    )
     bad_rows = [r["case"] for r in rows if r.get("bad")]
     if bad_rows:
         report.notes.append(
@@ -507,8 +517,8 @@ async def _measure(quick: bool) -> Report:
     report.notes.append(
         "up_cpu_us / sc_cpu_us: CPU time the upstream / the sidecar spent per call under the "
         "c=64 load (user+system), a figure that shared cores do not distort much; with a "
-        "core each, the sidecar keeps up with the upstream while sidecar_cpu_us <= "
-        "up_cpu_us"
+        "core each, the sidecar keeps up with the upstream while sc_cpu_us <= up_cpu_us; "
+        "ratio: sidecar calls/s over direct calls/s at c=64; rss_mb: the sidecar's peak RSS"
     )
     report.notes += [
         f"{n_lat} sequential calls at c=1 and {total} calls at c=64 over 64 sessions, "
