@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 
 import jwt
@@ -190,3 +192,24 @@ async def test_no_token_ever_appears_in_a_challenge_or_reason(
         for part in token.split("."):
             assert part not in info.value.www_authenticate
             assert part not in info.value.reason
+
+
+async def test_no_token_ever_appears_in_the_logs(
+    issuer: Issuer, stack: IdentityStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    tokens = [
+        issuer.token(aud=RESOURCE),
+        issuer.token(aud="http://elsewhere/mcp"),
+        issuer.token(aud=RESOURCE, sub="stranger"),
+        issuer.token(aud=RESOURCE, iss="https://evil.example"),
+    ]
+    assert stack.authenticator is not None
+    with caplog.at_level(logging.DEBUG):
+        for token in tokens:
+            with contextlib.suppress(Unauthenticated, Forbidden):
+                await stack.authenticator.authenticate(bearer(token))
+    logged = caplog.text + " ".join(str(r.__dict__) for r in caplog.records)
+    assert "token refused" in logged
+    for token in tokens:
+        for part in token.split("."):
+            assert part not in logged
