@@ -17,6 +17,7 @@ from palisade.bundle.schema import (
     API_VERSION,
     KIND,
     Bundle,
+    BundleTest,
     GpuQuota,
     Match,
 )
@@ -143,40 +144,58 @@ def to_document(bundle: Bundle) -> dict[str, Any]:
             }
             for r in bundle.rules
         ],
-        "tests": [
-            {
-                "name": t.name,
-                "call": {
-                    "agent": t.call.agent,
-                    "server": t.call.server,
-                    "tool": t.call.tool,
-                    "arguments": dict(t.call.arguments),
-                    "session": t.call.session,
-                    "onBehalfOf": t.call.on_behalf_of,
-                    "serverVersion": t.call.server_version,
-                    "labels": dict(t.call.labels),
-                    **(
-                        {"serverDeclaredRisk": t.call.server_declared_risk.value}
-                        if t.call.server_declared_risk
-                        else {}
-                    ),
-                },
-                "expect": {
-                    "decision": t.expect.decision.value,
-                    "rule": t.expect.rule,
-                    "reasonContains": t.expect.reason_contains,
-                },
-                "repeat": t.repeat,
-                "everySeconds": _num(t.every_seconds),
-            }
-            for t in bundle.tests
-        ],
+        "tests": [_test(t) for t in bundle.tests],
     }
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": {"name": bundle.name, "labels": dict(bundle.labels)},
         "spec": _drop_empty_matches(spec),
+    }
+
+
+def _test(t: BundleTest) -> dict[str, Any]:
+    if t.gpu is not None:
+        g = t.gpu
+        return {
+            "name": t.name,
+            "gpu": {
+                "tenant": g.tenant,
+                "gpus": g.gpus,
+                "gpuMemoryBytes": g.gpu_memory_bytes,
+                "migInstances": dict(g.mig_instances),
+                "powerWatts": _num(g.power_watts),
+                "unallocatedDevices": g.unallocated_devices,
+            },
+            "expect": {"violations": list(t.expect.violations or ())},
+        }
+    c, decision = t.call, t.expect.decision
+    if c is None or decision is None:  # validation makes this impossible
+        raise ValueError(f"test {t.name!r} has neither a call with a decision nor gpu usage")
+    return {
+        "name": t.name,
+        "call": {
+            "agent": c.agent,
+            "server": c.server,
+            "tool": c.tool,
+            "arguments": dict(c.arguments),
+            "session": c.session,
+            "onBehalfOf": c.on_behalf_of,
+            "serverVersion": c.server_version,
+            "labels": dict(c.labels),
+            **(
+                {"serverDeclaredRisk": c.server_declared_risk.value}
+                if c.server_declared_risk
+                else {}
+            ),
+        },
+        "expect": {
+            "decision": decision.value,
+            "rule": t.expect.rule,
+            "reasonContains": t.expect.reason_contains,
+        },
+        "repeat": t.repeat,
+        "everySeconds": _num(t.every_seconds),
     }
 
 

@@ -159,21 +159,41 @@ class TestCall:
 
 
 @dataclass(frozen=True, slots=True)
+class GpuUsage:
+    """A tenant's GPU use on one node, for quota tests."""
+
+    tenant: str
+    gpus: int = 0
+    gpu_memory_bytes: int = 0
+    mig_instances: Mapping[str, int] = field(default_factory=dict)
+    power_watts: float = 0.0
+    #: Devices its processes use that the kubelet did not allocate to their pods.
+    unallocated_devices: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class TestExpect:
-    decision: Decision
+    #: For call tests.
+    decision: Decision | None = None
     rule: str = ""
     reason_contains: str = ""
+    #: For GPU tests: the quota limits exceeded (``gpus``, ``migInstances/1g.18gb``, ...).
+    violations: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class BundleTest:
-    """An example call and what the engine must answer to its last repetition."""
+    """An example call (or GPU usage) and what the bundle must answer.
+
+    Exactly one of ``call`` and ``gpu`` is set.
+    """
 
     __test__ = False  # not a pytest class
 
     name: str
-    call: TestCall
+    call: TestCall | None
     expect: TestExpect
+    gpu: GpuUsage | None = None
     #: Make the call this many times in one fresh session (budgets count up).
     repeat: int = 1
     #: Seconds the fake clock advances between repetitions.

@@ -32,6 +32,7 @@ from palisade.bundle.schema import (
     Enforcement,
     FailureMode,
     GpuQuota,
+    GpuUsage,
     Identity,
     Match,
     RateLimit,
@@ -291,10 +292,68 @@ def _budgets(c: Checker, path: Path, raw: Any) -> tuple[Budgets, list[tuple[Path
     return budgets, matches
 
 
+_VIOLATION = re.compile(r"^(gpus|gpuMemoryBytes|powerWatts|allocatedDevicesOnly|migInstances/.+)$")
+
+
+def _gpu_test(c: Checker, path: Path, d: Mapping[str, Any]) -> BundleTest | None:
+    gp, ep = (*path, "gpu"), (*path, "expect")
+    gpu_d = c.obj(
+        d["gpu"],
+        gp,
+        ["tenant"],
+        ["gpus", "gpuMemoryBytes", "migInstances", "powerWatts", "unallocatedDevices"],
+    )
+    expect_d = c.obj(d.get("expect"), ep, ["violations"], [])
+    if gpu_d is None or expect_d is None:
+        return None
+    mig: dict[str, int] = {}
+    raw_mig = gpu_d.get("migInstances") or {}
+    if not isinstance(raw_mig, dict):
+        c.err((*gp, "migInstances"), f"must be a mapping, got {typename(raw_mig)}")
+    else:
+        for profile in raw_mig:
+            n = c.integer(raw_mig, profile, (*gp, "migInstances"), None)
+            if n is not None:
+                mig[profile] = n
+    violations = c.strings(expect_d, "violations", ep)
+    for i, v in enumerate(violations):
+        if not _VIOLATION.match(v):
+            c.err(
+                (*ep, "violations", i),
+                f"{v!r} is not a quota limit; use gpus, gpuMemoryBytes, powerWatts,"
+                " allocatedDevicesOnly or migInstances/<profile>",
+            )
+    for key in ("repeat", "everySeconds"):
+        if key in d:
+            c.err((*path, key), "applies to call tests only")
+    return BundleTest(
+        name=c.name(d, "name", path),
+        call=None,
+        gpu=GpuUsage(
+            tenant=c.string(gpu_d, "tenant", gp),
+            gpus=c.integer(gpu_d, "gpus", gp, 0) or 0,
+            gpu_memory_bytes=c.integer(gpu_d, "gpuMemoryBytes", gp, 0) or 0,
+            mig_instances=mig,
+            power_watts=c.number(gpu_d, "powerWatts", gp, 0.0) or 0.0,
+            unallocated_devices=c.integer(gpu_d, "unallocatedDevices", gp, 0) or 0,
+        ),
+        expect=TestExpect(violations=tuple(sorted(violations))),
+    )
+
+
 def _test(c: Checker, path: Path, raw: Any) -> BundleTest | None:
-    d = c.obj(raw, path, ["name", "call", "expect"], ["repeat", "everySeconds"])
+    d = c.obj(raw, path, ["name", "expect"], ["call", "gpu", "repeat", "everySeconds"])
     if d is None:
         return None
+    if ("call" in d) == ("gpu" in d):
+        c.err(
+            path,
+            "needs exactly one of 'call' (a tool call to decide) or 'gpu' (a tenant's GPU"
+            " usage to check against its quota)",
+        )
+        return None
+    if "gpu" in d:
+        return _gpu_test(c, path, d)
     cp = (*path, "call")
     call_d = c.obj(
         d.get("call"),
@@ -525,7 +584,13 @@ def build_bundle(doc: Any, positions: Positions) -> Bundle:
         | {f"budget/{b.id}" for b in budgets.spend_caps}
         | {"budget/mutationsPerSession"}
     )
+    quotas = {t.name: t.gpu_quota for t in tenants if t is not None}
     for (p, _), t in zip(x_items, tests, strict=True):
+        if t is not None and t.gpu is not None:
+            if t.gpu.tenant not in quotas:
+                c.err((*p, "gpu", "tenant"), f"unknown tenant {t.gpu.tenant!r}")
+            elif quotas[t.gpu.tenant] is None:
+                c.err((*p, "gpu", "tenant"), f"tenant {t.gpu.tenant!r} has no gpuQuota to test")
         if t is not None and t.expect.rule and t.expect.rule not in known_rules:
             close = difflib.get_close_matches(t.expect.rule, sorted(known_rules), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""

@@ -67,14 +67,14 @@ def cmd_test(ns: argparse.Namespace) -> int:
     results = run_tests(bundle)
     console = Console(width=160)
     table = Table(title=f"{ns.file}: {bundle.name}", title_justify="left")
-    for col in ("", "test", "decision", "rule", "problem"):
+    for col in ("", "test", "outcome", "rule", "problem"):
         table.add_column(col)
     for r in results:
         table.add_row(
             "[green]PASS[/]" if r.passed else "[red]FAIL[/]",
             r.test.name,
-            r.verdict.decision.value,
-            r.verdict.rule_id,
+            r.outcome,
+            r.rule,
             r.problem,
         )
     console.print(table)

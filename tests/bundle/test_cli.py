@@ -34,7 +34,7 @@ def test_lint_prints_file_line_col_field_message_and_fails(
 def test_test_runs_the_bundle_tests_as_a_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bundle", "test", EXAMPLE]) == 0
     out = capsys.readouterr().out
-    assert "19 passed, 0 failed" in out
+    assert "23 passed, 0 failed" in out
     assert "budget/mutationsPerSession" in out
 
 

@@ -338,3 +338,30 @@ def test_one_identity_may_map_to_only_one_agent() -> None:
         "spec.agents[1].identities[0]: this identity already maps to agent 'sre'; one identity,"
         " one agent"
     )
+
+
+def test_a_test_needs_exactly_one_of_call_and_gpu() -> None:
+    text = spec_yaml("""\
+        tests:
+          - name: t1
+            expect: {decision: deny}
+        """)
+    assert only_issue(text).endswith(
+        "spec.tests[0]: needs exactly one of 'call' (a tool call to decide) or 'gpu' (a tenant's"
+        " GPU usage to check against its quota)"
+    )
+
+
+def test_gpu_tests_need_a_tenant_with_a_quota_and_known_limit_names() -> None:
+    text = spec_yaml("""\
+        tests:
+          - name: t1
+            gpu: {tenant: payments, gpus: 1}
+            expect: {violations: [gpu]}
+        """)
+    tails = [i.split(": ", 1)[1] for i in issues_of(text)]
+    assert tails == [
+        "spec.tests[0].expect.violations[0]: 'gpu' is not a quota limit; use gpus,"
+        " gpuMemoryBytes, powerWatts, allocatedDevicesOnly or migInstances/<profile>",
+        "spec.tests[0].gpu.tenant: tenant 'payments' has no gpuQuota to test",
+    ]

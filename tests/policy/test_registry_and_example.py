@@ -16,16 +16,16 @@ SCHEMA = {"type": "object", "properties": {"namespace": {"type": "string"}}}
 
 def test_every_test_in_the_example_bundle_passes() -> None:
     results = run_tests(load_file(EXAMPLE))
-    assert len(results) >= 19
+    assert len(results) >= 23
     assert [r.test.name for r in results if not r.passed] == []
 
 
 def test_the_example_covers_every_decision_and_budget() -> None:
-    results = run_tests(load_file(EXAMPLE))
-    rules = {r.verdict.rule_id for r in results}
+    results = [r for r in run_tests(load_file(EXAMPLE)) if r.verdict is not None]
+    rules = {r.verdict.rule_id for r in results if r.verdict}
     assert {"budget/mutationsPerSession", "budget/agent-rate", "budget/agent-spend"} <= rules
     assert {"deny-destructive", "allow-writes-own-namespace", "deny-writes-elsewhere"} <= rules
-    assert {r.verdict.decision.value for r in results} == {
+    assert {r.verdict.decision.value for r in results if r.verdict} == {
         "allow",
         "deny",
         "require_approval",
@@ -52,3 +52,15 @@ def test_digests_do_not_depend_on_key_order() -> None:
     assert tool_definition_digest("t", "d", {"x": 1, "y": 2}) == tool_definition_digest(
         "t", "d", {"y": 2, "x": 1}
     )
+
+
+def test_the_example_tests_the_payments_gpu_quota() -> None:
+    gpu = [r for r in run_tests(load_file(EXAMPLE)) if r.test.gpu is not None]
+    assert len(gpu) == 4 and all(r.passed for r in gpu)
+    assert {v for r in gpu for v in r.violations} == {
+        "gpus",
+        "migInstances/1g.18gb",
+        "migInstances/3g.71gb",
+        "powerWatts",
+        "allocatedDevicesOnly",
+    }
