@@ -12,8 +12,8 @@ and the value re-read when it changed; the hot path is a clock read. A missing,
 empty or oversized file fails closed with :class:`CredentialUnavailable`: the
 proxy must answer an error rather than forward without the credential.
 
-Vault (KV v2 via hvac) is not implemented yet: it needs a real Vault server in the
-tests, and none is part of the test peers (see docs/identity.md).
+Vault / OpenBao (KV v2 via hvac) is the other source, in
+:mod:`sidecar.credentials_vault`.
 """
 
 from __future__ import annotations
