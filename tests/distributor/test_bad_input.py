@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 
 from palisade.v1 import distribution_pb2
 from tests.distributor.conftest import Fleet
-from tests.distributor.helpers import eventually, make_client
+from tests.distributor.helpers import cli, eventually, make_client
 
 SUBSCRIBE = "/palisade.v1.DistributionService/Subscribe"
 SEND_AUDIT = "/palisade.v1.DistributionService/SendAudit"
@@ -66,3 +68,21 @@ async def test_a_bad_stream_is_refused_with_invalid_argument_and_the_replica_kee
         await eventually(lambda: client.status.revision == 1, 10, "a good client still served")
     finally:
         await client.stop()
+
+
+def test_the_distributor_refuses_to_start_without_a_usable_signing_key(tmp_path: Path) -> None:
+    out = cli("distributor", "--policy-dir", str(tmp_path), "--store", str(tmp_path / "s.db"))
+    assert out.returncode == 2 and "--signing-key is required" in out.stderr
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    out = cli(
+        "distributor",
+        "--policy-dir",
+        str(tmp_path),
+        "--store",
+        str(tmp_path / "s.db"),
+        "--signing-key",
+        str(bad),
+    )
+    assert out.returncode == 1 and "distributor failed" in out.stderr
+    assert "not a key" not in out.stderr, "key material never echoed"
