@@ -391,11 +391,10 @@ class VaultCredential:
         value = self._value
         if value is not None and self._clock() < self._expires_at:
             return value
-        if self._value is not None:
-            self._reason = "the cached credential expired and Vault could not be read"
-        raise CredentialUnavailable(
-            f"the upstream credential from Vault is unavailable: {self._reason}"
-        )
+        why = self._reason
+        if value is not None:
+            why = f"the cached credential expired and Vault could not be read ({why})"
+        raise CredentialUnavailable(f"the upstream credential from Vault is unavailable: {why}")
 
     async def header(self) -> tuple[str, str]:
         return self.settings.header, self.current()
