@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 REDACTED = "[REDACTED]"
+#: A secret name that marks every field secret (used when the registry lookup fails).
+ALL_FIELDS = "*"
 
 #: Name fragments that mark a field secret wherever they appear in its name.
 BUILTIN_SECRET_FRAGMENTS: tuple[str, ...] = (
@@ -58,14 +60,17 @@ _CACHE_LIMIT = 4096
 class Redactor:
     """Redacts one registry's secret names plus the built-in ones; reusable, thread-safe."""
 
-    __slots__ = ("_cache", "_exact")
+    __slots__ = ("_all", "_cache", "_exact")
 
     def __init__(self, secret_names: Iterable[str] = ()) -> None:
         self._exact = frozenset(_norm(n) for n in secret_names)
+        self._all = ALL_FIELDS in self._exact
         # name -> verdict; argument names repeat, so most lookups are one dict hit
         self._cache: dict[str, bool] = {}
 
     def is_secret_name(self, name: str) -> bool:
+        if self._all:
+            return True
         hit = self._cache.get(name)
         if hit is None:
             key = _norm(name)

@@ -20,6 +20,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from palisade.audit import AuditError, AuditWriter, Entry
+from palisade.audit.redact import ALL_FIELDS
 from palisade.policy.types import Call, Decision, DecisionEngine, Verdict
 from palisade.runtime.metrics import DecisionMetrics
 from palisade.service.convert import (
@@ -152,8 +153,12 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             if bad is not None:
                 raise BadRequest(bad)
             call = call_from_request(request, self._limits)
-        except BadRequest as exc:
-            bad = str(exc)
+        except Exception as exc:  # BadRequest, or a bug in conversion: refuse either way
+            if isinstance(exc, BadRequest):
+                bad = str(exc)
+            else:
+                log.exception("request conversion failed")
+                bad = "the request could not be read"
             verdict = _deny("invalid-request", f"invalid request: {bad}")
             call = Call(
                 agent=request.agent[:256],
@@ -165,7 +170,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         else:
             verdict = self._decide(active, call, request.dry_run, request.explain)
         latency = time.perf_counter_ns() - start
-        names = active.secret_names(call.server, call.tool) if bad is None else ()
+        names = self._secret_names(active, call) if bad is None else ()
         audit_hash = await self._write_audit(call, verdict, latency, request.dry_run, bad, names)
         if audit_hash is None:
             verdict = _deny(
@@ -184,6 +189,15 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         if bad is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad)
         return response_from_verdict(verdict, audit_hash=audit_hash)
+
+    @staticmethod
+    def _secret_names(active: Active, call: Call) -> Iterable[str]:
+        try:
+            return tuple(active.secret_names(call.server, call.tool))
+        except Exception:
+            # unknown which fields are secret: redact every argument (the digest stays)
+            log.exception("secret argument lookup failed; redacting all arguments")
+            return (ALL_FIELDS,)
 
     async def _write_audit(
         self,

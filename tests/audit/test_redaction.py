@@ -78,3 +78,10 @@ def test_a_planted_secret_is_never_in_the_redacted_output(
     planted = {"outer": [tree, {name: "PLANTED-SECRET-VALUE"}], name: "PLANTED-SECRET-VALUE"}
     out = Redactor(["creds"]).redact(planted)
     assert "PLANTED-SECRET-VALUE" not in repr(out)
+
+
+def test_the_all_fields_marker_redacts_everything_but_keeps_the_shape() -> None:
+    from palisade.audit.redact import ALL_FIELDS
+
+    out = Redactor([ALL_FIELDS]).redact({"a": 1, "b": [{"c": 2}]})
+    assert out == {"a": REDACTED, "b": REDACTED}

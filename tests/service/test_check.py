@@ -226,3 +226,16 @@ async def test_a_decision_over_the_time_budget_is_denied_and_audited(served: Ser
     assert "over the" in resp.reason and "budget" in resp.reason
     [rec] = audit_lines(served)
     assert (rec["decision"], rec["rule_id"]) == ("deny", "failure")
+
+
+async def test_a_failing_secret_lookup_redacts_every_argument(served: Served) -> None:
+    def broken(server: str, tool: str) -> list[str]:
+        raise KeyError(tool)
+
+    served.engines.swap(served.engines.get().engine, secret_names=broken)
+    args = {"namespace": "payments", "blob": "maybe-secret"}
+    resp = await served.stub.Check(req(args=args))
+    assert resp.decision == policy_pb2.DECISION_ALLOW
+    [rec] = audit_lines(served)
+    assert rec["arguments"] == {"namespace": REDACTED, "blob": REDACTED}
+    assert rec["arguments_digest"] == digest(args)
