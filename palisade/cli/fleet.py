@@ -1,6 +1,7 @@
 """``palisade fleet``: who is connected to the distributor, what they run, who is stale.
 
   palisade fleet [sidecars|nodes|bundles] [--url URL] [-o table|json] [--all]
+  (no WHAT: all three)
   palisade fleet rollback --to REVISION [--by NAME]   (also: palisade bundle rollback)
 
 Tables for people (rich), ``-o json`` for scripts. Exit status 1 when the
@@ -179,7 +180,22 @@ def _guard(fn: Any) -> Any:
     return run
 
 
+def show_all(ns: argparse.Namespace) -> int:
+    """``palisade fleet`` alone: sidecars, node agents and the recent bundles."""
+    if ns.output == "json":
+        api = api_from(ns)
+        doc = {"sidecars": api.fleet("sidecar"), "nodes": api.fleet("node"), **api.bundles()}
+        print(json.dumps(doc, indent=2))
+        return 0
+    ns.all = False
+    show_clients(ns, "sidecar")
+    show_clients(ns, "node")
+    return show_bundles(ns)
+
+
 def register(parser: argparse.ArgumentParser) -> None:
+    add_api_args(parser)
+    parser.set_defaults(func=_guard(show_all))
     sub = parser.add_subparsers(dest="what", metavar="WHAT")
     for name, kind, help_text in (
         ("sidecars", "sidecar", "connected sidecars, their revision and health"),

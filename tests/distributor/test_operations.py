@@ -191,6 +191,14 @@ async def test_the_fleet_command_shows_sidecars_and_node_agents_for_people_and_s
         assert "node-1" in table.stdout and "live" in table.stdout
         assert "side-1" not in table.stdout
 
+        overview = await acli("fleet", "--url", r0.url)
+        assert overview.returncode == 0, overview.stderr
+        assert "sidecars (1)" in overview.stdout and "node agents (1)" in overview.stdout
+        assert "bundles" in overview.stdout
+        whole = json.loads((await acli("fleet", "-o", "json", "--url", r0.url)).stdout)
+        assert [c["id"] for c in whole["nodes"]] == ["gpu-node-1"]
+        assert whole["bundles"][0]["revision"] == 1
+
         status, body = await ahttp("GET", r0.url + "/v1/fleet?kind=node")
         assert status == 200 and [r["id"] for r in body["clients"]] == ["gpu-node-1"]
         assert body["clients"][0]["summary"] == {"gpus": 8, "violations": 1}
