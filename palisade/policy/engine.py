@@ -271,7 +271,7 @@ class Engine:
                 try:
                     result = rule.program.execute(self._cel_context(call, route, rule))
                 except Exception as exc:  # any CEL runtime error: failure mode decides
-                    return self._failed(rule, f"{type(exc).__name__}: {exc}", route, call, explain)
+                    return self._failed(rule, _cel_problem(exc), route, call, explain)
                 if result is not True:
                     if result is False:
                         continue
@@ -467,7 +467,7 @@ class Engine:
                 try:
                     result = rule.program.execute(self._cel_context(call, route, rule))
                 except Exception as exc:
-                    traces.append(RuleTrace(rule.id, False, f"'when' failed: {exc}"))
+                    traces.append(RuleTrace(rule.id, False, f"'when' failed: {_cel_problem(exc)}"))
                     break
                 if result is not True:
                     traces.append(RuleTrace(rule.id, False, f"'when' is {result!r}: {rule.when}"))
@@ -483,6 +483,15 @@ class Engine:
                 traces.append(RuleTrace(rule.id, True, "every match field holds"))
                 break
         return tuple(traces)
+
+
+def _cel_problem(exc: Exception) -> str:
+    """What went wrong in a ``when``, without echoing values from the call (they may be secret)."""
+    if isinstance(exc, KeyError):
+        return "a field it reads is missing; guard it with has()"
+    if isinstance(exc, TypeError):
+        return "the values have types the expression cannot combine"
+    return f"{type(exc).__name__} while evaluating"
 
 
 def _with_trace(v: Verdict, trace: tuple[RuleTrace, ...]) -> Verdict:

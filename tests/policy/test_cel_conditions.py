@@ -78,3 +78,13 @@ def test_arguments_never_leak_into_the_reason() -> None:
     engine = compile_bundle(bundle(OWN_NS))
     v = engine.decide(call("apply", arguments={"token": "s3cr3t-value"}))
     assert "s3cr3t-value" not in v.reason
+
+
+def test_a_failing_condition_explains_itself_without_echoing_argument_values() -> None:
+    b = bundle('rules:\n  - {id: r, decision: allow, when: "args.token + 1 == 2"}\n')
+    v = compile_bundle(b).decide(call(arguments={"token": "hunter2-secret"}), explain=True)
+    assert (v.decision, v.rule_id) == (Decision.DENY, "failure")
+    assert "cannot combine" in v.reason
+    assert "hunter2" not in v.reason and all("hunter2" not in t.detail for t in v.explanation)
+    v = compile_bundle(bundle(OWN_NS)).decide(call("apply", arguments={}))
+    assert "a field it reads is missing; guard it with has()" in v.reason
