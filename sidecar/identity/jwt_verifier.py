@@ -81,7 +81,13 @@ class JwtVerifier:
         kid = header.get("kid")
         key = await cache.key(kid if isinstance(kid, str) else None)
         claims = self._decode(token, key, str(alg), cache.config.issuer)
-        return VerifiedToken(claims=claims, cluster=cache.config.cluster, scopes=scopes_of(claims))
+        exp = claims.get("exp")
+        return VerifiedToken(
+            claims=claims,
+            cluster=cache.config.cluster,
+            scopes=scopes_of(claims),
+            reusable_until=float(exp) if isinstance(exp, int | float) else None,
+        )
 
     def _decode(self, token: str, key: jwt.PyJWK, alg: str, issuer: str) -> dict[str, Any]:
         # A JWK that names its algorithm binds it (RFC 7517 4.4); one that does not

@@ -9,9 +9,11 @@ returns a :class:`Principal`. Every failure becomes an :class:`AuthError` with t
 RFC 6750 / RFC 9728 challenge; the token itself never appears in a log line, an
 error or a challenge.
 
-Verified tokens are cached (by SHA-256 digest, never the token itself) until the
-earlier of their ``exp`` and ``cache_ttl_s``, so a session's repeated calls cost
-a hash and a lookup rather than a signature check (about 190 us with Ed25519).
+Verified JWTs are cached (by SHA-256 digest, never the token itself) until the
+earlier of their ``exp`` and ``cache_ttl_s`` (a verifier says what may be reused
+through ``VerifiedToken.reusable_until``; TokenReview keeps its own shorter
+cache), so a session's repeated calls cost a hash and a lookup rather than a
+signature check (about 190 us with Ed25519).
 The claim -> agent mapping and the scope check still run on every request, so a
 new bundle takes effect at once. The price: a token whose signing key the
 issuer withdraws stays accepted for at most ``cache_ttl_s``.
@@ -141,10 +143,9 @@ class ResourceServer:
                 return hit[1]
             del self._cache[key]
         verified = await self._verify_uncached(token)
-        exp = verified.claims.get("exp")
-        until = now + self._cache_ttl
-        if isinstance(exp, int | float):
-            until = min(until, float(exp))
+        if verified.reusable_until is None:
+            return verified
+        until = min(now + self._cache_ttl, verified.reusable_until)
         if self._cache_ttl > 0 and until > now:
             self._cache[key] = (until, verified)
             while len(self._cache) > self._cache_size:

@@ -107,20 +107,24 @@ class TokenReviewer:
     def _judge(self, status: dict[str, Any]) -> VerifiedToken:
         if not status.get("authenticated"):
             raise TokenRejected("the Kubernetes API server did not accept the token")
-        audiences = status.get("audiences") or []
-        if self._audience not in audiences:
+        audiences = status.get("audiences")
+        if not isinstance(audiences, list) or self._audience not in audiences:
             raise TokenRejected("the token was not issued for this server (audience)")
-        user = status.get("user") or {}
+        user = status.get("user")
+        user = user if isinstance(user, dict) else {}
         username = str(user.get("username", ""))
         if not username.startswith(SA_PREFIX):
             raise TokenRejected("the token is not a ServiceAccount token")
-        extra = user.get("extra") or {}
+        extra = user.get("extra")
+        pods = (
+            extra.get("authentication.kubernetes.io/pod-name") if isinstance(extra, dict) else None
+        )
         claims: dict[str, Any] = {
             "iss": ISSUER,
             "sub": username,
             "aud": [self._audience],
-            "uid": user.get("uid", ""),
-            "pod": (extra.get("authentication.kubernetes.io/pod-name") or [""])[0],
+            "uid": str(user.get("uid", "")),
+            "pod": str(pods[0]) if isinstance(pods, list) and pods else "",
         }
         return VerifiedToken(claims=claims, cluster=True)
 

@@ -32,6 +32,10 @@ class VerifiedToken:
     #: True when the token was issued by the cluster itself (ServiceAccount tokens).
     cluster: bool = False
     scopes: frozenset[str] = field(default_factory=frozenset)
+    #: Wall-clock time until which the resource server may reuse this result without
+    #: asking the verifier again (a JWT's ``exp``); None: never (the verifier caches
+    #: itself, as TokenReview does, or must be asked every time).
+    reusable_until: float | None = None
 
 
 def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:

@@ -119,3 +119,59 @@ def test_the_example_bundle_maps_its_oidc_and_service_account_identities() -> No
         {"iss": "kubernetes", "sub": service_account_subject("search", "indexer")}, cluster=True
     )
     assert by_sa.agent.agent == "search-indexer"
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        {"authenticated": True},
+        {"authenticated": True, "audiences": "not-a-list"},
+        {"authenticated": True, "audiences": ["http://127.0.0.1:9999/mcp"], "user": "x"},
+        {
+            "authenticated": True,
+            "audiences": ["http://127.0.0.1:9999/mcp"],
+            "user": {"username": "alice"},
+        },
+    ],
+    ids=["no-audiences", "audiences-not-a-list", "user-not-an-object", "not-a-service-account"],
+)
+async def test_odd_tokenreview_answers_are_refusals_not_crashes(status: dict[str, object]) -> None:
+    import aiohttp
+
+    from sidecar.identity.tokenreview import TokenReviewer
+    from sidecar.identity.verified import TokenRejected
+
+    async with aiohttp.ClientSession() as http:
+        reviewer = TokenReviewer(
+            http, api_server="https://unused", audience="http://127.0.0.1:9999/mcp",
+            credential=lambda: "unused",
+        )  # fmt: skip
+        with pytest.raises(TokenRejected):
+            reviewer._judge(status)
+
+
+async def test_a_service_account_review_names_the_pod() -> None:
+    import aiohttp
+
+    from sidecar.identity.tokenreview import TokenReviewer
+
+    async with aiohttp.ClientSession() as http:
+        reviewer = TokenReviewer(
+            http, api_server="https://unused", audience="aud", credential=lambda: "unused"
+        )
+        verified = reviewer._judge(
+            {
+                "authenticated": True,
+                "audiences": ["aud"],
+                "user": {
+                    "username": "system:serviceaccount:payments:sre",
+                    "uid": "u1",
+                    "extra": {"authentication.kubernetes.io/pod-name": ["sre-0"]},
+                },
+            }
+        )
+    assert verified.cluster and verified.reusable_until is None
+    assert (verified.claims["sub"], verified.claims["pod"]) == (
+        "system:serviceaccount:payments:sre",
+        "sre-0",
+    )

@@ -123,7 +123,8 @@ async def test_a_verified_token_is_not_verified_again_until_it_expires() -> None
             self.calls += 1
             if token != "good":
                 raise TokenRejected("bad token")
-            return VerifiedToken(claims={"iss": "https://idp.example", "sub": "s", "exp": 100.0})
+            claims = {"iss": "https://idp.example", "sub": "s", "exp": 100.0}
+            return VerifiedToken(claims=claims, reusable_until=100.0)
 
     clock = [0.0]
     verifier = CountingVerifier()
