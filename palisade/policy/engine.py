@@ -469,11 +469,13 @@ class Engine:
                 except Exception as exc:
                     traces.append(RuleTrace(rule.id, False, f"'when' failed: {_cel_problem(exc)}"))
                     break
-                if result is not True:
-                    traces.append(RuleTrace(rule.id, False, f"'when' is {result!r}: {rule.when}"))
-                    if result is not False:
-                        break
+                if result is False:
+                    traces.append(RuleTrace(rule.id, False, f"'when' is false: {rule.when}"))
                     continue
+                if result is not True:
+                    kind = type(result).__name__
+                    traces.append(RuleTrace(rule.id, False, f"'when' gave a {kind}, not a boolean"))
+                    break
                 traces.append(RuleTrace(rule.id, True, f"match and 'when' hold: {rule.when}"))
                 break
             if detail:

@@ -88,3 +88,10 @@ def test_a_failing_condition_explains_itself_without_echoing_argument_values() -
     assert "hunter2" not in v.reason and all("hunter2" not in t.detail for t in v.explanation)
     v = compile_bundle(bundle(OWN_NS)).decide(call("apply", arguments={}))
     assert "a field it reads is missing; guard it with has()" in v.reason
+
+
+def test_a_non_boolean_condition_does_not_echo_its_value_in_the_trace() -> None:
+    b = bundle("rules:\n  - {id: r, decision: allow, when: args.token}\n")
+    v = compile_bundle(b).decide(call(arguments={"token": "hunter2-secret"}), explain=True)
+    assert v.rule_id == "failure"
+    assert [t.detail for t in v.explanation] == ["'when' gave a str, not a boolean"]

@@ -149,7 +149,7 @@ def test_explain_traces_each_rule_up_to_the_one_that_decided() -> None:
     assert details[0] == "tool 'pods_log' does not match ['apply']"
     assert details[1] == "risk 'read' is not in ['write']"
     assert details[2] == "agent 'sre' does not match ['other']"
-    assert details[3] == "'when' is False: has(args.force)"
+    assert details[3] == "'when' is false: has(args.force)"
 
 
 def test_without_explain_there_is_no_trace() -> None:
