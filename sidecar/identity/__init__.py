@@ -12,6 +12,7 @@ Public surface (the proxy uses only these names):
 - :class:`IdentitySettings` + :class:`IdentityStack`: build one from settings.
 - :class:`IdentityMap`: bundle ``spec.agents[].identities`` -> agents.
 - :func:`metadata_paths`: where to serve ``/.well-known/oauth-protected-resource``.
+- :func:`in_cluster_issuer`: the cluster's own ServiceAccount issuer, seen from a pod.
 """
 
 from sidecar.identity.challenge import metadata_paths, metadata_url
@@ -27,7 +28,12 @@ from sidecar.identity.principal import (
     bearer_token,
 )
 from sidecar.identity.resource_server import ResourceServer
-from sidecar.identity.stack import IdentitySettings, IdentityStack, TokenReviewSettings
+from sidecar.identity.stack import (
+    IdentitySettings,
+    IdentityStack,
+    TokenReviewSettings,
+    in_cluster_issuer,
+)
 
 __all__ = [
     "AuthError",
@@ -45,6 +51,7 @@ __all__ = [
     "TokenReviewSettings",
     "Unauthenticated",
     "bearer_token",
+    "in_cluster_issuer",
     "metadata_paths",
     "metadata_url",
 ]
