@@ -130,3 +130,28 @@ async def test_a_client_that_stops_heartbeating_shows_as_stale_within_the_grace_
     finally:
         await live.stop()
         await silent.stop()
+
+
+async def test_failing_over_to_a_replica_that_is_behind_never_moves_a_client_backwards(
+    fleet: Fleet,
+) -> None:
+    r0 = fleet.start("r0")
+    # r1 has no source and reads the store only every 30 s: it lags behind r0.
+    r1 = fleet.start("r1", policy_dir=None, extra=["--poll", "30"])
+    client, rec = make_client(fleet.tmp, "c0", [r0.target, r1.target], fleet.trusted)
+    await client.start()
+    try:
+        await eventually(lambda: client.status.revision == 1, 10, "rev 1")
+        fleet.write_policy(bundle_yaml(reason="only r0 knows yet"))
+        await eventually(lambda: client.status.revision == 2, 10, "rev 2 via r0")
+        r0.kill()
+        await eventually(
+            lambda: client.target == r1.target and client.status.connected, 10, "on r1"
+        )
+        _, ready = await ahttp("GET", r1.url + "/readyz")
+        assert ready["revision"] < 2, "r1 really is behind"
+        await asyncio.sleep(0.5)
+        assert rec.revisions == [1, 2], "never offered an older revision"
+        assert client.status.revision == 2 and client.nacks == 0
+    finally:
+        await client.stop()
