@@ -2,8 +2,9 @@
 
 - :func:`check_routing_headers`: the 2026-07-28 ``Mcp-Method`` / ``Mcp-Name`` /
   ``Mcp-Param-*`` headers must agree with the body (else -32020, HTTP 400), checked
-  before any decision. The comparison rules come from the MCP SDK's own pure
-  module (``mcp.shared.inbound``) so client, server and proxy read one source.
+  before any decision. The comparison rules are the MCP SDK's
+  (``mcp.shared.inbound``), ported in :mod:`sidecar.mcp_headers` and tested
+  against it, so client, server and proxy agree.
 - :func:`tool_call`: a ``tools/call`` message and a principal become a
   :class:`~palisade.policy.types.Call`.
 - :func:`risk_from_annotations`: the risk a server declares for its tool.
@@ -16,20 +17,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from mcp.shared.inbound import (
+from palisade.policy.types import Call, Decision, Risk, Verdict
+from sidecar import jsonrpc
+from sidecar.jsonrpc import BadMessage, Message
+from sidecar.mcp_headers import (
     MCP_METHOD_HEADER,
     MCP_NAME_HEADER,
     MCP_PROTOCOL_VERSION_HEADER,
+    MODERN_PROTOCOL_VERSIONS,
     NAME_BEARING_METHODS,
     decode_header_value,
     find_duplicated_routing_header,
     validate_mcp_param_headers,
 )
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-
-from palisade.policy.types import Call, Decision, Risk, Verdict
-from sidecar import jsonrpc
-from sidecar.jsonrpc import BadMessage, Message
 
 #: ``_meta`` key of the protocol version in the 2026-07-28 per-request envelope.
 _PROTOCOL_META_KEY = "io.modelcontextprotocol/protocolVersion"
@@ -99,11 +99,11 @@ def check_routing_headers(
         raise _mismatch(msg, f"Mcp-Name is not defined for {msg.method}")
     if msg.method == "tools/call" and input_schema is not None:
         args = msg.params.get("arguments")
-        rejection = validate_mcp_param_headers(
+        problem = validate_mcp_param_headers(
             input_schema, args if isinstance(args, Mapping) else {}, headers
         )
-        if rejection is not None:
-            raise _mismatch(msg, rejection.message)
+        if problem is not None:
+            raise _mismatch(msg, problem)
 
 
 def risk_from_annotations(tool: Mapping[str, Any]) -> Risk:
