@@ -24,7 +24,9 @@ runs once the batch has not grown for ``quiet_turns`` loop turns, reaches
 ``max_batch`` records, or ``batch_turns`` turns have passed. Requests already
 delivered by gRPC are what fills the batch, so a lone caller waits only a few
 empty turns (microseconds); under load a batch of many records costs one
-signature and one ``write(2)``.
+signature and one ``write(2)``. ``sign_each=True`` signs every record anyway
+(for consumers that must check records one by one; it costs the signing
+savings, not the single write).
 
 Rotation: when the active file reaches ``max_bytes`` it is fsynced, renamed
 to the next numbered sibling and a fresh file opened; the chain simply
@@ -91,6 +93,7 @@ class AuditWriter:
         batch_turns: int = 64,
         quiet_turns: int = 8,
         max_batch: int = 256,
+        sign_each: bool = False,
     ) -> None:
         if fsync not in ("always", "interval", "never"):
             raise ValueError(f"fsync must be always, interval or never, not {fsync!r}")
@@ -117,6 +120,7 @@ class AuditWriter:
         self._batch_turns = batch_turns
         self._quiet_turns = quiet_turns
         self._max_batch = max(1, max_batch)
+        self._sign_each = sign_each
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -302,7 +306,7 @@ class AuditWriter:
             return
         batch, self._pending = self._pending, []
         last = batch[-1]
-        lines = [line_of(c, "") for c in batch[:-1]]
+        lines = [line_of(c, sign(c, self._signer) if self._sign_each else "") for c in batch[:-1]]
         lines.append(line_of(last, sign(last, self._signer)))
         try:
             self._write(b"".join(lines))
@@ -462,7 +466,9 @@ class AuditWriter:
         files.fsync_dir(self.path.parent)
 
     def read_after(self, seq: int, limit: int = 1000) -> list[dict[str, Any]]:
-        """Up to ``limit`` records with seq greater than ``seq``, in chain order."""
+        """Records with seq greater than ``seq``, in chain order: ``limit`` of them, plus
+        the rest of the group commit the last one belongs to, so that every
+        shipment ends with a signed record and can be verified on its own."""
         out: list[dict[str, Any]] = []
         for path in files.chain_files(self.path):
             last = files.last_line(path)
@@ -471,7 +477,9 @@ class AuditWriter:
             for _, record in files.iter_records(path):
                 if int(record["seq"]) > seq:
                     out.append(record)
-                    if len(out) >= limit:
+                    # never end a shipment inside a group commit: its signature
+                    # is on the record that closes it
+                    if len(out) >= limit and record.get("signature"):
                         return out
         return out
 

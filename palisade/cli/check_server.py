@@ -78,6 +78,7 @@ async def _serve(ns: argparse.Namespace, signer_path: str, stop: asyncio.Event) 
         source=ns.source,
         max_bytes=ns.audit_max_bytes,
         fsync=ns.fsync,
+        sign_each=ns.audit_sign_each,
     )
     await writer.start()
     try:
@@ -134,6 +135,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         choices=("always", "interval", "never"),
         default="interval",
         help="audit durability (see docs/audit.md)",
+    )
+    parser.add_argument(
+        "--audit-sign-each",
+        action="store_true",
+        help="sign every audit record, not only the last of each group commit",
     )
     parser.add_argument("--source", default="check-server", help="audit record source name")
     parser.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on this port")

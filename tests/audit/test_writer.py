@@ -268,3 +268,20 @@ async def test_a_cancelled_caller_does_not_fail_its_batch_and_its_record_is_kept
     records = _all_records(active)
     assert [r["request_id"] for r in records] == ["r0", "r1", "r2", "r3", "r4"]
     assert verify_files([active]).ok
+
+
+async def test_sign_each_signs_every_record_of_a_batch(tmp_path: Path, signer: Signer) -> None:
+    async with AuditWriter(tmp_path / "a.jsonl", signer, fsync="never", sign_each=True) as w:
+        records = await asyncio.gather(*(w.append(entry(i)) for i in range(5)))
+    assert all(r["signature"] for r in records)
+    assert verify_files([tmp_path / "a.jsonl"], trusted=[signer.public]).ok
+
+
+async def test_a_shipment_never_ends_inside_a_group_commit(tmp_path: Path, signer: Signer) -> None:
+    async with AuditWriter(tmp_path / "a.jsonl", signer, fsync="never") as w:
+        await asyncio.gather(*(w.append(entry(i)) for i in range(6)))  # seqs 1..6, 6 signed
+        await w.append(entry(7))
+        shipment = w.read_after(0, limit=2)
+    assert [r["seq"] for r in shipment] == [1, 2, 3, 4, 5, 6]
+    assert shipment[-1]["signature"] and not shipment[0]["signature"]
+    assert [r["seq"] for r in w.read_after(6, limit=1)] == [7]
