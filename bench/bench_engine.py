@@ -199,8 +199,8 @@ def run(quick: bool) -> Report:
         " agent, risk) route once; later passes reuse them"
     )
     report.notes.append(
-        "CEL rows: every call evaluates the global guard's condition; at 10,000 rules nearly"
-        " every call also meets a rule of its own with a condition (two CEL evaluations), at"
+        "CEL rows: every call evaluates the global guard's condition; at 10,000 rules about two"
+        " calls in three also meet a rule of their own with a condition (two CEL evaluations), at"
         " 10 and 1,000 rules most calls do not, which is the 10,000-rule CEL row's extra cost"
     )
     report.notes.append(
