@@ -119,14 +119,14 @@ async def test_a_multi_line_value_is_refused(vault: Vault, token_file: Path) -> 
 async def test_a_short_lived_token_is_renewed_before_it_expires(
     vault: Vault, tmp_path: Path
 ) -> None:
-    token = vault.token(ttl="3s", explicit_max_ttl="1h", renewable=True)
+    token = vault.token(ttl="6s", explicit_max_ttl="1h", renewable=True)
     path = tmp_path / "short-token"
     path.write_text(token)
     cred = VaultCredential(settings(vault, path, refresh_interval_s=0.5, max_stale_s=60.0))
     async with cred:
         # well past the token's first TTL: only renewals keep it alive
-        await asyncio.sleep(5.0)
+        await asyncio.sleep(7.5)
         assert await cred.refresh_now(), cred.reason
         # an expired token is revoked and its lookup refused: this one is alive
-        assert vault.admin.auth.token.lookup(token)["data"]["ttl"] <= 3
+        assert vault.admin.auth.token.lookup(token)["data"]["ttl"] <= 6
     assert cred.errors == 0
