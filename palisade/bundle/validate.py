@@ -352,12 +352,30 @@ def _tool_refs(
 
 
 _BUILTIN_RULE_IDS = ("default", "registry", "failure")
+_METADATA_OPTIONAL = (
+    "labels",
+    "annotations",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "finalizers",
+    "ownerReferences",
+    "managedFields",
+    "selfLink",
+    "generateName",
+)
 
 
 def build_bundle(doc: Any, positions: Positions) -> Bundle:
     """Check ``doc`` and build the bundle; raise :class:`BundleValidationError` with every issue."""
     c = Checker(positions)
-    root = c.obj(doc, (), ["apiVersion", "kind", "metadata", "spec"], [])
+    # `status` and the server-set metadata fields are accepted (and ignored) so that a
+    # custom resource exported with `kubectl get -o yaml` lints as it is.
+    root = c.obj(doc, (), ["apiVersion", "kind", "metadata", "spec"], ["status"])
     if root is None:
         raise BundleValidationError(c.issues)
     if "apiVersion" in root and root["apiVersion"] != API_VERSION:
@@ -368,7 +386,7 @@ def build_bundle(doc: Any, positions: Positions) -> Bundle:
         c.err(("kind",), f"kind must be {KIND!r}, got {root['kind']!r}")
     meta: dict[str, Any] = {}
     if "metadata" in root:  # (its absence is already reported)
-        meta = c.obj(root["metadata"], ("metadata",), ["name"], ["labels", "annotations"]) or {}
+        meta = c.obj(root["metadata"], ("metadata",), ["name"], _METADATA_OPTIONAL) or {}
     name = c.string(meta, "name", ("metadata",))
     if "name" in meta and isinstance(meta["name"], str) and not _DNS_LABEL.match(name):
         c.err(

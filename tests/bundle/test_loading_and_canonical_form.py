@@ -153,3 +153,19 @@ def test_any_valid_bundle_round_trips_through_its_canonical_document(
     b = from_document(doc)
     assert from_document(json.loads(canonical_bytes(b))) == b
     assert canonical_bytes(from_document(to_document(b))) == canonical_bytes(b)
+
+
+def test_a_custom_resource_exported_from_the_cluster_lints_as_it_is() -> None:
+    cr = (
+        BASE.replace(
+            "metadata:\n  name: t\n",
+            "metadata:\n  name: t\n  namespace: palisade\n  uid: 1b4e28ba-2fa1\n"
+            "  resourceVersion: '4242'\n  generation: 3\n"
+            "  creationTimestamp: '2026-01-01T00:00:00Z'\n"
+            "  managedFields: [{manager: kubectl, operation: Apply}]\n",
+        )
+        + "status:\n  observedGeneration: 3\n"
+    )
+    plain = load_bytes(BASE)
+    assert load_bytes(cr) == plain
+    assert bundle_digest(load_bytes(cr)) == bundle_digest(plain)
