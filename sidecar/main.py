@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -30,18 +30,15 @@ from sidecar.app import build_app
 from sidecar.audit import AuditSink, LogSink, WriterSink
 from sidecar.core import ProxyCore
 from sidecar.credentials import FileCredential
-from sidecar.credentials_vault import (
-    DEFAULT_SA_TOKEN,
-    KubernetesAuth,
-    TokenFileAuth,
-    VaultAuth,
-    VaultCredential,
-    VaultSettings,
-)
 from sidecar.identity import DevAgent
 from sidecar.identity.jwks import IssuerConfig
 from sidecar.identity.mapping import IdentityMap
-from sidecar.identity.stack import IdentitySettings, IdentityStack, TokenReviewSettings
+from sidecar.identity.stack import (
+    SA_TOKEN_FILE,
+    IdentitySettings,
+    IdentityStack,
+    TokenReviewSettings,
+)
 from sidecar.intake import BundleIntake
 from sidecar.metrics import SidecarMetrics
 from sidecar.policy import PolicyHolder, PolicySnapshot
@@ -49,6 +46,9 @@ from sidecar.settings import Limits, SidecarSettings
 from sidecar.upstream import Upstream
 
 _DEFAULT_LIMITS = Limits()
+
+if TYPE_CHECKING:
+    from sidecar.credentials_vault import VaultCredential
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     a("--vault-token-file", default=_env("vault-token-file"), help="auth: a Vault token file")
     a("--vault-role", default=_env("vault-role"), help="auth: Kubernetes auth role")
     a("--vault-auth-mount", default=_env("vault-auth-mount", "kubernetes"))
-    a("--vault-sa-token-file", default=_env("vault-sa-token-file", DEFAULT_SA_TOKEN))
+    a("--vault-sa-token-file", default=_env("vault-sa-token-file", SA_TOKEN_FILE))
     a("--vault-ca-file", default=_env("vault-ca-file"), help="CA bundle for Vault's TLS")
     a("--vault-namespace", default=_env("vault-namespace"))
     a("--vault-refresh", type=float, default=float(_env("vault-refresh", 30.0)), help="seconds")
@@ -230,6 +230,15 @@ def credentials_from(ns: argparse.Namespace) -> FileCredential | VaultCredential
         )
     if not ns.vault_addr:
         return None
+    # Imported only when Vault is configured: hvac and requests cost ~10 MB resident.
+    from sidecar.credentials_vault import (
+        KubernetesAuth,
+        TokenFileAuth,
+        VaultAuth,
+        VaultCredential,
+        VaultSettings,
+    )
+
     if bool(ns.vault_role) == bool(ns.vault_token_file):
         raise SystemExit("palisade sidecar: --vault-addr needs --vault-role or --vault-token-file")
     auth: VaultAuth = (
@@ -323,7 +332,7 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
             log.error("no --bundle: every call is denied until one is given")
         assert stack.authenticator is not None
         credentials = credentials_from(ns)
-        if isinstance(credentials, VaultCredential):
+        if credentials is not None and not isinstance(credentials, FileCredential):
             await credentials.start()  # never raises: calls fail closed until Vault answers
         core = ProxyCore(
             settings=s,
@@ -379,7 +388,7 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
             if grpc_server is not None:
                 await stop_server(grpc_server[0], grpc_server[1], min(5.0, s.shutdown_grace_s))
             await runner.cleanup()
-            if isinstance(credentials, VaultCredential):
+            if credentials is not None and not isinstance(credentials, FileCredential):
                 await credentials.aclose()
             if writer is not None:
                 await writer.aclose()
