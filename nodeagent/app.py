@@ -198,8 +198,9 @@ async def serve(opts: Options) -> int:
     try:
         await agent.run(stop)
     finally:
+        deadline = opts.kill_grace_s + 10  # pending SIGKILLs first, then the rest
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(_shutdown(agent, watcher, dist, runner, writer, api), 10)
+            await asyncio.wait_for(_shutdown(agent, watcher, dist, runner, writer, api), deadline)
         backend.close()
     return 0
 
@@ -207,6 +208,8 @@ async def serve(opts: Options) -> int:
 async def _shutdown(
     agent: Agent, watcher: Any, dist: Any, runner: Any, writer: Any, api: Any
 ) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(agent.enforcer.settle(), agent.enforcer.kill_grace_s + 1)
     await agent.enforcer.close()
     if watcher is not None:
         await watcher.stop()

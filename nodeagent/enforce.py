@@ -104,6 +104,10 @@ class Enforcer:
         self._followups: set[asyncio.Task[None]] = set()
         self.records: list[ActionRecord] = []
 
+    @property
+    def kill_grace_s(self) -> float:
+        return self._kill_grace
+
     def set_audit(self, audit: AuditSink) -> None:
         self._audit = audit
 
@@ -249,6 +253,11 @@ class Enforcer:
             log.error("audit record not written", extra={"error": str(exc)})
             return False
         return True
+
+    async def settle(self) -> None:
+        """Wait for pending SIGKILL follow-ups (and their audit records) to finish."""
+        while self._followups:
+            await asyncio.gather(*list(self._followups), return_exceptions=True)
 
     async def close(self) -> None:
         for task in list(self._followups):

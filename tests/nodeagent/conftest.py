@@ -85,6 +85,23 @@ async def kubelet(tmp_path: Path) -> AsyncIterator[Kubelet]:
         await server.stop(None)
 
 
+CHILD_MARK = "palisade-nodeagent-test-child"
+
+
+class OwnChildrenOnly:
+    """A cgroup reader answering only for live processes carrying :data:`CHILD_MARK`."""
+
+    def __init__(self, inner: ScenarioCgroups) -> None:
+        self._inner = inner
+
+    def read(self, pid: int) -> str | None:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return self._inner.read(pid) if CHILD_MARK.encode() in cmdline else None
+
+
 @dataclass
 class Node:
     """One simulated node with the agent wired to real adapters."""
@@ -142,6 +159,7 @@ async def make_node(tmp_path: Path) -> AsyncIterator[Any]:
         kill_grace_s: float = 0.5,
         system_namespaces: Iterable[str] = ("kube-system",),
         pods: PodIndex | None = None,
+        signal_cgroups: Any = None,
     ) -> Node:
         clock = FakeClock()
         sc = Scenario(scenario)
@@ -150,7 +168,13 @@ async def make_node(tmp_path: Path) -> AsyncIterator[Any]:
         path = tmp_path / f"audit-{len(made)}" / "nodeagent.jsonl"
         writer = AuditWriter(path, Signer.generate(), source=sc.node, fsync="never", clock=clock)
         await writer.start()
-        enforcer = Enforcer(audit=writer, kube=kube, cgroups=cgroups, kill_grace_s=kill_grace_s)
+        # The enforcer re-reads a PID's cgroup before each signal. Simulated cgroup
+        # texts outlive the processes, so guard them: only this test run's own
+        # children (marked on their command line) may ever be signalled.
+        signal_cgroups = signal_cgroups or OwnChildrenOnly(cgroups)
+        enforcer = Enforcer(
+            audit=writer, kube=kube, cgroups=signal_cgroups, kill_grace_s=kill_grace_s
+        )
         agent = Agent(
             AgentSettings(
                 node=sc.node, dry_run=dry_run, system_namespaces=frozenset(system_namespaces)

@@ -19,6 +19,7 @@ import pytest
 
 from nodeagent.metrics import registry_for
 from nodeagent.pods import ContainerDevices
+from tests.nodeagent.conftest import CHILD_MARK
 
 GIB = 2**30
 G0 = "GPU-00000000-0000-0000-0000-000000000000"
@@ -145,7 +146,7 @@ def _child(ignore_term: bool = False) -> subprocess.Popen[bytes]:
     if ignore_term:
         code += "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
     code += "print('ready', flush=True)\ntime.sleep(60)\n"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", code, CHILD_MARK], stdout=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
     return proc
 
@@ -224,6 +225,7 @@ async def test_over_mig_profile_count_kills_only_the_offending_pods_real_process
     assert await _wait_exit(polite) == -signal.SIGTERM
     assert await _wait_exit(stubborn) == -signal.SIGKILL, "SIGKILL after the grace period"
     assert bystander.poll() is None, "the other pod's process is never signalled"
+    await node.agent.enforcer.settle()
     audit = node.audit()
     assert [(a["decision"], a["details"]["phase"]) for a in audit] == [
         ("kill", "decided"),
@@ -236,6 +238,13 @@ async def test_over_mig_profile_count_kills_only_the_offending_pods_real_process
     assert audit[0]["details"]["evidence"]["pods"][0]["pod"] == "research/notebook"
     assert node.audit_verifies()
     assert "SIGKILL" in node.status_text()
+
+
+class ElsewhereNow:
+    """The PID now belongs to a process outside the pod (as after PID reuse)."""
+
+    def read(self, pid: int) -> str:
+        return "0::/system.slice/other.service\n"
 
 
 async def test_a_recycled_pid_in_another_cgroup_is_never_signalled(
@@ -257,13 +266,12 @@ async def test_a_recycled_pid_in_another_cgroup_is_never_signalled(
             gracePeriodSeconds=1,
             allocatedDevicesOnly=True,
         ),
+        signal_cgroups=ElsewhereNow(),
     )
-    # The PID now belongs to something outside the pod (as after PID reuse).
-    node.agent.enforcer._cgroups = type(  # type: ignore[attr-defined]
-        "Other", (), {"read": lambda self, pid: "0::/system.slice/other.service\n"}
-    )()
-    records = await node.run_until(1)
-    assert records and all("no live process of the pod" in r.outcome for r in records)
+    (record,) = await node.run_until(1)
+    assert record.pids == (victim.pid,), "attributed to the pod when sampled"
+    assert "no live process of the pod to signal" in record.outcome
+    await asyncio.sleep(0.2)
     assert victim.poll() is None
 
 
