@@ -28,11 +28,22 @@ LATENCY_BUCKETS = (
 )
 
 
-class DecisionMetrics:
-    """``palisade_decisions_total`` and ``palisade_decision_duration_seconds``."""
+#: Label value standing for every (server, tool) pair past the series limit.
+OTHER = "other"
 
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+
+class DecisionMetrics:
+    """``palisade_decisions_total`` and ``palisade_decision_duration_seconds``.
+
+    Server and tool names come from callers, who could mint a new label value on
+    every call; past ``max_tool_series`` distinct (server, tool) pairs, new pairs
+    are counted under ``other`` so the series count stays bounded.
+    """
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY, max_tool_series: int = 1000) -> None:
         self.registry = registry
+        self._max_pairs = max_tool_series
+        self._pairs: set[tuple[str, str]] = set()
         self.decisions = Counter(
             "palisade_decisions_total",
             "Tool-call decisions, by outcome, deciding rule, server and tool.",
@@ -52,6 +63,12 @@ class DecisionMetrics:
         )
 
     def observe(self, *, decision: str, rule: str, server: str, tool: str, seconds: float) -> None:
+        pair = (server, tool)
+        if pair not in self._pairs:
+            if len(self._pairs) < self._max_pairs:
+                self._pairs.add(pair)
+            else:
+                server = tool = OTHER
         self.decisions.labels(decision, rule, server, tool).inc()
         self.duration.observe(seconds)
 

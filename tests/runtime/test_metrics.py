@@ -38,3 +38,19 @@ def test_metrics_are_served_over_http() -> None:
     assert (
         'palisade_decisions_total{decision="deny",rule="default",server="s",tool="t"} 1.0' in body
     )
+
+
+def test_caller_minted_server_and_tool_names_cannot_grow_series_without_bound() -> None:
+    m = DecisionMetrics(CollectorRegistry(), max_tool_series=3)
+    for i in range(10):
+        m.observe(decision="deny", rule="registry", server="s", tool=f"t{i}", seconds=0.001)
+    get = m.registry.get_sample_value
+    assert (
+        get(
+            "palisade_decisions_total",
+            {"decision": "deny", "rule": "registry", "server": "s", "tool": "t2"},
+        )
+        == 1
+    )
+    other = {"decision": "deny", "rule": "registry", "server": "other", "tool": "other"}
+    assert get("palisade_decisions_total", other) == 7
