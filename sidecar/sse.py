@@ -13,7 +13,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+#: A blank line ends an event: two line ends in a row, each CRLF, LF or CR.
+_BOUNDARY = re.compile(rb"\r\n\r\n|\r\n\n|\n\r\n|\n\n|\r\r")
 _LINE = re.compile(r"\r\n|\r|\n")
 
 

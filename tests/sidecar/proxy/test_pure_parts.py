@@ -191,6 +191,12 @@ class TestSse:
             assert b"".join(got) == stream
             assert len(got) == 3
 
+    @pytest.mark.parametrize("end", [b"\n\n", b"\r\n\r\n", b"\r\n\n", b"\n\r\n", b"\r\r"])
+    def test_every_blank_line_form_ends_an_event(self, end: bytes) -> None:
+        sp = EventSplitter(1024)
+        got = list(sp.feed(b"data: a" + end + b"data: b" + end))
+        assert [parse_event(g).data for g in got] == ["a", "b"]  # type: ignore[union-attr]
+
     def test_parse_and_encode_round_trip(self) -> None:
         ev = parse_event(b"id: 7\nevent: message\ndata: line1\ndata: line2\n\n")
         assert ev == Event("line1\nline2", "message", "7")
