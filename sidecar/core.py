@@ -149,6 +149,8 @@ class ProxyCore:
     draining: bool = False
     _version_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _resumable: dict[str, set[asyncio.Task[None]]] = field(default_factory=dict)
+    #: Handlers of standalone GET streams (server-initiated messages only).
+    listening: set[asyncio.Task[Any]] = field(default_factory=set)
 
     # -- identity and input -------------------------------------------------------
 
@@ -551,6 +553,11 @@ class ProxyCore:
             waiting = self._resumable.setdefault(session_id, set())
             waiting.add(task)
             task.add_done_callback(waiting.discard)
+
+    def close_listening_streams(self) -> None:
+        """At shutdown: end standalone GET streams (they carry no call's answer)."""
+        for task in list(self.listening):
+            task.cancel()
 
     def resumed(self, session_id: str) -> None:
         """A client resumed a session's stream: keep its requests' upstream work."""

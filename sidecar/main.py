@@ -382,6 +382,7 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
                     intake.poll()
         finally:
             core.draining = True
+            core.close_listening_streams()
             log.info(
                 "shutting down: finishing in-flight calls", extra={"grace_s": s.shutdown_grace_s}
             )

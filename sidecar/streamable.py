@@ -262,9 +262,13 @@ class StreamableHandlers:
             core.session_for(session_id, principal)
         except BadMessage as exc:
             return core.bad_input(exc, principal, session_id)
-        if session_id and request.headers.get("Last-Event-ID"):
+        resuming = bool(request.headers.get("Last-Event-ID"))
+        if session_id and resuming:
             core.resumed(session_id)
         core.metrics.requests.labels("GET", "forwarded").inc()
+        task = asyncio.current_task()
+        if task is not None and not resuming:
+            core.listening.add(task)  # closed at shutdown: a client reconnects elsewhere
         try:
             async with core.upstream.request(
                 "GET", _path_qs(request), forward_headers(request.headers)
@@ -280,6 +284,9 @@ class StreamableHandlers:
                 504 if exc.timeout else 502,
                 jsonrpc.error_response(None, jsonrpc.UPSTREAM_UNAVAILABLE, exc.reason),
             )
+        finally:
+            if task is not None:
+                core.listening.discard(task)
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         """End a session upstream; forget it here once the upstream agreed."""

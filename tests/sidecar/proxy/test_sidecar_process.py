@@ -201,15 +201,24 @@ async def test_sigterm_finishes_in_flight_calls_then_exits(sidecar_proc: Proc) -
     async with aiohttp.ClientSession() as http:
         sid = await raw_session(http, sidecar_proc.url)
         await list_tools(http, sidecar_proc.url, sid)
+        # a standalone GET stream is open too: it must not hold the shutdown up
+        listen = await http.get(
+            sidecar_proc.url, headers={**session_headers(sid), "Accept": "text/event-stream"}
+        )
+        assert listen.status == 200
         body = call(5, "wait_rollout", {"namespace": "payments", "name": "term", "steps": 10}, "p")
         got = []
         async with http.post(sidecar_proc.url, json=body, headers=session_headers(sid)) as r:
             async for _, msg in events(r):
                 if not got:
                     sidecar_proc.proc.send_signal(signal.SIGTERM)
+                    t0 = time.monotonic()
                 got.append(msg)
+        assert await asyncio.to_thread(sidecar_proc.proc.wait, 10) == 0
+        took = time.monotonic() - t0
+        listen.close()
     assert got[-1]["id"] == 5 and "complete" in got[-1]["result"]["content"][0]["text"]
-    assert await asyncio.to_thread(sidecar_proc.proc.wait, 10) == 0
+    assert took < 4.0  # well inside --shutdown-grace 5, though a GET stream was open
     records = [
         json.loads(line)
         for line in (sidecar_proc.tmp / "audit" / "audit.jsonl").read_text().splitlines()
