@@ -105,7 +105,7 @@ async def triage(url: str, token: str) -> tuple[list[str], list[Step]]:
             await do(f"fix attempt {n}: update payments-api", "resources_create_or_update",
                      namespace=NS, kind="Deployment", name="payments-api", replicas=n)  # fmt: skip
         await asyncio.sleep(0.1)
-        for n in range(1, 16):
+        for n in range(1, 41):
             step = await do(f"poll pods in a tight loop ({n})", "pods_list", namespace=NS)
             if step.decision == "throttle":
                 break
