@@ -55,6 +55,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ready-file", type=Path, help="write {grpc_port, http_port} here once serving"
     )
+    parser.add_argument("--tls-cert", type=Path, help="serve gRPC over TLS: certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
+    parser.add_argument("--tls-client-ca", type=Path, help="require client certificates (mTLS)")
     parser.add_argument("--log-level", default="INFO")
     parser.set_defaults(func=_run)
 
@@ -74,6 +77,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         gone_after_s=args.gone_after,
         approval_window_s=args.approval_window,
         admin_token=token,
+        tls_cert_file=args.tls_cert,
+        tls_key_file=args.tls_key,
+        tls_client_ca_file=args.tls_client_ca,
     )
 
 
@@ -135,6 +141,9 @@ def _run(args: argparse.Namespace) -> int:
     )
     if not args.signing_key:
         log.error("at least one --signing-key is required")
+        return 2
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
+        log.error("--tls-cert and --tls-key go together (and --tls-client-ca needs them)")
         return 2
     try:
         asyncio.run(_serve(args))

@@ -61,6 +61,11 @@ class Settings:
     """How long an approved call may be retried."""
     admin_token: str = field(default="", repr=False)
     """Bearer token required on the HTTP API when set."""
+    tls_cert_file: Path | None = None
+    """Serve gRPC over TLS with this certificate chain (PEM) and ``tls_key_file``."""
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    """When set, clients must present a certificate signed by this CA (mTLS)."""
 
 
 class Distributor:
@@ -109,7 +114,7 @@ class Distributor:
             ]
         )
         server.add_generic_rpc_handlers((generic_handler(self.hub),))
-        self.grpc_port = server.add_insecure_port(self.settings.grpc_listen)
+        self.grpc_port = self._add_port(server)
         if not self.grpc_port:
             raise OSError(f"cannot listen on {self.settings.grpc_listen}")
         await server.start()
@@ -134,6 +139,18 @@ class Distributor:
                 "http_port": self.http_port,
             },
         )
+
+    def _add_port(self, server: grpc.aio.Server) -> int:
+        s = self.settings
+        if s.tls_cert_file is None or s.tls_key_file is None:
+            return int(server.add_insecure_port(s.grpc_listen))
+        client_ca = s.tls_client_ca_file.read_bytes() if s.tls_client_ca_file else None
+        creds = grpc.ssl_server_credentials(
+            [(s.tls_key_file.read_bytes(), s.tls_cert_file.read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+        return int(server.add_secure_port(s.grpc_listen, creds))
 
     async def stop(self, grace_s: float = 2.0) -> None:
         for task in self._tasks:

@@ -95,6 +95,26 @@ class ClientSettings:
     audit_batch: int = 500
     audit_interval_s: float = 0.5
     rpc_timeout_s: float = 10.0
+    tls_ca_file: Path | None = None
+    """Connect over TLS, trusting this CA (PEM); None: plaintext (inside a mesh or tests)."""
+    tls_cert_file: Path | None = None
+    """Client certificate for mTLS (with ``tls_key_file``)."""
+    tls_key_file: Path | None = None
+    tls_server_name: str = ""
+    """Expected name in the distributor's certificate when it differs from the target host."""
+
+    def channel(self, target: str) -> grpc.aio.Channel:
+        if self.tls_ca_file is None:
+            return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=self.tls_ca_file.read_bytes(),
+            private_key=self.tls_key_file.read_bytes() if self.tls_key_file else None,
+            certificate_chain=self.tls_cert_file.read_bytes() if self.tls_cert_file else None,
+        )
+        options: list[tuple[str, int | str]] = list(_CHANNEL_OPTIONS)
+        if self.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", self.tls_server_name))
+        return grpc.aio.secure_channel(target, creds, options=options)
 
 
 class DistributionClient:
@@ -259,7 +279,7 @@ class DistributionClient:
             index += 1
             got_response = False
             try:
-                self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+                self._channel = self.settings.channel(self.target)
                 got_response = await self._session(self._channel)
             except asyncio.CancelledError:
                 raise
