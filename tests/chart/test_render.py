@@ -310,3 +310,26 @@ class TestNonDefaults:
         assert "kubectl label namespace <your-namespace> palisade.dev/inject=enabled" in out
         assert "palisade.dev/mcp-server: <registry-name>" in out
         assert "payments" in out
+
+    def test_notes_point_at_the_distributor_and_node_agent_when_enabled(self) -> None:
+        values = {
+            "distributor": {"enabled": True, "signingKeySecret": "palisade-keys"},
+            "nodeAgent": {"enabled": True},
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            out = helm(
+                "install",
+                "palisade",
+                str(CHART),
+                "-n",
+                "palisade",
+                "--dry-run=client",
+                *values_args(values, Path(tmp)),
+            ).stdout
+        objects = render(values)
+        assert one(objects, "Deployment", "palisade-distributor")
+        assert one(objects, "DaemonSet", "palisade-nodeagent")
+        assert "rollout status deploy/palisade-distributor" in out
+        assert "palisade-distributor.palisade.svc:9401" in out
+        assert "get ds palisade-nodeagent" in out
+        assert "No distributor" not in out
