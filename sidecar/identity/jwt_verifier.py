@@ -34,13 +34,13 @@ def unverified_issuer(token: str) -> str | None:
 
 
 class JwtVerifier:
-    """Verifies JWTs of several issuers for one audience."""
+    """Verifies JWTs of several issuers for this server's audience(s)."""
 
     def __init__(
         self,
         caches: Sequence[JwksCache],
         *,
-        audience: str,
+        audience: str | Sequence[str],
         algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
         leeway_s: float = 30.0,
         required_typ: str = "",
@@ -51,7 +51,9 @@ class JwtVerifier:
         if not algorithms:
             raise ValueError("at least one algorithm must be allowed")
         self._caches = {c.config.issuer: c for c in caches}
-        self._audience = audience
+        self._audience = [audience] if isinstance(audience, str) else list(audience)
+        if not self._audience:
+            raise ValueError("at least one audience is needed")
         self._algorithms = tuple(algorithms)
         self._leeway = leeway_s
         self._typ = required_typ

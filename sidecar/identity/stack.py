@@ -63,6 +63,9 @@ class IdentitySettings:
 
     #: This server's resource URI: the audience tokens must carry, and RFC 9728 ``resource``.
     resource: str
+    #: Other URIs this same server is reached by (e.g. its in-cluster Service URL as
+    #: well as its public one); a token for any of them is accepted.
+    extra_audiences: tuple[str, ...] = ()
     #: Trusted issuers whose JWTs are verified with their published keys.
     issuers: tuple[IssuerConfig, ...] = ()
     #: ServiceAccount tokens verified by TokenReview, or None.
@@ -126,7 +129,7 @@ class IdentityStack:
             ]
             jwt_verifier = JwtVerifier(
                 caches,
-                audience=s.resource,
+                audience=(s.resource, *s.extra_audiences),
                 algorithms=s.algorithms,
                 leeway_s=s.leeway_s,
                 required_typ=s.required_typ,
@@ -137,7 +140,7 @@ class IdentityStack:
             reviewer = TokenReviewer(
                 self._session,
                 api_server=tr.api_server,
-                audience=s.resource,
+                audience=(s.resource, *s.extra_audiences),
                 credential=file_credential(tr.token_file),
                 ca_file=tr.ca_file,
                 timeout_s=s.http_timeout_s,

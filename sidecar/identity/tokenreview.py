@@ -17,7 +17,7 @@ import logging
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -39,7 +39,7 @@ class TokenReviewer:
         session: aiohttp.ClientSession,
         *,
         api_server: str,
-        audience: str,
+        audience: str | Sequence[str],
         credential: Callable[[], str],
         ca_file: str = "",
         timeout_s: float = 5.0,
@@ -49,7 +49,7 @@ class TokenReviewer:
     ) -> None:
         self._session = session
         self._url = api_server.rstrip("/") + TOKENREVIEW_PATH
-        self._audience = audience
+        self._audiences = [audience] if isinstance(audience, str) else list(audience)
         self._credential = credential
         self._ssl: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=ca_file) if ca_file else True
@@ -79,7 +79,7 @@ class TokenReviewer:
         body = {
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenReview",
-            "spec": {"token": token, "audiences": [self._audience]},
+            "spec": {"token": token, "audiences": self._audiences},
         }
         credential = await asyncio.to_thread(self._credential)
         headers = {"Authorization": f"Bearer {credential}", "Content-Type": "application/json"}
@@ -108,7 +108,7 @@ class TokenReviewer:
         if not status.get("authenticated"):
             raise TokenRejected("the Kubernetes API server did not accept the token")
         audiences = status.get("audiences")
-        if not isinstance(audiences, list) or self._audience not in audiences:
+        if not isinstance(audiences, list) or not set(self._audiences).intersection(audiences):
             raise TokenRejected("the token was not issued for this server (audience)")
         user = status.get("user")
         user = user if isinstance(user, dict) else {}
@@ -122,7 +122,7 @@ class TokenReviewer:
         claims: dict[str, Any] = {
             "iss": ISSUER,
             "sub": username,
-            "aud": [self._audience],
+            "aud": [a for a in audiences if a in self._audiences],
             "uid": str(user.get("uid", "")),
             "pod": str(pods[0]) if isinstance(pods, list) and pods else "",
         }

@@ -213,3 +213,16 @@ async def test_no_token_ever_appears_in_the_logs(
     for token in tokens:
         for part in token.split("."):
             assert part not in logged
+
+
+async def test_a_token_for_another_uri_of_this_same_server_is_accepted_when_configured(
+    issuer: Issuer,
+) -> None:
+    internal = "http://mcp.payments.svc:9000/mcp"
+    settings = settings_for(issuer, extra_audiences=(internal,))
+    async with IdentityStack(settings, IdentityMap.from_agents(agents_for(issuer.url))) as s:
+        assert s.authenticator is not None
+        who = await s.authenticator.authenticate(bearer(issuer.token(aud=internal)))
+        assert who.agent == "sre-agent-payments"
+        with pytest.raises(Unauthenticated):
+            await s.authenticator.authenticate(bearer(issuer.token(aud="http://other/mcp")))
