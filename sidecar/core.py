@@ -190,8 +190,17 @@ class ProxyCore:
             f"Request body exceeds the limit of {limits.max_body_bytes} bytes",
             413,
         )
-        if request.content_length is not None and request.content_length > limits.max_body_bytes:
-            raise too_large
+        if request.content_length is not None:
+            if request.content_length > limits.max_body_bytes:
+                raise too_large
+            # a declared length within the limit: aiohttp reads exactly that much
+            try:
+                raw = await request.content.readexactly(request.content_length)
+            except asyncio.IncompleteReadError:
+                raise BadMessage(
+                    jsonrpc.PARSE_ERROR, "Parse error: the body ended before Content-Length"
+                ) from None
+            return jsonrpc.parse_message(raw, max_depth=limits.max_json_depth)
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.content.iter_chunked(65536):
