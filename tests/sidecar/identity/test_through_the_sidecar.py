@@ -148,3 +148,18 @@ async def test_the_sdk_client_without_a_token_cannot_connect(peers: Peers) -> No
     with pytest.raises(Exception):  # noqa: B017 - the SDK surfaces the 401 its own way
         async with http, Client(streamable_http_client(peers.sidecar.url, http_client=http)):
             pass
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/mcp"), ("DELETE", "/mcp"), ("GET", "/sse"), ("POST", "/messages/?session_id=x")],
+)
+async def test_every_mcp_endpoint_asks_for_a_token(peers: Peers, method: str, path: str) -> None:
+    base = peers.sidecar.url.removesuffix("/mcp")
+    headers = {"Accept": "application/json, text/event-stream", "Mcp-Session-Id": "s"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, base + path, headers=headers, data=b"{}") as r,
+    ):
+        assert r.status == 401
+        assert r.headers["WWW-Authenticate"].startswith('Bearer resource_metadata="')
