@@ -21,6 +21,12 @@ CHART = Path(__file__).resolve().parents[2] / "charts/palisade"
         ["--set", "distributor.source=crd", "--set", "distributor.watchNamespace=team-a"],
         [
             "--set",
+            "distributor.tls.secretName=dist-tls",
+            "--set",
+            "distributor.tls.requireClientCerts=true",
+        ],
+        [
+            "--set",
             "distributor.source=files",
             "--set",
             "distributor.persistence.enabled=false",
