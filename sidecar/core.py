@@ -477,6 +477,7 @@ class ProxyCore:
         session_id: str,
         principal: Principal,
         expect: tuple[object, Pending] | None,
+        response_session: str = "",
     ) -> bytes:
         """Inspect one SSE event: rewrite it when it answers a watched request.
 
@@ -499,7 +500,7 @@ class ProxyCore:
             pending = s.lookup(doc["id"]) if s is not None else None
         if pending is None:
             return raw
-        new = self.rewrite_result(pending, doc, session_id, principal)
+        new = self.rewrite_result(pending, doc, session_id, principal, response_session)
         if new is doc:
             return raw
         return encode_event(

@@ -192,6 +192,8 @@ class StreamableHandlers:
     ) -> web.StreamResponse:
         """Relay an SSE answer event by event (POST streams) or chunk by chunk."""
         core = self.core
+        # an initialize answer names the new session: bind it to this agent at once
+        new_session = up.headers.get("Mcp-Session-Id", "") if not session_id else ""
         limits = core.settings.limits
         resp = web.StreamResponse(status=up.status, headers=headers)
         await resp.prepare(request)
@@ -227,7 +229,9 @@ class StreamableHandlers:
                     await resp.write(chunk)
                     continue
                 for raw in splitter.feed(chunk):
-                    await resp.write(core.rewrite_event(raw, session_id, principal, expect))
+                    await resp.write(
+                        core.rewrite_event(raw, session_id, principal, expect, new_session)
+                    )
             if splitter is not None and (rest := splitter.rest()):
                 await resp.write(rest)
             await resp.write_eof()

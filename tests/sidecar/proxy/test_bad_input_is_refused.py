@@ -116,6 +116,31 @@ async def test_another_agent_cannot_ride_on_a_session(sidecar: Sidecar) -> None:
     assert "another agent" in doc["error"]["message"]  # type: ignore[index]
 
 
+async def test_a_session_is_bound_to_its_agent_from_the_initialize_answer_on(
+    sidecar: Sidecar,
+) -> None:
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"},
+        },
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.post(sidecar.url, json=init, headers={**MCP_ACCEPT, **auth()}) as r:
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            await r.read()
+            sid = r.headers["Mcp-Session-Id"]
+        # the other agent is first to use the id, before the owner sent anything else
+        status, _ = await post(
+            http, sidecar, jsonrpc.dumps(CALL), session_headers(sid, "search-token")
+        )
+    assert status == 403
+
+
 class TestLimits:
     async def test_an_oversized_body_is_413(self, upstream: UpstreamProc, tmp_path: Path) -> None:
         async with run_sidecar(upstream.url, tmp_path, Limits(max_body_bytes=1024)) as sc:
