@@ -231,7 +231,11 @@ def render(doc: dict[str, Any], console: Console) -> None:
             vt.add_column(col)
         for v in doc["violations"]:
             pods = ", ".join(v["pods"])
-            vt.add_row(v["tenant"], v["quota"], f"{v['measured']:g}", f"{v['limit']:g}", pods)
+            if v["quota"] == "gpuMemoryBytes":
+                measured, limit = f"{_gib(v['measured'])} GiB", f"{_gib(v['limit'])} GiB"
+            else:
+                measured, limit = f"{v['measured']:g}", f"{v['limit']:g}"
+            vt.add_row(v["tenant"], v["quota"], measured, limit, pods)
         console.print(vt)
     if doc.get("actions"):
         at = Table(title="Actions", title_justify="left")
