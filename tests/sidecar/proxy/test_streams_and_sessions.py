@@ -228,6 +228,18 @@ class TestJsonResponses:
                 doc = await r.json()
         assert doc["result"]["_meta"][UNTRUSTED_META_KEY] is True
 
+    @pytest.mark.parametrize("size", [64 * 1024, 1024 * 1024])
+    async def test_large_answers_arrive_whole(
+        self, json_upstream: UpstreamProc, upstream: UpstreamProc, tmp_path: Path, size: int
+    ) -> None:
+        for up in (json_upstream, upstream):
+            async with run_sidecar(up.url, tmp_path) as sc, aiohttp.ClientSession() as http:
+                sid = await raw_session(http, sc.url)
+                body = call(7, "blob", {"size": size})
+                async with http.post(sc.url, json=body, headers=session_headers(sid)) as r:
+                    doc = await answer_of(r)
+            assert len(doc["result"]["content"][0]["text"]) == size, up.url
+
     async def test_a_client_that_gives_up_on_a_json_answer_cancels_the_work(
         self, json_upstream: UpstreamProc, tmp_path: Path
     ) -> None:
