@@ -220,7 +220,9 @@ async def _audit_admin(
         record=b"",
         json=json.dumps(doc, sort_keys=True),
     )
-    await dist.store.call(dist.store.store.add_audit, [row])
+    new = await dist.store.call(dist.store.store.add_audit, [row])
+    if dist.hub.forwarder is not None:
+        await dist.hub.forwarder.forward(new)
 
 
 async def audit(request: web.Request) -> web.Response:

@@ -58,6 +58,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert", type=Path, help="serve gRPC over TLS: certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
     parser.add_argument("--tls-client-ca", type=Path, help="require client certificates (mTLS)")
+    parser.add_argument(
+        "--audit-forward",
+        default="",
+        metavar="FILE",
+        help="append newly stored audit records as JSON lines (- for stdout)",
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.set_defaults(func=_run)
 
@@ -80,6 +86,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         tls_cert_file=args.tls_cert,
         tls_key_file=args.tls_key,
         tls_client_ca_file=args.tls_client_ca,
+        audit_forward=args.audit_forward,
     )
 
 

@@ -30,6 +30,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from distributor.compiler import CompileError, SourceError, compile_bundle
+from distributor.forward import JsonLinesForwarder
 from distributor.service import Hub, generic_handler
 from distributor.sources import Snapshot
 from distributor.store import AsyncStore, Store
@@ -66,6 +67,8 @@ class Settings:
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
     """When set, clients must present a certificate signed by this CA (mTLS)."""
+    audit_forward: str = ""
+    """Append newly stored audit records as JSON lines to this file (``-``: stdout)."""
 
 
 class Distributor:
@@ -84,6 +87,8 @@ class Distributor:
         self.clock = clock
         self.store = AsyncStore(Store(settings.store_path, clock=clock))
         self.hub = Hub(settings.replica_id, self.store, keys, clock=clock)
+        if settings.audit_forward:
+            self.hub.forwarder = JsonLinesForwarder(settings.audit_forward)
         self.source = source
         self.status_writer = status_writer
         self.grpc_port = 0

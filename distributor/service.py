@@ -33,6 +33,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from distributor.compiler import FULL, NODE_AGENT, SIDECAR, scope_for, scope_key
+from distributor.forward import JsonLinesForwarder
 from distributor.store import AsyncStore, AuditRow, Revision
 from palisade.bundle import canonical_json, sign_document
 from palisade.v1 import distribution_pb2, policy_pb2
@@ -131,6 +132,7 @@ class Hub:
         self.dirty: set[str] = set()
         self._detached: dict[str, Subscriber] = {}
         self.pushes = 0
+        self.forwarder: JsonLinesForwarder | None = None
 
     # -- revisions ---------------------------------------------------------
     def set_current(self, rev: Revision) -> None:
@@ -378,10 +380,16 @@ class Hub:
                 )
             )
         try:
-            await self.store.call(self.store.store.add_audit, rows)
+            new = await self.store.call(self.store.store.add_audit, rows)
         except Exception:
             log.exception("cannot store audit batch", extra={"client": default_source})
             await context.abort(grpc.StatusCode.UNAVAILABLE, "audit store unavailable; retry")
+            return b""
+        if self.forwarder is not None and new:
+            try:
+                await self.forwarder.forward(new)
+            except Exception:  # stored already: forwarding trouble must not fail the client
+                log.exception("cannot forward audit records", extra={"client": default_source})
         ack = distribution_pb2.AuditBatchAck(stored_through_seq=top)
         return bytes(ack.SerializeToString())
 

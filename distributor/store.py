@@ -394,17 +394,20 @@ class Store:
             self.db.execute("UPDATE approvals SET delivered=1 WHERE id=?", (approval_id,))
 
     # -- audit -------------------------------------------------------------
-    def add_audit(self, rows: Sequence[AuditRow]) -> int:
-        """Store idempotently; returns how many rows were new."""
+    def add_audit(self, rows: Sequence[AuditRow]) -> list[AuditRow]:
+        """Store idempotently; returns the rows that were new (for forwarding)."""
         now = self.clock()
+        sql = (
+            "INSERT OR IGNORE INTO audit(source, seq, hash, time, kind, agent, tenant, server,"
+            " tool, decision, rule_id, record, json, received)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+        )
 
-        def run(db: sqlite3.Connection) -> int:
-            before = db.total_changes
-            db.executemany(
-                "INSERT OR IGNORE INTO audit(source, seq, hash, time, kind, agent, tenant, server,"
-                " tool, decision, rule_id, record, json, received)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
+        def run(db: sqlite3.Connection) -> list[AuditRow]:
+            new = []
+            for r in rows:
+                cur = db.execute(
+                    sql,
                     (
                         r.source,
                         r.seq,
@@ -420,11 +423,11 @@ class Store:
                         r.record,
                         r.json,
                         now,
-                    )
-                    for r in rows
-                ],
-            )
-            return db.total_changes - before
+                    ),
+                )
+                if cur.rowcount == 1:
+                    new.append(r)
+            return new
 
         return self._tx(run)
 

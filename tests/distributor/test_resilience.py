@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from palisade.distribution import State
 from palisade.v1 import audit_pb2, policy_pb2
@@ -59,7 +60,8 @@ async def test_killing_a_replica_moves_its_clients_to_another_with_no_revision_f
 async def test_with_every_replica_down_clients_keep_enforcing_and_deliver_audit_on_return(
     fleet: Fleet,
 ) -> None:
-    r0 = fleet.start("r0", grpc_port=0)
+    forwarded = fleet.tmp / "forwarded.jsonl"
+    r0 = fleet.start("r0", extra=["--audit-forward", str(forwarded)])
     clients = []
     for i in range(5):
         client, rec = make_client(fleet.tmp, f"c{i}", [r0.target], fleet.trusted)
@@ -84,7 +86,7 @@ async def test_with_every_replica_down_clients_keep_enforcing_and_deliver_audit_
             assert c.status.state is State.OK, "still enforcing the last good bundle"
             assert c.active is not None and c.active.revision == 1
             assert c.spool.pending_bytes() > 0, "audit waits on disk"
-        fleet.start("r0-again", grpc_port=port)
+        fleet.start("r0-again", grpc_port=port, extra=["--audit-forward", str(forwarded)])
         await eventually(
             lambda: all(c.spool.pending_bytes() == 0 for c, _ in clients), 20, "audit drained"
         )
@@ -97,6 +99,9 @@ async def test_with_every_replica_down_clients_keep_enforcing_and_deliver_audit_
             per_source.setdefault(row["source"], set()).add(int(row["seq"]))
         assert all(seqs == set(range(1, 251)) for seqs in per_source.values())
         assert len(per_source) == 5
+        lines = [json.loads(x) for x in forwarded.read_text().splitlines()]
+        assert len(lines) == 5 * 250, "each stored record forwarded once"
+        assert len({(x["source"], x["seq"]) for x in lines}) == 5 * 250
         assert all(rec.revisions == [1] for _, rec in clients)
     finally:
         for c, _ in clients:
