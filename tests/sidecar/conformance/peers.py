@@ -102,6 +102,61 @@ def conformance_server(workdir: Path) -> Iterator[str]:
         yield url
 
 
+def everything_entry() -> Path:
+    """@modelcontextprotocol/server-everything, installed by scripts/setup.d/50-mcp-peers.sh."""
+    pointer = CACHE / "npm" / "current-everything"
+    entry = Path(pointer.read_text().strip()) if pointer.is_file() else None
+    if entry is None or not entry.is_file():
+        raise PeerMissing("@modelcontextprotocol/server-everything is missing: run make setup")
+    return entry
+
+
+@contextmanager
+def reference_server(workdir: Path) -> Iterator[str]:
+    """The reference server from npm in Streamable HTTP mode."""
+    port = free_port()
+    env = {**os.environ, "PORT": str(port)}
+    argv = ["node", str(everything_entry()), "streamableHttp"]
+    with process(argv, workdir / "everything.log", env=env) as proc:
+        wait_http(f"http://127.0.0.1:{port}/mcp", proc=proc)
+        yield f"http://127.0.0.1:{port}/mcp"
+
+
+async def tool_names(url: str) -> list[str]:
+    """The tools a server lists, asked directly with the MCP SDK client."""
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with Client(streamable_http_client(url), mode="legacy") as client:
+        listed = await client.list_tools()
+    return sorted(t.name for t in listed.tools)
+
+
+def bundle_for(server_name: str, tools: Sequence[str], out: Path) -> Path:
+    """A bundle template letting the conformance agent call every listed tool."""
+    lines = [
+        "apiVersion: palisade.dev/v1alpha1",
+        "kind: PolicyBundle",
+        f"metadata: {{name: {server_name}}}",
+        "spec:",
+        "  defaultDecision: allow",
+        "  servers:",
+        f"    - name: {server_name}",
+        '      versions: ["*"]',
+        "      tools:",
+        *(f"        - {{name: {json.dumps(t)}, risk: read}}" for t in tools),
+        "  tenants: [{name: conformance, namespaces: [conformance]}]",
+        "  agents:",
+        "    - id: conformance-client",
+        "      tenant: conformance",
+        f'      identities: [{{issuer: "@ISSUER@", subject: {AGENT_SUBJECT}}}]',
+        "  rules:",
+        "    - {id: allow-all, match: {}, decision: allow, reason: the suite may call all}",
+    ]
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
 @contextmanager
 def issuer_thread() -> Iterator[Issuer]:
     """The test issuer, served from a thread so synchronous fixtures can use it."""

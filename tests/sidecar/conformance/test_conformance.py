@@ -20,10 +20,13 @@ from tests.sidecar.conformance.peers import (
     AGENT_SUBJECT,
     PeerMissing,
     SuiteResult,
+    bundle_for,
     conformance_server,
     issuer_thread,
+    reference_server,
     run_suite,
     sidecar,
+    tool_names,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -31,6 +34,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 # The conforming server passes 31 of the 32 scenarios of 0.1.13 (suite "all"); the
 # other, server-sse-polling, has no checks in this release.
 MIN_DIRECT_PASSES = 31
+
+#: Tools the suite's scenarios call (the conforming server offers all of them).
+SUITE_TOOLS = (
+    "test_simple_text", "test_image_content", "test_audio_content", "test_embedded_resource",
+    "test_multiple_content_types", "test_tool_with_logging", "test_tool_with_progress",
+    "test_sampling", "test_elicitation", "test_elicitation_sep1034_defaults",
+    "test_elicitation_sep1330_enums", "test_error_handling", "test_reconnection",
+    "json_schema_2020_12_tool",
+)  # fmt: skip
 
 
 @dataclass
@@ -57,22 +69,21 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         runs = Runs(direct, proxied, (work / "sidecar.log").read_text(), audit_lines)
     report = os.environ.get("PALISADE_CONFORMANCE_REPORT")
     if report:
-        Path(report).write_text(
-            json.dumps(
-                {
-                    "direct": runs.direct.passed,
-                    "sidecar": runs.proxied.passed,
-                    "sidecar_failures": runs.proxied.failures,
-                    "checks": {
-                        "direct": [runs.direct.checks_passed, runs.direct.checks_run],
-                        "sidecar": [runs.proxied.checks_passed, runs.proxied.checks_run],
-                    },
-                },
-                indent=2,
-                sort_keys=True,
-            )
-        )
+        _write_report(Path(report), runs)
     yield runs
+
+
+def _write_report(path: Path, runs: Runs) -> None:
+    doc = {
+        "direct": runs.direct.passed,
+        "sidecar": runs.proxied.passed,
+        "sidecar_failures": runs.proxied.failures,
+        "checks": {
+            "direct": [runs.direct.checks_passed, runs.direct.checks_run],
+            "sidecar": [runs.proxied.checks_passed, runs.proxied.checks_run],
+        },
+    }
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True))
 
 
 def test_the_conforming_server_passes_the_suite_direct(runs: Runs) -> None:
@@ -104,3 +115,42 @@ def test_without_a_token_the_sidecar_refuses_every_scenario(
         result = run_suite(sc.url, tmp_path / "anonymous", token=None, timeout=240)
     assert result.passed, result.output[-2000:]
     assert not any(ok for s, ok in result.passed.items() if s != "dns-rebinding-protection")
+
+
+@pytest.fixture(scope="module")
+def reference_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
+    """The same comparison against the reference server from npm (server-everything)."""
+    work = tmp_path_factory.mktemp("conformance-reference")
+    try:
+        with issuer_thread() as issuer, reference_server(work) as upstream:
+            import asyncio
+
+            # Register what the server lists and what the suite calls: the policy lets
+            # the suite call everything, so any difference is the proxy's doing.
+            # (Unregistered tools would be refused by the registry, by design.)
+            tools = sorted({*asyncio.run(tool_names(upstream)), *SUITE_TOOLS})
+            template = bundle_for("everything", tools, work / "bundle.yaml.in")
+            direct = run_suite(upstream, work / "direct", token=None)
+            with sidecar(work, upstream, issuer, template=template, server_name="everything") as sc:
+                token = issuer.token(sub=AGENT_SUBJECT, aud=sc.resource, lifetime_s=3600)
+                proxied = run_suite(sc.url, work / "proxied", token=token)
+    except PeerMissing as e:
+        pytest.fail(str(e), pytrace=False)
+    runs = Runs(direct, proxied, (work / "sidecar.log").read_text(), 0)
+    report = os.environ.get("PALISADE_CONFORMANCE_REPORT")
+    if report:
+        _write_report(Path(report).with_suffix(".reference.json"), runs)
+    yield runs
+
+
+def test_the_reference_server_passes_the_same_scenarios_through_the_sidecar(
+    reference_runs: Runs,
+) -> None:
+    passed = [s for s, ok in reference_runs.direct.passed.items() if ok]
+    assert len(passed) >= 10, reference_runs.direct.output[-3000:]
+    regressions = {
+        scenario: reference_runs.proxied.failures.get(scenario, ["no result"])
+        for scenario in passed
+        if not reference_runs.proxied.passed.get(scenario, False)
+    }
+    assert not regressions, json.dumps(regressions, indent=2)
