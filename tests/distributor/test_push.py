@@ -7,7 +7,7 @@ import asyncio
 from palisade.distribution import State, TrustedKeys
 from palisade.v1 import distribution_pb2
 from tests.distributor.conftest import Fleet
-from tests.distributor.helpers import ahttp, bundle_yaml, eventually, make_client, write_key
+from tests.distributor.helpers import acli, ahttp, bundle_yaml, eventually, make_client, write_key
 
 
 async def test_a_bundle_change_reaches_every_client_on_every_replica_and_is_acked(
@@ -70,6 +70,9 @@ async def test_an_invalid_bundle_never_ships_and_the_error_names_file_line_and_f
         assert first["field"] == "spec.rules[0].decision"
         assert first["line"] == 25
         assert "perhaps" in first["message"]
+        shown = await acli("fleet", "bundles", "--url", replica.url)
+        assert shown.returncode == 0
+        assert "payments.yaml:25: spec.rules[0].decision" in shown.stderr
         await asyncio.sleep(0.5)
         assert rec.revisions == [1], "no client was sent anything"
         assert client.nacks == 0
