@@ -44,6 +44,10 @@ _SECRET_VALUE = re.compile(
 )
 
 
+#: The credential-value pattern, shared with the sidecar's output redaction.
+SECRET_VALUE_PATTERN = _SECRET_VALUE
+
+
 def scrub_text(text: str) -> str:
     """``text`` with each credential-looking part replaced (for free text such as logs)."""
     return _SECRET_VALUE.sub(REDACTED, text)

@@ -1,0 +1,152 @@
+"""The output guard: what a ``tools/call`` result becomes on its way back to the agent.
+
+:meth:`OutputGuard.rewrite` is called by the proxy for every allowed ``tools/call``
+answer:
+
+1. **Redaction** (every tool, when ``redact`` is on): secrets in the result are
+   replaced with ``[REDACTED]`` (:mod:`sidecar.quarantine.redact`).
+2. **Quarantine** (tools marked ``untrustedOutput`` in the registry, when an
+   extractor is configured): the raw text is stored under a handle
+   (:class:`~sidecar.quarantine.store.QuarantineStore`) and the agent receives
+   a new result holding only the handle and validated facts: a short text
+   rendering, ``structuredContent`` (``result``, ``handle``, ``facts``) and
+   ``_meta["dev.palisade/quarantine"]`` (handle, extractor, counts). The
+   upstream's content, ``structuredContent`` and ``_meta`` are all replaced.
+   If the extractor fails, the deterministic one is used and the failure is
+   named in ``_meta``; the raw text never passes (fail closed).
+
+``structuredContent`` carries ``result`` (the rendering) because servers built
+with the MCP SDKs declare ``{"result": string}`` as the output schema of tools
+returning text, and clients validate against it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from sidecar.quarantine.extract import Extractor, ExtractorError, KubernetesExtractor
+from sidecar.quarantine.facts import render, validate
+from sidecar.quarantine.redact import redact_result
+from sidecar.quarantine.store import QuarantineStore
+
+log = logging.getLogger(__name__)
+
+#: ``_meta`` key of the quarantine report on a rewritten result.
+QUARANTINE_META_KEY: Final = "dev.palisade/quarantine"
+#: ``_meta`` key counting secrets redacted from a result.
+REDACTED_META_KEY: Final = "dev.palisade/redacted"
+#: Same key as :data:`sidecar.gate.UNTRUSTED_META_KEY` (kept on quarantined results).
+UNTRUSTED_META_KEY: Final = "dev.palisade/untrustedOutput"
+
+
+def raw_text(result: dict[str, Any]) -> tuple[str, int]:
+    """The text an untrusted result carries, and how many non-text items it had.
+
+    Text content and embedded text resources are joined; ``structuredContent`` is
+    added as JSON when there is no text (SDK servers send both, the same data).
+    """
+    parts: list[str] = []
+    other = 0
+    for item in result.get("content") or []:
+        if not isinstance(item, dict):
+            other += 1
+        elif item.get("type") == "text" and isinstance(item.get("text"), str):
+            parts.append(item["text"])
+        elif item.get("type") == "resource" and isinstance(
+            (item.get("resource") or {}).get("text"), str
+        ):
+            parts.append(item["resource"]["text"])
+        else:
+            other += 1
+    if not parts and result.get("structuredContent") is not None:
+        parts.append(json.dumps(result["structuredContent"], ensure_ascii=False))
+    return "\n".join(parts), other
+
+
+@dataclass
+class OutputGuard:
+    """Redacts every result; quarantines untrusted ones (see the module docstring)."""
+
+    store: QuarantineStore = field(default_factory=QuarantineStore)
+    #: ``None``: untrusted results are only marked, not quarantined.
+    extractor: Extractor | None = field(default_factory=KubernetesExtractor)
+    redact: bool = True
+    fallback: Extractor = field(default_factory=KubernetesExtractor)
+
+    def watches(self, untrusted: bool) -> bool:
+        """Whether the proxy must hand this call's answer to :meth:`rewrite`."""
+        return self.redact or (untrusted and self.extractor is not None)
+
+    async def rewrite(
+        self, result: dict[str, Any], *, untrusted: bool, scope: str, tool: str
+    ) -> dict[str, Any]:
+        """The result the agent gets (``result`` itself when nothing changes)."""
+        redacted = 0
+        if self.redact:
+            result, redacted = redact_result(result)
+        if untrusted and self.extractor is not None:
+            return await self._quarantine(result, scope, tool, redacted)
+        if redacted:
+            meta = dict(result.get("_meta") or {})
+            meta[REDACTED_META_KEY] = redacted
+            result = {**result, "_meta": meta}
+        if untrusted:
+            meta = dict(result.get("_meta") or {})
+            meta[UNTRUSTED_META_KEY] = True
+            result = {**result, "_meta": meta}
+        return result
+
+    async def _quarantine(
+        self, result: dict[str, Any], scope: str, tool: str, redacted: int
+    ) -> dict[str, Any]:
+        assert self.extractor is not None
+        text, other = raw_text(result)
+        entry = self.store.put(scope, tool, text)
+        used = self.extractor
+        report: dict[str, Any] = {}
+        try:
+            candidate = await used.extract(text, tool=tool)
+        except ExtractorError as exc:
+            log.warning(
+                "quarantine extractor failed; using the deterministic one",
+                extra={"tool": tool, "extractor": used.name, "error": str(exc)},
+            )
+            report["extractorError"] = str(exc)
+            used = self.fallback
+            candidate = await used.extract(text, tool=tool)
+        checked = validate(candidate)
+        rendering = f"Palisade quarantined the output of {tool} as {entry.handle}. " + render(
+            checked.facts
+        )
+        report.update(
+            {
+                "handle": entry.handle,
+                "extractor": used.name,
+                "droppedItems": checked.dropped,
+                "droppedContent": other,
+                "redacted": redacted,
+                "bytes": entry.size,
+                "truncated": entry.truncated,
+            }
+        )
+        out: dict[str, Any] = {
+            "content": [{"type": "text", "text": rendering}],
+            "structuredContent": {
+                "result": rendering,
+                "handle": entry.handle,
+                "facts": checked.facts,
+            },
+            "_meta": {UNTRUSTED_META_KEY: True, QUARANTINE_META_KEY: report},
+        }
+        if result.get("isError") is True:
+            out["isError"] = True
+        return out
+
+    async def close(self) -> None:
+        for ex in (self.extractor, self.fallback):
+            closer = getattr(ex, "close", None)
+            if closer is not None:
+                await closer()
