@@ -33,6 +33,7 @@ from sidecar.identity import Authenticator, AuthError, Principal
 from sidecar.jsonrpc import BadMessage, Message
 from sidecar.metrics import SidecarMetrics
 from sidecar.policy import PolicyHolder
+from sidecar.quarantine import OutputGuard
 from sidecar.sessions import Pending, Session, SessionBook
 from sidecar.settings import SidecarSettings
 from sidecar.sse import Event, encode_event, parse_event
@@ -151,6 +152,9 @@ class ProxyCore:
     _resumable: dict[str, set[asyncio.Task[None]]] = field(default_factory=dict)
     #: Handlers of standalone GET streams (server-initiated messages only).
     listening: set[asyncio.Task[Any]] = field(default_factory=set)
+    #: Redaction and quarantine of ``tools/call`` results (docs/quarantine.md);
+    #: ``None``: untrusted results are only marked.
+    outputs: OutputGuard | None = None
 
     # -- identity and input -------------------------------------------------------
 
@@ -438,7 +442,13 @@ class ProxyCore:
             return False  # a changed definition of a pinned tool is hidden (and refused)
         return gate.listable(verdict)
 
-    def rewrite_result(
+    def watches_call(self, pending: Pending) -> bool:
+        """Whether the answer to this allowed ``tools/call`` must be inspected."""
+        if self.outputs is not None:
+            return self.outputs.watches(pending.untrusted)
+        return pending.untrusted
+
+    async def rewrite_result(
         self,
         pending: Pending,
         doc: dict[str, Any],
@@ -467,11 +477,19 @@ class ProxyCore:
                     s.tools[tool["name"]] = tool
             filtered = gate.filter_tools(result, lambda t: self.may_call(principal, session_id, t))
             return {**doc, "result": filtered}
+        if pending.method == "tools/call" and self.outputs is not None:
+            new = await self.outputs.rewrite(
+                result,
+                untrusted=pending.untrusted,
+                scope=f"{principal.agent}\x00{session_id}",
+                tool=pending.tool,
+            )
+            return doc if new is result else {**doc, "result": new}
         if pending.method == "tools/call" and pending.untrusted:
             return {**doc, "result": gate.mark_untrusted(result)}
         return doc
 
-    def rewrite_event(
+    async def rewrite_event(
         self,
         raw: bytes,
         session_id: str,
@@ -500,7 +518,7 @@ class ProxyCore:
             pending = s.lookup(doc["id"]) if s is not None else None
         if pending is None:
             return raw
-        new = self.rewrite_result(pending, doc, session_id, principal, response_session)
+        new = await self.rewrite_result(pending, doc, session_id, principal, response_session)
         if new is doc:
             return raw
         return encode_event(

@@ -79,7 +79,7 @@ class LegacyHandlers:
                         if not sid:
                             raw = self._endpoint(raw, principal, queue, sid)
                         else:
-                            raw = core.rewrite_event(raw, _key(sid[0]), principal, None)
+                            raw = await core.rewrite_event(raw, _key(sid[0]), principal, None)
                         await queue.put(raw)
             except (EventTooLarge, aiohttp.ClientError) as exc:
                 log.warning("legacy SSE stream from upstream ended: %s", exc)
@@ -153,7 +153,7 @@ class LegacyHandlers:
                         _event_bytes(gate.verdict_error(msg.id, verdict, pending.tool))
                     )
                     return web.Response(status=202, text="Accepted")
-                if pending.untrusted:
+                if core.watches_call(pending):
                     session.remember(msg.id, pending)
             elif (p := core.pending_for(msg, principal)) is not None:
                 session.remember(msg.id, p)

@@ -42,6 +42,7 @@ from sidecar.identity.stack import (
 from sidecar.intake import BundleIntake
 from sidecar.metrics import SidecarMetrics
 from sidecar.policy import PolicyHolder, PolicySnapshot
+from sidecar.quarantine import config as quarantine_config
 from sidecar.settings import Limits, SidecarSettings
 from sidecar.upstream import Upstream
 
@@ -163,6 +164,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     a("--shutdown-grace", type=float, default=float(_env("shutdown-grace", 20.0)))
     a("--log-level", default=_env("log-level", "info"))
+    quarantine_config.register(parser, _env)
     parser.set_defaults(func=run)
 
 
@@ -331,6 +333,7 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
         else:
             log.error("no --bundle: every call is denied until one is given")
         assert stack.authenticator is not None
+        outputs = quarantine_config.guard_from(ns)
         credentials = credentials_from(ns)
         if credentials is not None and not isinstance(credentials, FileCredential):
             await credentials.start()  # never raises: calls fail closed until Vault answers
@@ -345,6 +348,7 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
                 credentials=credentials,
             ),
             metrics=metrics,
+            outputs=outputs,
         )
         runner = web.AppRunner(
             build_app(core),
@@ -391,6 +395,7 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
             await runner.cleanup()
             if credentials is not None and not isinstance(credentials, FileCredential):
                 await credentials.aclose()
+            await outputs.close()
             if writer is not None:
                 await writer.aclose()
 

@@ -69,7 +69,7 @@ class StreamableHandlers:
                         gate.verdict_error(msg.id, verdict, pending.tool),
                         headers=retry if verdict.decision is Decision.THROTTLE else None,
                     )
-                if pending.untrusted:
+                if core.watches_call(pending):
                     expect = (msg.id, pending)
             else:
                 p = core.pending_for(msg, principal)
@@ -129,7 +129,7 @@ class StreamableHandlers:
                     )
                 new_sid = up.headers.get("Mcp-Session-Id", "")
                 if expect is not None and ctype.startswith("application/json") and data:
-                    data = self._rewrite_json(data, expect, session_id, principal, new_sid)
+                    data = await self._rewrite_json(data, expect, session_id, principal, new_sid)
                 answered = True
                 return web.Response(status=up.status, body=data, headers=out_headers)
         except UpstreamError as exc:
@@ -163,7 +163,7 @@ class StreamableHandlers:
                     msg.id, request.headers, _path_qs(request), "client disconnected"
                 )
 
-    def _rewrite_json(
+    async def _rewrite_json(
         self,
         data: bytes,
         expect: tuple[object, Pending],
@@ -177,7 +177,7 @@ class StreamableHandlers:
             return data
         if not isinstance(doc, dict) or doc.get("id") != expect[0]:
             return data
-        new = self.core.rewrite_result(expect[1], doc, session_id, principal, new_sid)
+        new = await self.core.rewrite_result(expect[1], doc, session_id, principal, new_sid)
         return data if new is doc else jsonrpc.dumps(new)
 
     async def _stream(
@@ -230,7 +230,7 @@ class StreamableHandlers:
                     continue
                 for raw in splitter.feed(chunk):
                     await resp.write(
-                        core.rewrite_event(raw, session_id, principal, expect, new_session)
+                        await core.rewrite_event(raw, session_id, principal, expect, new_session)
                     )
             if splitter is not None and (rest := splitter.rest()):
                 await resp.write(rest)
