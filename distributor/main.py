@@ -59,6 +59,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
     parser.add_argument("--tls-client-ca", type=Path, help="require client certificates (mTLS)")
     parser.add_argument(
+        "--bind-identity",
+        action="store_true",
+        help="with mTLS: a client's Hello id must be a name (CN/SAN) in its certificate",
+    )
+    parser.add_argument(
         "--audit-forward",
         default="",
         metavar="FILE",
@@ -87,6 +92,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         tls_key_file=args.tls_key,
         tls_client_ca_file=args.tls_client_ca,
         audit_forward=args.audit_forward,
+        bind_identity=args.bind_identity,
     )
 
 

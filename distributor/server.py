@@ -67,6 +67,8 @@ class Settings:
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
     """When set, clients must present a certificate signed by this CA (mTLS)."""
+    bind_identity: bool = False
+    """With mTLS: refuse a Hello whose id is not a name in the client certificate."""
     audit_forward: str = ""
     """Append newly stored audit records as JSON lines to this file (``-``: stdout)."""
 
@@ -87,6 +89,7 @@ class Distributor:
         self.clock = clock
         self.store = AsyncStore(Store(settings.store_path, clock=clock))
         self.hub = Hub(settings.replica_id, self.store, keys, clock=clock)
+        self.hub.bind_identity = settings.bind_identity
         if settings.audit_forward:
             self.hub.forwarder = JsonLinesForwarder(settings.audit_forward)
         self.source = source
@@ -147,6 +150,8 @@ class Distributor:
 
     def _add_port(self, server: grpc.aio.Server) -> int:
         s = self.settings
+        if s.bind_identity and s.tls_client_ca_file is None:
+            raise ValueError("binding identities to certificates needs client certificates (mTLS)")
         if s.tls_cert_file is None or s.tls_key_file is None:
             return int(server.add_insecure_port(s.grpc_listen))
         client_ca = s.tls_client_ca_file.read_bytes() if s.tls_client_ca_file else None

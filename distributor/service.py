@@ -104,6 +104,15 @@ def identity_problem(identity: distribution_pb2.ClientIdentity) -> str:
     return ""
 
 
+def certificate_names(auth: Mapping[str, Iterable[bytes]]) -> set[str]:
+    """Common name and subject alternative names of the peer's verified certificate."""
+    names: set[str] = set()
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        for value in auth.get(key, ()):
+            names.add(value.decode(errors="replace"))
+    return names
+
+
 def key_for(identity: distribution_pb2.ClientIdentity) -> str:
     if identity.kind == distribution_pb2.CLIENT_KIND_SIDECAR:
         return scope_key(SIDECAR, identity.server)
@@ -133,6 +142,8 @@ class Hub:
         self._detached: dict[str, Subscriber] = {}
         self.pushes = 0
         self.forwarder: JsonLinesForwarder | None = None
+        #: With mTLS: a client may only call itself what its certificate names.
+        self.bind_identity = False
 
     # -- revisions ---------------------------------------------------------
     def set_current(self, rev: Revision) -> None:
@@ -180,6 +191,18 @@ class Hub:
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
             return
+        if self.bind_identity:
+            names = certificate_names(context.auth_context())
+            if req.hello.identity.id not in names:
+                log.warning(
+                    "Hello id does not match the client certificate",
+                    extra={"client": req.hello.identity.id, "names": sorted(names)},
+                )
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "identity.id must be a name in the client certificate",
+                )
+                return
         hello = req.hello
         now = self.clock()
         sub = Subscriber(
