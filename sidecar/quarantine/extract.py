@@ -23,6 +23,7 @@ from sidecar.quarantine.facts import (
     ERROR_KINDS,
     EXCEPTION_CLASS,
     IMAGE_REF,
+    NAMESPACE,
     OBJECT_NAME,
     POD_STATUSES,
 )
@@ -64,6 +65,7 @@ _OBJ_REF: Final = re.compile(
 )
 _QUOTED_IMAGE: Final = re.compile(r'\bimage "([^"\s]{1,255})"')
 _FIELD: Final = re.compile(r"^\s*(Name|Namespace|Image|Restart Count|Reason|Status):\s+(\S+)\s*$")
+_READY: Final = re.compile(r"\d{1,3}/\d{1,3}")
 _SCALED: Final = re.compile(r"Scaled (?:up|down) replica set ([a-z0-9][a-z0-9.-]{0,252}) to \d+")
 _RS_HASH: Final = re.compile(r"^(.+)-[a-z0-9]{5,10}$")
 #: Phrases typical of prompt injection; lines with them are counted, never passed.
@@ -152,7 +154,12 @@ class _Reader:
             return False
         row = dict(zip(self.table, cols, strict=False))
         name = row.get("NAME", "")
-        if not OBJECT_NAME.fullmatch(name):
+        if not (
+            OBJECT_NAME.fullmatch(name)
+            and ("NAMESPACE" not in row or NAMESPACE.fullmatch(row["NAMESPACE"]))
+            and ("READY" not in row or _READY.fullmatch(row["READY"]))
+        ):
+            self.table = None  # not a row: the table has ended
             return False
         rec = self.pod(name, row.get("NAMESPACE", ""))
         status = _pod_status(row.get("STATUS", ""))

@@ -400,7 +400,7 @@ def render(facts: Mapping[str, Any]) -> str:
         parts.append(f"{facts['lines']} lines")
     if facts.get("suspectedInjectionLines"):
         parts.append(
-            f"{facts['suspectedInjectionLines']} line(s) looked like instructions to an AI "
-            "agent and were not passed on"
+            f"{facts['suspectedInjectionLines']} line(s) looked like prompt injection and were "
+            "withheld"
         )
     return "; ".join(parts) if parts else "no facts extracted"

@@ -94,10 +94,18 @@ def secret_key(name: str) -> bool:
     return _STRUCT_KEY.search(name) is not None
 
 
-def redact_value(value: Any) -> tuple[Any, int]:
-    """A copy of ``value`` with secrets replaced, and the count; ``value`` itself when none."""
+def redact_value(value: Any, _memo: dict[str, tuple[str, int]] | None = None) -> tuple[Any, int]:
+    """A copy of ``value`` with secrets replaced, and the count; ``value`` itself when none.
+
+    Equal strings are scanned once (SDK servers send a tool's text twice: as
+    content and as ``structuredContent.result``).
+    """
+    memo = {} if _memo is None else _memo
     if isinstance(value, str):
-        return scrub(value)
+        hit = memo.get(value)
+        if hit is None:
+            hit = memo[value] = scrub(value)
+        return hit
     if isinstance(value, Mapping):
         total = 0
         out: dict[str, Any] = {}
@@ -105,14 +113,14 @@ def redact_value(value: Any) -> tuple[Any, int]:
             if isinstance(v, str) and secret_key(str(k)) and v and v != REDACTED:
                 out[k], n = REDACTED, 1
             else:
-                out[k], n = redact_value(v)
+                out[k], n = redact_value(v, memo)
             total += n
         return (out, total) if total else (value, 0)
     if isinstance(value, list):
         total = 0
         items: list[Any] = []
         for v in value:
-            new, n = redact_value(v)
+            new, n = redact_value(v, memo)
             items.append(new)
             total += n
         return (items, total) if total else (value, 0)
