@@ -22,7 +22,6 @@ returning text, and clients validate against it.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -45,8 +44,8 @@ UNTRUSTED_META_KEY: Final = "dev.palisade/untrustedOutput"
 def raw_text(result: dict[str, Any]) -> tuple[str, int]:
     """The text an untrusted result carries, and how many non-text items it had.
 
-    Text content and embedded text resources are joined; ``structuredContent`` is
-    added as JSON when there is no text (SDK servers send both, the same data).
+    Text content and embedded text resources are joined; when there is no text,
+    the strings of ``structuredContent`` are (SDK servers send both, the same data).
     """
     parts: list[str] = []
     other = 0
@@ -62,8 +61,21 @@ def raw_text(result: dict[str, Any]) -> tuple[str, int]:
         else:
             other += 1
     if not parts and result.get("structuredContent") is not None:
-        parts.append(json.dumps(result["structuredContent"], ensure_ascii=False))
+        _strings(result["structuredContent"], parts)
     return "\n".join(parts), other
+
+
+def _strings(value: Any, out: list[str]) -> None:
+    """Every string (and number) in a JSON value, one per entry, keys included."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.append(str(k))
+            _strings(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            _strings(v, out)
+    elif value is not None:
+        out.append(str(value))
 
 
 @dataclass

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (kubectl output is wide)
 """Realistic Kubernetes text for the quarantine tests, poisoned the way an attacker would."""
 
 from __future__ import annotations
