@@ -1,0 +1,85 @@
+"""A small MCP server (MCP Python SDK) whose ordinary tools leak credentials, for e2e tests.
+
+``config_view`` prints a kubeconfig with a ServiceAccount token and a client
+key, ``env_dump`` an environment with a database password and an AWS key, and
+``pods_describe`` (untrusted in the test bundle) a poisoned ``kubectl describe``.
+
+    python tests/sidecar/quarantine/secret_server.py --port 8082
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import uvicorn
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.types import ToolAnnotations
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+
+from tests.sidecar.quarantine.samples import DESCRIBE
+
+READ = ToolAnnotations(read_only_hint=True)
+SA_TOKEN = (
+    "eyJhbGciOiJSUzI1NiIsImtpZCI6InNhIn0."
+    "eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6cGF5bWVudHM6ZGVmYXVsdCJ9."
+    "c2lnbmF0dXJlLW9mLXRoZS1zYS10b2tlbg"
+)
+CLIENT_KEY = "LS0tLS1CRUdJTiBFQyBQUklWQVRFIEtFWS0tLS0tCk1IY0NBUUVFSUFCQw=="
+DB_PASSWORD = "Zq7-hunter2-payments"
+AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
+
+KUBECONFIG = f"""\
+apiVersion: v1
+kind: Config
+clusters:
+- name: prod
+  cluster: {{server: "https://10.0.0.1:6443"}}
+users:
+- name: payments-deployer
+  user:
+    token: {SA_TOKEN}
+    client-key-data: {CLIENT_KEY}
+"""
+
+
+def build_server() -> MCPServer:
+    mcp = MCPServer("kubernetes-mcp", version="1.4.2")
+
+    @mcp.tool(annotations=READ)
+    def config_view() -> str:
+        """The kubeconfig in use."""
+        return KUBECONFIG
+
+    @mcp.tool(annotations=READ)
+    def env_dump(pod: str) -> str:
+        """A pod's environment."""
+        return (
+            f"POD={pod}\nDB_PASSWORD={DB_PASSWORD}\nAWS_ACCESS_KEY_ID={AWS_KEY}\nLOG_LEVEL=info\n"
+        )
+
+    @mcp.tool(annotations=READ)
+    def pods_describe(namespace: str, name: str) -> str:
+        """kubectl describe pod (untrusted: fields written by the workload)."""
+        return DESCRIBE + f"    SA token: {SA_TOKEN}\n"
+
+    return mcp
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--json-response", action="store_true")
+    args = parser.parse_args()
+    security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    app = build_server().streamable_http_app(
+        json_response=args.json_response, transport_security=security, host="127.0.0.1"
+    )
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
