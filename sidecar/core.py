@@ -476,6 +476,11 @@ class ProxyCore:
                 if isinstance(tool, dict) and isinstance(tool.get("name"), str):
                     s.tools[tool["name"]] = tool
             filtered = gate.filter_tools(result, lambda t: self.may_call(principal, session_id, t))
+            snap = self.policy.snapshot
+            if self.outputs is not None and snap is not None:
+                filtered = self.outputs.list_result(
+                    filtered, lambda name: snap.facts(name).untrusted_output
+                )
             return {**doc, "result": filtered}
         if pending.method == "tools/call" and self.outputs is not None:
             new = await self.outputs.rewrite(

@@ -15,19 +15,22 @@ answer:
    If the extractor fails, the deterministic one is used and the failure is
    named in ``_meta``; the raw text never passes (fail closed).
 
-``structuredContent`` carries ``result`` (the rendering) because servers built
-with the MCP SDKs declare ``{"result": string}`` as the output schema of tools
-returning text, and clients validate against it.
+``tools/list`` declares :data:`QUARANTINED_OUTPUT_SCHEMA` as the ``outputSchema``
+of quarantined tools (:meth:`OutputGuard.list_result`), since clients validate
+``structuredContent`` against it; ``structuredContent`` also carries ``result``
+(the rendering), matching the ``{"result": string}`` schema SDK servers declare
+for text tools, for clients that listed tools before.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from sidecar.quarantine.extract import Extractor, ExtractorError, KubernetesExtractor
-from sidecar.quarantine.facts import render, validate
+from sidecar.quarantine.facts import FACTS_JSON_SCHEMA, render, validate
 from sidecar.quarantine.redact import redact_result
 from sidecar.quarantine.store import QuarantineStore
 
@@ -39,6 +42,16 @@ QUARANTINE_META_KEY: Final = "dev.palisade/quarantine"
 REDACTED_META_KEY: Final = "dev.palisade/redacted"
 #: Same key as :data:`sidecar.gate.UNTRUSTED_META_KEY` (kept on quarantined results).
 UNTRUSTED_META_KEY: Final = "dev.palisade/untrustedOutput"
+#: The ``outputSchema`` ``tools/list`` declares for a quarantined tool.
+QUARANTINED_OUTPUT_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {
+        "result": {"type": "string"},
+        "handle": {"type": "string", "pattern": "^\\$VAR[0-9]+$"},
+        "facts": FACTS_JSON_SCHEMA,
+    },
+    "required": ["result", "handle", "facts"],
+}
 
 
 def raw_text(result: dict[str, Any]) -> tuple[str, int]:
@@ -87,6 +100,26 @@ class OutputGuard:
     extractor: Extractor | None = field(default_factory=KubernetesExtractor)
     redact: bool = True
     fallback: Extractor = field(default_factory=KubernetesExtractor)
+
+    def list_result(
+        self, result: dict[str, Any], untrusted: Callable[[str], bool]
+    ) -> dict[str, Any]:
+        """A ``tools/list`` result declaring, for quarantined tools, what the agent will get.
+
+        The server's ``outputSchema`` describes the raw output, which the agent never
+        sees; clients validate ``structuredContent`` against the declared schema.
+        """
+        tools = result.get("tools")
+        if self.extractor is None or not isinstance(tools, list):
+            return result
+        changed = False
+        out: list[Any] = []
+        for tool in tools:
+            if isinstance(tool, dict) and untrusted(str(tool.get("name", ""))):
+                tool = {**tool, "outputSchema": QUARANTINED_OUTPUT_SCHEMA}
+                changed = True
+            out.append(tool)
+        return {**result, "tools": out} if changed else result
 
     def watches(self, untrusted: bool) -> bool:
         """Whether the proxy must hand this call's answer to :meth:`rewrite`."""

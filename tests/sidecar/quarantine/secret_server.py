@@ -2,7 +2,8 @@
 
 ``config_view`` prints a kubeconfig with a ServiceAccount token and a client
 key, ``env_dump`` an environment with a database password and an AWS key, and
-``pods_describe`` (untrusted in the test bundle) a poisoned ``kubectl describe``.
+``pods_describe`` (untrusted in the test bundle) a poisoned ``kubectl describe``,
+``events_list`` (untrusted) poisoned events as structured output with its own schema.
 
     python tests/sidecar/quarantine/secret_server.py --port 8082
 """
@@ -20,7 +21,9 @@ from mcp.types import ToolAnnotations
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from tests.sidecar.quarantine.samples import DESCRIBE
+from pydantic import BaseModel
+
+from tests.sidecar.quarantine.samples import DESCRIBE, EVENTS
 
 READ = ToolAnnotations(read_only_hint=True)
 SA_TOKEN = (
@@ -46,6 +49,13 @@ users:
 """
 
 
+class Events(BaseModel):
+    """Structured output: the SDK declares a closed ``outputSchema`` for it."""
+
+    namespace: str
+    lines: list[str]
+
+
 def build_server() -> MCPServer:
     mcp = MCPServer("kubernetes-mcp", version="1.4.2")
 
@@ -65,6 +75,11 @@ def build_server() -> MCPServer:
     def pods_describe(namespace: str, name: str) -> str:
         """kubectl describe pod (untrusted: fields written by the workload)."""
         return DESCRIBE + f"    SA token: {SA_TOKEN}\n"
+
+    @mcp.tool(annotations=READ)
+    def events_list(namespace: str) -> Events:
+        """Recent events of a namespace (untrusted: messages come from workloads)."""
+        return Events(namespace=namespace, lines=EVENTS.splitlines())
 
     return mcp
 

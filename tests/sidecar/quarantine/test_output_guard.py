@@ -9,6 +9,7 @@ import pytest
 
 from sidecar.quarantine.guard import (
     QUARANTINE_META_KEY,
+    QUARANTINED_OUTPUT_SCHEMA,
     REDACTED_META_KEY,
     UNTRUSTED_META_KEY,
     OutputGuard,
@@ -106,6 +107,24 @@ class TestQuarantine:
         assert out["content"][0]["text"] == POD_LOG
         assert out["_meta"] == {UNTRUSTED_META_KEY: True}
         assert guard.watches(untrusted=False)  # redaction still watches every call
+
+
+class TestToolsList:
+    def test_quarantined_tools_get_the_quarantine_output_schema(self) -> None:
+        listed = {
+            "tools": [
+                {"name": "pods_log", "inputSchema": {}, "outputSchema": {"type": "object"}},
+                {"name": "pods_list", "inputSchema": {}, "outputSchema": {"type": "object"}},
+            ]
+        }
+        out = OutputGuard().list_result(listed, lambda name: name == "pods_log")
+        assert out["tools"][0]["outputSchema"] == QUARANTINED_OUTPUT_SCHEMA
+        assert out["tools"][1]["outputSchema"] == {"type": "object"}
+        assert listed["tools"][0]["outputSchema"] == {"type": "object"}, "input unchanged"
+
+    def test_without_quarantine_tools_list_is_left_alone(self) -> None:
+        listed = {"tools": [{"name": "pods_log", "inputSchema": {}}]}
+        assert OutputGuard(extractor=None).list_result(listed, lambda _: True) is listed
 
 
 class TestRedactionOfTrustedResults:

@@ -26,6 +26,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from sidecar.quarantine import QUARANTINE_META_KEY, REDACTED_META_KEY, OutputGuard
+from sidecar.quarantine.guard import QUARANTINED_OUTPUT_SCHEMA
 from sidecar.quarantine.store import HandleRefused
 from tests.sidecar.proxy.conftest import (
     Sidecar,
@@ -229,6 +230,25 @@ class TestSecretsAreRedacted:
         assert facts["images"] == ["registry.example.com:5000/payments/api:2.3.1"]
         assert {"type": "CrashLoopBackOff", "count": 1} in facts["errors"]
         assert result.meta is not None and result.meta[QUARANTINE_META_KEY]["redacted"] >= 1
+
+
+class TestToolsList:
+    async def test_quarantined_tools_declare_the_schema_of_what_the_agent_gets(
+        self, secret_upstream: UpstreamProc, tmp_path: Path
+    ) -> None:
+        async with guarded(secret_upstream, tmp_path) as sc, streamable(sc.url) as c:
+            tools = {t.name: t for t in (await c.list_tools()).tools}
+            result = await c.call_tool("events_list", {"namespace": "payments"})
+        assert tools["events_list"].output_schema == QUARANTINED_OUTPUT_SCHEMA
+        assert tools["pods_describe"].output_schema == QUARANTINED_OUTPUT_SCHEMA
+        assert tools["config_view"].output_schema != QUARANTINED_OUTPUT_SCHEMA
+        # the server's own closed schema (namespace, lines) would have refused this result
+        assert not result.is_error
+        assert_no_injection(result.model_dump(by_alias=True))
+        facts = result.structured_content["facts"]  # type: ignore[index]
+        assert {"type": "ErrImagePull", "count": 1} in facts["errors"]
+        assert facts["deploys"] == [{"name": "payments-api", "at": "2026-11-21T04:40:00Z"}]
+        assert facts["suspectedInjectionLines"] == 1
 
 
 class TestTheSidecarProcess:
