@@ -24,6 +24,7 @@ for text tools, for clients that listed tools before.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ QUARANTINE_META_KEY: Final = "dev.palisade/quarantine"
 REDACTED_META_KEY: Final = "dev.palisade/redacted"
 #: Same key as :data:`sidecar.gate.UNTRUSTED_META_KEY` (kept on quarantined results).
 UNTRUSTED_META_KEY: Final = "dev.palisade/untrustedOutput"
+#: ``_meta`` key set when a result was withheld because it could not be inspected.
+WITHHELD_META_KEY: Final = "dev.palisade/withheld"
 #: The ``outputSchema`` ``tools/list`` declares for a quarantined tool.
 QUARANTINED_OUTPUT_SCHEMA: Final[dict[str, Any]] = {
     "type": "object",
@@ -128,7 +131,31 @@ class OutputGuard:
     async def rewrite(
         self, result: dict[str, Any], *, untrusted: bool, scope: str, tool: str
     ) -> dict[str, Any]:
-        """The result the agent gets (``result`` itself when nothing changes)."""
+        """The result the agent gets (``result`` itself when nothing changes).
+
+        Fails closed: if inspecting the result fails for any reason, the agent gets
+        an error result saying the output was withheld, never the output.
+        """
+        try:
+            return await self._rewrite(result, untrusted=untrusted, scope=scope, tool=tool)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # the type only: the message or traceback could quote the output
+            log.error(
+                "output could not be inspected; withheld",
+                extra={"tool": tool, "error": type(exc).__name__},
+            )
+            text = f"Palisade withheld the output of {tool}: it could not be inspected."
+            return {
+                "content": [{"type": "text", "text": text}],
+                "isError": True,
+                "_meta": {UNTRUSTED_META_KEY: untrusted, WITHHELD_META_KEY: True},
+            }
+
+    async def _rewrite(
+        self, result: dict[str, Any], *, untrusted: bool, scope: str, tool: str
+    ) -> dict[str, Any]:
         redacted = 0
         if self.redact:
             result, redacted = redact_result(result)

@@ -7,11 +7,13 @@ from typing import Any
 
 import pytest
 
+from sidecar.quarantine.extract import ExtractorError
 from sidecar.quarantine.guard import (
     QUARANTINE_META_KEY,
     QUARANTINED_OUTPUT_SCHEMA,
     REDACTED_META_KEY,
     UNTRUSTED_META_KEY,
+    WITHHELD_META_KEY,
     OutputGuard,
 )
 from sidecar.quarantine.store import HandleRefused, QuarantineStore
@@ -107,6 +109,43 @@ class TestQuarantine:
         assert out["content"][0]["text"] == POD_LOG
         assert out["_meta"] == {UNTRUSTED_META_KEY: True}
         assert guard.watches(untrusted=False)  # redaction still watches every call
+
+
+class BrokenExtractor:
+    name = "broken"
+
+    async def extract(self, text: str, *, tool: str) -> Any:
+        raise RuntimeError(f"bug while reading {text[:20]}")
+
+
+class TestFailingClosed:
+    async def test_an_unexpected_failure_withholds_the_output(self) -> None:
+        guard = OutputGuard(extractor=BrokenExtractor(), fallback=BrokenExtractor())
+        out = await guard.rewrite(text_result(POD_LOG), untrusted=True, scope="s", tool="pods_log")
+        assert out["isError"] is True
+        assert out["content"] == [
+            {
+                "type": "text",
+                "text": "Palisade withheld the output of pods_log: it could not be inspected.",
+            }
+        ]
+        assert out["_meta"][WITHHELD_META_KEY] is True
+        assert_no_injection(out)
+
+    async def test_a_failing_model_extractor_error_falls_back_not_withholds(self) -> None:
+        class Failing:
+            name = "llm"
+
+            async def extract(self, text: str, *, tool: str) -> Any:
+                raise ExtractorError("model endpoint answered HTTP 503")
+
+        out = await OutputGuard(extractor=Failing()).rewrite(
+            text_result(POD_LOG), untrusted=True, scope="s", tool="pods_log"
+        )
+        assert out["_meta"][QUARANTINE_META_KEY]["extractor"] == "kubernetes"
+        assert out["_meta"][QUARANTINE_META_KEY]["extractorError"] == (
+            "model endpoint answered HTTP 503"
+        )
 
 
 class TestToolsList:
