@@ -40,7 +40,7 @@ _KEY_ENDINGS: Final = (
 )
 _KEY_VALUE: Final = re.compile(
     r"(?P<key>[\w.-]*(?:" + _KEY_ENDINGS + r")[\"']?\s*[:=]\s*)"
-    r"(?P<value>\"[^\"\n]+\"|'[^'\n]+'|[^\s,;&\"'}\]]+)",
+    r"(?P<value>\[REDACTED\]|\"[^\"\n]+\"|'[^'\n]+'|[^\s,;&\"'}\]]+)",
     re.IGNORECASE,
 )
 _STRUCT_KEY: Final = re.compile(r"(?:" + _KEY_ENDINGS + r")$", re.IGNORECASE)
