@@ -486,7 +486,7 @@ class ProxyCore:
             new = await self.outputs.rewrite(
                 result,
                 untrusted=pending.untrusted,
-                scope=f"{principal.agent}\x00{session_id}",
+                scope=self.outputs.scope(principal.agent, session_id),
                 tool=pending.tool,
             )
             return doc if new is result else {**doc, "result": new}

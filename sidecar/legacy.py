@@ -104,6 +104,8 @@ class LegacyHandlers:
             task.cancel()
             if sid:
                 core.sessions.drop(_key(sid[0]))
+                if core.outputs is not None:
+                    core.outputs.end_session(principal.agent, _key(sid[0]))
 
     def _endpoint(
         self,

@@ -312,6 +312,8 @@ class StreamableHandlers:
                 body = await up.read()
                 if up.status < 300 and session_id:
                     core.sessions.drop(session_id)
+                    if core.outputs is not None:
+                        core.outputs.end_session(principal.agent, session_id)
                 return web.Response(
                     status=up.status, body=body, headers=response_headers(up.headers)
                 )

@@ -124,6 +124,15 @@ class OutputGuard:
             out.append(tool)
         return {**result, "tools": out} if changed else result
 
+    @staticmethod
+    def scope(agent: str, session_id: str) -> str:
+        """The store scope of one agent's MCP session (``""``: the stateless transport)."""
+        return f"{agent}\x00{session_id}"
+
+    def end_session(self, agent: str, session_id: str) -> None:
+        """Forget a session's quarantined outputs (it was deleted or its stream closed)."""
+        self.store.drop_scope(self.scope(agent, session_id))
+
     def watches(self, untrusted: bool) -> bool:
         """Whether the proxy must hand this call's answer to :meth:`rewrite`."""
         return self.redact or (untrusted and self.extractor is not None)

@@ -171,6 +171,24 @@ class TestUntrustedOutputIsQuarantined:
         with pytest.raises(HandleRefused):
             store.get(f"sre-agent\x00{other}", "$VAR2")
 
+    async def test_deleting_a_session_forgets_its_quarantined_outputs(
+        self, k8s_upstream: UpstreamProc, tmp_path: Path
+    ) -> None:
+        call = {"jsonrpc": "2.0", "id": 8, "method": "tools/call"}
+        call["params"] = {"name": "pods_log", "arguments": POD}  # type: ignore[assignment]
+        async with guarded(k8s_upstream, tmp_path) as sc, aiohttp.ClientSession() as http:
+            sid = await raw_session(http, sc.url)
+            async with http.post(sc.url, json=call, headers=session_headers(sid)) as r:
+                await answer_of(r)
+            assert sc.core.outputs is not None
+            store = sc.core.outputs.store
+            assert store.get(f"sre-agent\x00{sid}", "$VAR1").tool == "pods_log"
+            async with http.delete(sc.url, headers=session_headers(sid)) as r:
+                assert r.status == 200, await r.text()
+        with pytest.raises(HandleRefused):
+            store.get(f"sre-agent\x00{sid}", "$VAR1")
+        assert len(store) == 0
+
     async def test_json_answers_are_quarantined_too(self, tmp_path: Path) -> None:
         up = start_example_server(tmp_path, "--json-response")
         try:
