@@ -12,9 +12,10 @@ in kubeconfigs, ServiceAccount token files, env dumps and ``.env`` files. In
 structured content a string under such a key is replaced whole.
 
 Only the secret is replaced (the key stays), so the agent still sees *that* a
-token was there. Two cheap pre-checks (single characters by ``memchr``, then a
-few literals in the lower-cased text) skip the regexes for text that cannot
-hold any of the patterns.
+token was there. Cost is kept proportional to what looks secret: single
+characters by ``memchr`` rule most text out, each value pattern runs only when a
+literal it needs is present, and key names are found with ``str.find`` and
+checked one by one instead of by a regex tried at every position.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ _KEY_ENDINGS: Final = (
     r"password|passwd|pwd|passphrase|secret|secret[_-]?key|token|api[_-]?key"
     r"|private[_-]?key|access[_-]?key|client[_-]key[_-]data|credentials?"
 )
+#: The same as a single regex (slow on long text; used when ``lower()`` changes lengths).
 _KEY_VALUE: Final = re.compile(
-    r"(?P<key>[\w.-]*(?:" + _KEY_ENDINGS + r")[\"']?\s*[:=]\s*)"
+    r"(?P<key>[\w.-]*(?:" + _KEY_ENDINGS + r")[\"']?[ \t]*[:=][ \t]*)"
     r"(?P<value>\[REDACTED\]|\"[^\"\n]+\"|'[^'\n]+'|[^\s,;&\"'}\]]+)",
     re.IGNORECASE,
 )
@@ -48,55 +50,104 @@ _STRUCT_KEY: Final = re.compile(r"(?:" + _KEY_ENDINGS + r")$", re.IGNORECASE)
 #: pairs), ``J`` (``eyJ``), ``-`` (PEM, Slack), ``A`` (AWS ids), ``_`` (GitHub), ``b``/``B``
 #: (Bearer, Basic). Each is one ``memchr`` over the text: most text fails fast here.
 _TRIGGER_CHARS: Final = (":", "=", "J", "-", "A", "_", "b", "B")
-#: Lower-case literals at least one of which every secret above contains (second check).
-_MARKERS: Final = tuple(
-    re.compile(m)
-    for m in (
-        "bearer",
-        "basic",
-        "eyj",
-        "akia",
-        "asia",
-        "gh",
-        "xox",
-        "pass",
-        "pwd",
-        "secret",
-        "token",
-        "key",
-        "credential",
-    )
+#: Lower-case roots of the key endings; a literal pattern's ``finditer`` finds them all
+#: in C (on CPython 3.11 a literal ``search`` is also faster than ``in`` on long text).
+_KEY_ROOTS: Final = tuple(
+    re.compile(r) for r in ("pass", "pwd", "secret", "token", "key", "credential")
+)
+#: Literals that gate the value patterns (lower-cased text / text as is).
+_VALUE_GATES: Final = tuple(re.compile(g) for g in ("bearer", "basic", "eyj", "private key"))
+_TOKEN_GATES: Final = tuple(re.compile(g) for g in ("AKIA", "ASIA", "gh", "xox"))
+#: The key endings, spelled out for ``str.endswith``.
+_ENDINGS: Final = tuple(
+    {
+        "password", "passwd", "pwd", "passphrase", "secret", "token", "credential",
+        "credentials", "client-key-data", "client_key_data",
+        *(f"{a}{sep}key" for a in ("secret", "api", "private", "access") for sep in ("", "_", "-")),
+    }
+)  # fmt: skip
+_WORD: Final = re.compile(r"[\w.-]*")
+_SEP_VALUE: Final = re.compile(
+    r"[\"']?[ \t]*[:=][ \t]*(?P<value>\[REDACTED\]|\"[^\"\n]+\"|'[^'\n]+'|[^\s,;&\"'}\]]+)"
 )
 
 
-def _may_hold_secret(text: str) -> bool:
-    if not any(c in text for c in _TRIGGER_CHARS):
-        return False
-    low = text.lower()
-    # a literal pattern's search is faster than ``in`` on long text (CPython 3.11)
-    return any(m.search(low) is not None for m in _MARKERS)
+def key_values_by_regex(text: str) -> tuple[str, int]:
+    """:func:`_key_values` as one regex: the reference it is tested against."""
+    count = 0
+
+    def keep_key(m: re.Match[str]) -> str:
+        nonlocal count
+        if m.group("value") == REDACTED:
+            return m.group(0)
+        count += 1
+        return m.group("key") + REDACTED
+
+    return _KEY_VALUE.sub(keep_key, text), count
+
+
+def _key_values(text: str, low: str) -> tuple[str, int]:
+    """Values after secret-named keys replaced: roots found by ``find``, each checked once."""
+    if len(low) != len(text):  # lower() changed the length (rare Unicode): the slow way
+        return key_values_by_regex(text)
+    ends: set[int] = set()
+    for root in _KEY_ROOTS:
+        skip = 0
+        for hit in root.finditer(low):
+            if hit.start() < skip:
+                continue  # inside a word already checked
+            word = _WORD.match(low, hit.start())
+            end = word.end() if word else hit.end()
+            skip = end
+            if low.endswith(_ENDINGS, 0, end):
+                ends.add(end)
+    spans: list[tuple[int, int]] = []
+    for end in sorted(ends):
+        m = _SEP_VALUE.match(text, end)
+        if (
+            m is not None
+            and m.group("value") != REDACTED
+            and (not spans or m.start("value") >= spans[-1][1])
+        ):
+            spans.append((m.start("value"), m.end("value")))
+    if not spans:
+        return text, 0
+    out: list[str] = []
+    last = 0
+    for start, stop in spans:
+        out.append(text[last:start])
+        out.append(REDACTED)
+        last = stop
+    out.append(text[last:])
+    return "".join(out), len(spans)
 
 
 def scrub(text: str) -> tuple[str, int]:
-    """``text`` with every credential-looking part replaced, and how many were."""
-    if not _may_hold_secret(text):
+    """``text`` with every credential-looking part replaced, and how many were.
+
+    Each pattern runs only when a literal it needs is present, so a long text
+    costs a few ``find`` calls unless it holds something that looks secret.
+    """
+    if not any(c in text for c in _TRIGGER_CHARS):
         return text, 0
     total = 0
-    text, n = _PEM_BLOCK.subn(REDACTED, text)
-    total += n
-
-    def keep_key(m: re.Match[str]) -> str:
-        nonlocal total
-        if m.group("value").strip("\"'") == REDACTED:
-            return m.group(0)
-        total += 1
-        return m.group("key") + REDACTED
-
-    text = _KEY_VALUE.sub(keep_key, text)
-    text, n = SECRET_VALUE_PATTERN.subn(REDACTED, text)
-    total += n
-    text, n = _TOKENS.subn(REDACTED, text)
-    return text, total + n
+    low = text.lower()
+    if _VALUE_GATES[3].search(low):
+        text, n = _PEM_BLOCK.subn(REDACTED, text)
+        if n:
+            total += n
+            low = text.lower()
+    text, n = _key_values(text, low)
+    if n:
+        total += n
+        low = text.lower()
+    if any(g.search(low) for g in _VALUE_GATES):
+        text, n = SECRET_VALUE_PATTERN.subn(REDACTED, text)
+        total += n
+    if any(g.search(text) for g in _TOKEN_GATES):
+        text, n = _TOKENS.subn(REDACTED, text)
+        total += n
+    return text, total
 
 
 def secret_key(name: str) -> bool:

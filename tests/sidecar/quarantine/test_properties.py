@@ -19,7 +19,7 @@ from sidecar.quarantine.facts import (
     timestamp,
     validate,
 )
-from sidecar.quarantine.redact import REDACTED, scrub
+from sidecar.quarantine.redact import REDACTED, _key_values, key_values_by_regex, scrub
 
 from .samples import DESCRIBE, EVENTS, GET_PODS, POD_LOG
 
@@ -97,3 +97,22 @@ def test_scrubbing_is_idempotent_and_never_raises(text: str) -> None:
     once, n = scrub(text)
     assert (REDACTED in once) == (n > 0) or REDACTED in text
     assert scrub(once) == (once, 0)
+
+
+KV_PIECES = [
+    *"aZ_.-:= \"'\t\n,;}]",
+    "password",
+    "PASSWD",
+    "token",
+    "api_key",
+    "secret-key",
+    "client-key-data",
+    "credentials",
+    "monkey",
+    "[REDACTED]",
+]
+
+
+@given(st.lists(st.sampled_from(KV_PIECES), max_size=40).map("".join))
+def test_the_fast_key_value_scan_matches_the_reference_regex(text: str) -> None:
+    assert _key_values(text, text.lower()) == key_values_by_regex(text)
