@@ -322,10 +322,14 @@ class ProxyCore:
 
     # -- decisions ------------------------------------------------------------------
 
-    def decide(
+    async def decide(
         self, msg: Message, principal: Principal, session_id: str, session: Session
     ) -> tuple[Verdict, Pending]:
-        """Decide a ``tools/call`` and audit it; an audit failure turns allow into deny."""
+        """Decide a ``tools/call`` and audit it; an audit failure turns allow into deny.
+
+        The record is committed (on disk, in a signed batch) before this returns,
+        so nothing is forwarded unaudited; concurrent calls share the write.
+        """
         name = str(msg.params.get("name", ""))
         known = session.tools.get(name) or self.sessions.get("").tools.get(name)
         call = gate.tool_call(
@@ -367,7 +371,7 @@ class ProxyCore:
             details={"risk": str(verdict.risk)} if verdict.risk else {},
         )
         try:
-            self.audit.write(entry, facts.secret_arguments if facts else ())
+            await self.audit.commit(entry, facts.secret_arguments if facts else ())
         except Exception:
             log.exception("audit write failed; refusing the call", extra={"tool": call.tool})
             verdict = Verdict(
@@ -377,19 +381,21 @@ class ProxyCore:
                 verdict.bundle_revision,
             )
         self.metrics.decisions.labels(str(verdict.decision), verdict.rule_id).inc()
-        log.log(
-            logging.DEBUG if verdict.allowed else logging.INFO,
-            "tools/call decided",
-            extra={
-                "agent": principal.agent,
-                "tool": call.tool,
-                "decision": str(verdict.decision),
-                "rule": verdict.rule_id,
-                "revision": verdict.bundle_revision,
-                "session": session_id,
-                "dev_identity": principal.dev_mode,
-            },
-        )
+        level = logging.DEBUG if verdict.allowed else logging.INFO
+        if log.isEnabledFor(level):  # the fields are not built for a line nobody writes
+            log.log(
+                level,
+                "tools/call decided",
+                extra={
+                    "agent": principal.agent,
+                    "tool": call.tool,
+                    "decision": str(verdict.decision),
+                    "rule": verdict.rule_id,
+                    "revision": verdict.bundle_revision,
+                    "session": session_id,
+                    "dev_identity": principal.dev_mode,
+                },
+            )
         pending = Pending(
             "tools/call",
             tool=call.tool,
@@ -514,6 +520,19 @@ class ProxyCore:
             doc = json.loads(ev.data)
         except ValueError:
             return raw
+        if (
+            isinstance(doc, dict)
+            and "id" not in doc
+            and expect is not None
+            and expect[1].untrusted
+            and self.outputs is not None
+        ):
+            # progress and log text of an untrusted tool is untrusted output too
+            note = self.outputs.quarantine_notification(doc)
+            if note is doc:
+                return raw
+            data = json.dumps(note, separators=(",", ":"))
+            return encode_event(Event(data, ev.event, ev.id, ev.retry))
         if not isinstance(doc, dict) or "method" in doc or "id" not in doc:
             return raw
         if expect is not None:

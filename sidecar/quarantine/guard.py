@@ -45,6 +45,8 @@ REDACTED_META_KEY: Final = "dev.palisade/redacted"
 UNTRUSTED_META_KEY: Final = "dev.palisade/untrustedOutput"
 #: ``_meta`` key set when a result was withheld because it could not be inspected.
 WITHHELD_META_KEY: Final = "dev.palisade/withheld"
+#: What replaces the ``data`` of a log message sent while an untrusted tool runs.
+WITHHELD_LOG_DATA: Final = "[withheld: logged by a tool whose output is untrusted]"
 #: The ``outputSchema`` ``tools/list`` declares for a quarantined tool.
 QUARANTINED_OUTPUT_SCHEMA: Final[dict[str, Any]] = {
     "type": "object",
@@ -132,6 +134,22 @@ class OutputGuard:
     def end_session(self, agent: str, session_id: str) -> None:
         """Forget a session's quarantined outputs (it was deleted or its stream closed)."""
         self.store.drop_scope(self.scope(agent, session_id))
+
+    def quarantine_notification(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """A notification sent while an untrusted tool runs, without its free text.
+
+        Progress keeps its numbers and loses its ``message``; a log message keeps
+        its level and logger and loses its ``data``. Other notifications pass.
+        """
+        params = doc.get("params")
+        if self.extractor is None or not isinstance(params, dict):
+            return doc
+        method = doc.get("method")
+        if method == "notifications/progress" and "message" in params:
+            return {**doc, "params": {k: v for k, v in params.items() if k != "message"}}
+        if method == "notifications/message" and "data" in params:
+            return {**doc, "params": {**params, "data": WITHHELD_LOG_DATA}}
+        return doc
 
     def watches(self, untrusted: bool) -> bool:
         """Whether the proxy must hand this call's answer to :meth:`rewrite`."""

@@ -13,6 +13,7 @@ from sidecar.quarantine.guard import (
     QUARANTINED_OUTPUT_SCHEMA,
     REDACTED_META_KEY,
     UNTRUSTED_META_KEY,
+    WITHHELD_LOG_DATA,
     WITHHELD_META_KEY,
     OutputGuard,
 )
@@ -146,6 +147,33 @@ class TestFailingClosed:
         assert out["_meta"][QUARANTINE_META_KEY]["extractorError"] == (
             "model endpoint answered HTTP 503"
         )
+
+
+class TestNotifications:
+    def test_progress_loses_its_message_and_a_log_its_data(self) -> None:
+        guard = OutputGuard()
+        progress = {
+            "jsonrpc": "2.0",
+            "method": "notifications/progress",
+            "params": {"progressToken": 1, "progress": 1, "total": 2, "message": INJECTION},
+        }
+        log = {
+            "jsonrpc": "2.0",
+            "method": "notifications/message",
+            "params": {"level": "info", "logger": "pods", "data": INJECTION},
+        }
+        assert guard.quarantine_notification(progress)["params"] == {
+            "progressToken": 1,
+            "progress": 1,
+            "total": 2,
+        }
+        assert guard.quarantine_notification(log)["params"] == {
+            "level": "info",
+            "logger": "pods",
+            "data": WITHHELD_LOG_DATA,
+        }
+        other = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
+        assert guard.quarantine_notification(other) is other
 
 
 class TestToolsList:

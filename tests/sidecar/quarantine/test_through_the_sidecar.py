@@ -26,7 +26,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from sidecar.quarantine import QUARANTINE_META_KEY, REDACTED_META_KEY, OutputGuard
-from sidecar.quarantine.guard import QUARANTINED_OUTPUT_SCHEMA
+from sidecar.quarantine.guard import QUARANTINED_OUTPUT_SCHEMA, WITHHELD_LOG_DATA
 from sidecar.quarantine.store import HandleRefused
 from tests.sidecar.proxy.conftest import (
     Sidecar,
@@ -248,6 +248,33 @@ class TestSecretsAreRedacted:
         assert facts["images"] == ["registry.example.com:5000/payments/api:2.3.1"]
         assert {"type": "CrashLoopBackOff", "count": 1} in facts["errors"]
         assert result.meta is not None and result.meta[QUARANTINE_META_KEY]["redacted"] >= 1
+
+
+class TestNotificationsOfUntrustedTools:
+    async def test_progress_and_log_text_of_an_untrusted_tool_is_withheld(
+        self, secret_upstream: UpstreamProc, tmp_path: Path
+    ) -> None:
+        progress: list[tuple[float, float | None, str | None]] = []
+        logged: list[Any] = []
+
+        async def on_progress(done: float, total: float | None, message: str | None) -> None:
+            progress.append((done, total, message))
+
+        async def on_log(params: Any) -> None:
+            logged.append(params.data)
+
+        http = create_mcp_http_client(headers=auth())
+        async with guarded(secret_upstream, tmp_path) as sc:
+            client = Client(
+                streamable_http_client(sc.url, http_client=http),
+                mode="legacy",
+                logging_callback=on_log,
+            )
+            async with http, client as c:
+                result = await c.call_tool("pods_follow", POD, progress_callback=on_progress)
+        assert_no_injection(result.model_dump(by_alias=True))
+        assert progress == [(1, 2, None), (2, 2, None)]
+        assert logged == [WITHHELD_LOG_DATA]
 
 
 class TestToolsList:
