@@ -23,6 +23,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 UNTRUSTED = "dev.palisade/untrustedOutput"
+QUARANTINED = "dev.palisade/quarantine"
 NS = "payments"
 
 
@@ -71,7 +72,16 @@ async def call(c: Client, step: Step) -> Step:
         return step
     step.decision = "allow"
     text = " ".join(getattr(c, "text", "") for c in result.content)
-    if result.meta and result.meta.get(UNTRUSTED):
+    if result.meta and result.meta.get(QUARANTINED):
+        # the sidecar quarantined it: only validated facts and a handle came back
+        sc = result.structured_content or {}
+        facts = sc.get("facts", {})
+        kinds = ", ".join(e["type"] for e in facts.get("errors", [])) or "no errors"
+        withheld = facts.get("suspectedInjectionLines", 0)
+        step.detail = (
+            f"quarantined as {sc.get('handle')}: {kinds}; {withheld} injected line(s) withheld"
+        )
+    elif result.meta and result.meta.get(UNTRUSTED):
         step.detail = "untrusted output, quarantined: " + quarantine(text)
     else:
         step.detail = text.splitlines()[0][:70] if text else ""
