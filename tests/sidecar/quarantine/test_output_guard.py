@@ -213,3 +213,27 @@ class TestRedactionOfTrustedResults:
         assert guard.watches(untrusted=True) and not guard.watches(untrusted=False)
         result = text_result(f"token: {SA_TOKEN}")
         assert await guard.rewrite(result, untrusted=False, scope="s", tool="t") is result
+
+
+def test_the_public_surface_is_pinned() -> None:
+    import sidecar.quarantine as q
+
+    assert sorted(q.__all__) == sorted(
+        [
+            "FACTS_JSON_SCHEMA",
+            "QUARANTINE_META_KEY",
+            "REDACTED_META_KEY",
+            "Extractor",
+            "ExtractorError",
+            "HandleRefused",
+            "KubernetesExtractor",
+            "LLMExtractor",
+            "OutputGuard",
+            "QuarantineStore",
+            "Validated",
+            "redact_result",
+            "scrub",
+            "validate",
+        ]
+    )
+    assert all(hasattr(q, name) for name in q.__all__)
