@@ -148,7 +148,7 @@ class LegacyHandlers:
             if msg.method in ("tools/call", "tools/list") and not session.server_version:
                 await core.ensure_server_version()
             if msg.method == "tools/call" and msg.is_request:
-                verdict, pending = core.decide(msg, principal, key, session)
+                verdict, pending = await core.decide(msg, principal, key, session)
                 if not verdict.allowed:
                     core.metrics.requests.labels("tools/call", str(verdict.decision)).inc()
                     await existing.inject.put(

@@ -60,7 +60,7 @@ class StreamableHandlers:
                 await core.ensure_server_version()
             expect: tuple[object, Pending] | None = None
             if msg.method == "tools/call" and msg.is_request:
-                verdict, pending = core.decide(msg, principal, session_id, session)
+                verdict, pending = await core.decide(msg, principal, session_id, session)
                 if not verdict.allowed:
                     core.metrics.requests.labels("tools/call", str(verdict.decision)).inc()
                     retry = {"Retry-After": str(max(1, math.ceil(verdict.retry_after_s)))}
