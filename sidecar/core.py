@@ -163,7 +163,7 @@ class ProxyCore:
             return await self.authenticator.authenticate(request.headers)
         except AuthError as exc:
             self.metrics.rejected.labels("auth").inc()
-            self.record(
+            await self.commit_record(
                 Entry(
                     decision="deny",
                     rule_id="identity",
@@ -413,6 +413,13 @@ class ProxyCore:
     def record(self, entry: Entry) -> None:
         try:
             self.audit.write(entry)
+        except Exception:
+            log.exception("audit write failed", extra={"kind": entry.kind})
+
+    async def commit_record(self, entry: Entry) -> None:
+        """:meth:`record` through the group commit (for refusals in async code)."""
+        try:
+            await self.audit.commit(entry)
         except Exception:
             log.exception("audit write failed", extra={"kind": entry.kind})
 
