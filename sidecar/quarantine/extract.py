@@ -44,20 +44,25 @@ class ExtractorError(Exception):
 
 _TS: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})")
 _KIND_WORDS: Final = re.compile(r"\b(" + "|".join(sorted(ERROR_KINDS - {"Error"})) + r")\b")
-_GENERIC: Final = (
-    (re.compile(r"(?:^|\s)panic:"), "Panic"),
-    (re.compile(r"\bfatal error:|\bFATAL\b"), "Fatal"),
-    (re.compile(r"connection refused", re.IGNORECASE), "ConnectionRefused"),
-    (re.compile(r"connection reset by peer", re.IGNORECASE), "ConnectionReset"),
-    (re.compile(r"context deadline exceeded", re.IGNORECASE), "DeadlineExceeded"),
-    (re.compile(r"i/o timeout|timed out", re.IGNORECASE), "Timeout"),
-    (re.compile(r"permission denied", re.IGNORECASE), "PermissionDenied"),
-    (re.compile(r"segmentation (?:fault|violation)|SIGSEGV"), "SegmentationFault"),
+#: Generic error kinds, one named group each, matched on the lower-cased line.
+_GENERIC: Final = re.compile(
+    r"(?P<Panic>(?:^|\s)panic:)"
+    r"|(?P<Fatal>\bfatal error:)"
+    r"|(?P<ConnectionRefused>connection refused)"
+    r"|(?P<ConnectionReset>connection reset by peer)"
+    r"|(?P<DeadlineExceeded>context deadline exceeded)"
+    r"|(?P<Timeout>i/o timeout|timed out)"
+    r"|(?P<PermissionDenied>permission denied)"
+    r"|(?P<SegmentationFault>segmentation (?:fault|violation)|sigsegv)"
 )
+#: Literals one of which every _GENERIC alternative contains (a cheap gate per line).
+_GENERIC_GATES: Final = (
+    "panic:", "fatal", "connection", "deadline", "time", "permission", "segmentation", "sigsegv",
+)  # fmt: skip
+_FATAL: Final = re.compile(r"\bFATAL\b")
 _EXC: Final = re.compile(r"(?<![\w.])(" + EXCEPTION_CLASS.pattern + r")(?![\w])")
-_EXIT: Final = re.compile(
-    r"\bexit(?:ed|ing)?(?: with)? (?:code|status)[: ]\s*(\d{1,3})\b|\bExit Code:\s*(\d{1,3})\b",
-    re.IGNORECASE,
+_EXIT: Final = re.compile(  # on the lower-cased line
+    r"\bexit(?:ed|ing)?(?: with)? (?:code|status)[: ]\s*(\d{1,3})\b|\bexit code:\s*(\d{1,3})\b"
 )
 _NS_POD_LINE: Final = re.compile(r"^([a-z0-9][a-z0-9-]{0,62})/([a-z0-9][a-z0-9.-]{0,252})\s+(\S+)")
 _OBJ_REF: Final = re.compile(
@@ -68,13 +73,13 @@ _FIELD: Final = re.compile(r"^\s*(Name|Namespace|Image|Restart Count|Reason|Stat
 _READY: Final = re.compile(r"\d{1,3}/\d{1,3}")
 _SCALED: Final = re.compile(r"Scaled (?:up|down) replica set ([a-z0-9][a-z0-9.-]{0,252}) to \d+")
 _RS_HASH: Final = re.compile(r"^(.+)-[a-z0-9]{5,10}$")
-#: Phrases typical of prompt injection; lines with them are counted, never passed.
+#: Phrases typical of prompt injection (on the lower-cased line); lines with them are
+#: counted, never passed.
 _INJECTION: Final = re.compile(
     r"ignore (?:all |any )?(?:previous|prior|above|earlier) (?:instructions|prompts?)"
     r"|disregard (?:all |any )?(?:previous|prior|above|earlier|your)"
     r"|you are now\b|new instructions|system prompt|\bas an ai\b|assistant:"
-    r"|(?:call|use|invoke) the \w+ tool|do not tell the user",
-    re.IGNORECASE,
+    r"|(?:call|use|invoke) the \w+ tool|do not tell the user"
 )
 
 
@@ -117,27 +122,31 @@ class _Reader:
 
     def read(self, line: str) -> None:
         self.lines += 1
-        if _INJECTION.search(line):
+        low = line.lower()
+        if _INJECTION.search(low):
             self.suspected += 1
             return  # an injection line contributes nothing but its count
-        for ts in _TS.findall(line):
-            self.stamps.append(ts)
-        self.kinds(line)
-        for m in _EXIT.finditer(line):
-            code = int(m.group(1) or m.group(2))
-            if code <= 255 and code not in self.exit_codes:
-                self.exit_codes.append(code)
+        if ":" in line:
+            self.stamps.extend(_TS.findall(line))
+        self.kinds(line, low)
+        if "exit" in low:
+            for m in _EXIT.finditer(low):
+                code = int(m.group(1) or m.group(2))
+                if code <= 255 and code not in self.exit_codes:
+                    self.exit_codes.append(code)
         if self.tabular(line):
             return
         self.structural(line)
 
-    def kinds(self, line: str) -> None:
+    def kinds(self, line: str, low: str) -> None:
+        # each regex only where a literal it needs is present: most lines have none
         seen: set[str] = set(_KIND_WORDS.findall(line))
-        for pattern, kind in _GENERIC:
-            if pattern.search(line):
-                seen.add(kind)
-        for m in _EXC.finditer(line):
-            seen.add(m.group(1))
+        if any(g in low for g in _GENERIC_GATES):
+            seen.update(str(m.lastgroup) for m in _GENERIC.finditer(low))
+        if "FATAL" in line and _FATAL.search(line):
+            seen.add("Fatal")
+        if "Error" in line or "Exception" in line or "Fault" in line:
+            seen.update(m.group(1) for m in _EXC.finditer(line))
         for kind in seen:
             self.errors[kind] += 1
 
@@ -171,23 +180,23 @@ class _Reader:
         return True
 
     def structural(self, line: str) -> None:
-        m = _NS_POD_LINE.match(line)
+        m = _NS_POD_LINE.match(line) if "/" in line else None
         if m:
             rec = self.pod(m.group(2), m.group(1))
             status = _pod_status(m.group(3))
             if status:
                 rec["status"] = status
-        for kind, name in _OBJ_REF.findall(line):
+        for kind, name in _OBJ_REF.findall(line) if "/" in line else ():
             if kind == "pod":
                 self.pod(name)
             elif kind == "deployment":
                 self.deploy(name)
-        for name in _SCALED.findall(line):
+        for name in _SCALED.findall(line) if "Scaled " in line else ():
             base = _RS_HASH.match(name)
             self.deploy(base.group(1) if base else name)
-        for ref in _QUOTED_IMAGE.findall(line):
+        for ref in _QUOTED_IMAGE.findall(line) if 'image "' in line else ():
             self.image(ref)
-        f = _FIELD.match(line)
+        f = _FIELD.match(line) if ":" in line else None
         if f:
             self.field(f.group(1), f.group(2))
 
