@@ -8,12 +8,16 @@
 ``POST <messages_paths>``             legacy HTTP+SSE messages
 ``GET /healthz``                      alive
 ``GET /readyz``                       a verified bundle is active and the upstream answers
+                                      (and, with a distributor, its client is ``OK``)
 ``GET /metrics``                      Prometheus text format
 ``GET /.well-known/oauth-protected-resource``  RFC 9728 metadata (from identity)
 ====================================  =============================================
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,7 +29,11 @@ from sidecar.streamable import StreamableHandlers
 CORE_KEY: web.AppKey[ProxyCore] = web.AppKey("palisade_core", ProxyCore)
 
 
-def build_app(core: ProxyCore) -> web.Application:
+#: Extra readiness from outside the proxy (the fleet link): problems, and a status document.
+Readiness = Callable[[], tuple[list[str], dict[str, Any]]]
+
+
+def build_app(core: ProxyCore, *, readiness: Readiness | None = None) -> web.Application:
     s = core.settings
     app = web.Application(client_max_size=s.limits.max_body_bytes + 1)
     app[CORE_KEY] = core
@@ -50,11 +58,16 @@ def build_app(core: ProxyCore) -> web.Application:
             problems.append("no verified bundle is active")
         if not await core.upstream.answers(s.mcp_path):
             problems.append("the upstream MCP server does not answer")
+        extra: dict[str, Any] = {}
+        if readiness is not None:
+            more, extra["distributor"] = readiness()
+            problems.extend(more)
         doc = {
             "ready": not problems,
             "problems": problems,
             "bundle_revision": snap.revision if snap else None,
             "bundle_digest": snap.digest if snap else None,
+            **extra,
         }
         return web.json_response(doc, status=200 if not problems else 503)
 

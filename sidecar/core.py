@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -137,6 +137,15 @@ def error_http(
     )
 
 
+class ApprovalDesk(Protocol):
+    """Settles a ``require_approval`` verdict: allowed when a human approved this exact
+    call, denied when one refused it, else asked for (the verdict keeps its approval id)."""
+
+    def settle(
+        self, call: Call, verdict: Verdict, secret_names: frozenset[str]
+    ) -> tuple[Verdict, dict[str, Any]]: ...
+
+
 @dataclass
 class ProxyCore:
     settings: SidecarSettings
@@ -155,6 +164,9 @@ class ProxyCore:
     #: Redaction and quarantine of ``tools/call`` results (docs/quarantine.md);
     #: ``None``: untrusted results are only marked.
     outputs: OutputGuard | None = None
+    #: Humans' answers to ``require_approval`` (sidecar/fleet.py, with a distributor);
+    #: ``None``: an approval verdict stays a refusal that cites its approval id.
+    approvals: ApprovalDesk | None = None
 
     # -- identity and input -------------------------------------------------------
 
@@ -352,6 +364,11 @@ class ProxyCore:
         latency = time.perf_counter_ns() - t0
         self.metrics.decision_seconds.observe(latency / 1e9)
         facts = snap.facts(call.tool) if snap is not None else None
+        details: dict[str, Any] = {"risk": str(verdict.risk)} if verdict.risk else {}
+        if self.approvals is not None and verdict.decision is Decision.REQUIRE_APPROVAL:
+            secrets = facts.secret_arguments if facts else frozenset()
+            verdict, settled = self.approvals.settle(call, verdict, secrets)
+            details.update(settled)
         entry = Entry(
             agent=principal.agent,
             tenant=verdict.tenant or principal.tenant,
@@ -368,7 +385,7 @@ class ProxyCore:
             request_id=call.request_id,
             dev_identity=principal.dev_mode,
             approval_id=verdict.approval_id,
-            details={"risk": str(verdict.risk)} if verdict.risk else {},
+            details=details,
         )
         try:
             await self.audit.commit(entry, facts.secret_arguments if facts else ())

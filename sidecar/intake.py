@@ -15,6 +15,12 @@ Three jobs, three places (as in OPA): the *format* lives in :mod:`palisade.bundl
    start-up falls back to that copy when the path is missing or broken.
 
 Any failure keeps the current bundle active and is counted and logged.
+
+Bundles pushed by the distributor (:mod:`sidecar.fleet`) take the same road
+after the distribution client verified them with the same
+:func:`~palisade.bundle.signing.verify_bundle`: :meth:`BundleIntake.activate_verified`
+runs steps 3 and 4 (compile with the shared budget state, refuse an older
+revision, swap, keep as last good). Such an intake has no path to watch.
 """
 
 from __future__ import annotations
@@ -103,7 +109,7 @@ class BundleIntake:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | None,
         *,
         server_name: str,
         activate: Callable[[PolicySnapshot], None],
@@ -156,6 +162,8 @@ class BundleIntake:
 
     def poll(self) -> bool:
         """Check the path once; True when a new bundle was activated."""
+        if self.path is None:
+            return False
         try:
             files = _files_of(self.path)
             blobs = [(f, f.read_bytes()) for f in files]
@@ -177,13 +185,31 @@ class BundleIntake:
             return False
         return True
 
+    def activate_verified(self, bundle: Bundle, revision: int, digest: str, raw: bytes) -> None:
+        """Activate a bundle whose signature was already verified (a distributor push).
+
+        The same compile, revision check, swap and last-good copy as a file; raises
+        :class:`IntakeError` (and the active bundle stays) when it is refused.
+        """
+        if self._trusted is None:
+            raise IntakeError("a signed bundle needs trusted keys (--trusted-key) to verify it")
+        loaded = Loaded(bundle, revision, digest, raw, signed=True)
+        cur = self._active
+        if cur is not None and cur.signed and (cur.revision, cur.digest) == (revision, digest):
+            return
+        try:
+            self._install(loaded, persist=True)
+        except Exception as exc:
+            self._fail(str(exc))
+            raise IntakeError(str(exc)) from None
+
     def _read(self, blobs: list[tuple[Path, bytes]]) -> Loaded:
         signed = [b for b in blobs if b[0].suffix in SIGNED_SUFFIXES]
         if signed:
             if len(signed) > 1:
                 raise IntakeError(f"{self.path} holds more than one signed bundle")
             return self._parse(signed[0][1], signed[0][0].name)
-        if self.path.is_dir():
+        if self.path is not None and self.path.is_dir():
             if self._trusted is not None or not self._allow_unsigned:
                 raise IntakeError("unsigned bundles are not accepted (trusted keys are configured)")
             bundle = load_file(self.path)

@@ -26,6 +26,7 @@ from palisade.runtime.logs import setup_logging
 from palisade.runtime.metrics import DecisionMetrics
 from palisade.service import EngineHolder, PolicyServicer, ServerSettings, start_server
 from palisade.service.server import stop_server
+from sidecar import fleet
 from sidecar.app import build_app
 from sidecar.audit import AuditSink, LogSink, WriterSink
 from sidecar.core import ProxyCore
@@ -43,7 +44,7 @@ from sidecar.intake import BundleIntake
 from sidecar.metrics import SidecarMetrics
 from sidecar.policy import PolicyHolder, PolicySnapshot
 from sidecar.quarantine import config as quarantine_config
-from sidecar.settings import Limits, SidecarSettings
+from sidecar.settings import DistributorSettings, Limits, SidecarSettings
 from sidecar.upstream import Upstream
 
 _DEFAULT_LIMITS = Limits()
@@ -163,6 +164,30 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="seconds upstream work survives a dropped resumable stream",
     )
     a("--shutdown-grace", type=float, default=float(_env("shutdown-grace", 20.0)))
+    # The fleet (docs/sidecar-fleet.md): bundles pushed by the distributor, audit shipped to it.
+    a(
+        "--distributor",
+        action="append",
+        default=_list_env("distributor"),
+        help="distributor gRPC host:port (repeat, or comma-separated in PALISADE_DISTRIBUTOR)",
+    )
+    a("--distributor-ca", default=_env("distributor-ca"), help="CA (PEM): TLS to the distributor")
+    a("--distributor-cert", default=_env("distributor-cert"), help="client certificate (mTLS)")
+    a("--distributor-key", default=_env("distributor-key"), help="client key (mTLS)")
+    a("--distributor-server-name", default=_env("distributor-server-name", ""))
+    a("--client-id", default=_env("client-id"), help="id in the fleet (default: the pod UID)")
+    a("--pod-name", default=_env("pod-name", ""), help="this pod (downward API)")
+    a("--pod-namespace", default=_env("pod-namespace", ""), help="its namespace")
+    a("--pod-uid", default=_env("pod-uid", ""), help="its UID")
+    a("--node-name", default=_env("node-name", ""), help="its node")
+    a("--tenant", default=_env("tenant", ""), help="its tenant")
+    a("--heartbeat-interval", type=float, default=float(_env("heartbeat-interval", 10.0)))
+    a(
+        "--approval-denial-window",
+        type=float,
+        default=float(_env("approval-denial-window", 300.0)),
+        help="seconds a human's denial answers retries of the same call",
+    )
     a("--log-level", default=_env("log-level", "info"))
     quarantine_config.register(parser, _env)
     parser.set_defaults(func=run)
@@ -173,7 +198,9 @@ def settings_from(ns: argparse.Namespace) -> SidecarSettings:
         raise SystemExit("palisade sidecar: --upstream and --server-name are required")
     host, _, port = str(ns.listen).rpartition(":")
     labels = dict(x.split("=", 1) for x in ns.label if "=" in x)
+    distributor = distributor_from(ns, int(port))
     return SidecarSettings(
+        distributor=distributor,
         upstream=ns.upstream,
         server_name=ns.server_name,
         listen_host=host or "0.0.0.0",  # noqa: S104
@@ -194,6 +221,41 @@ def settings_from(ns: argparse.Namespace) -> SidecarSettings:
             upstream_timeout_s=ns.upstream_timeout,
             resume_grace_s=ns.resume_grace,
         ),
+    )
+
+
+def distributor_from(ns: argparse.Namespace, port: int) -> DistributorSettings | None:
+    """The fleet settings, or None without ``--distributor``; contradictions stop here."""
+    targets = tuple(t.strip() for spec in ns.distributor for t in spec.split(",") if t.strip())
+    if not targets:
+        return None
+    if ns.bundle:
+        raise SystemExit(
+            "palisade sidecar: give --distributor or --bundle, not both "
+            "(PALISADE_DISTRIBUTOR may come from the injector)"
+        )
+    if not ns.trusted_key:
+        raise SystemExit("palisade sidecar: --distributor needs --trusted-key to verify bundles")
+    if not ns.state_dir:
+        raise SystemExit(
+            "palisade sidecar: --distributor needs --state-dir (last good bundle, audit spool)"
+        )
+    who = {"pod_uid": ns.pod_uid, "pod": ns.pod_name, "namespace": ns.pod_namespace}
+    return DistributorSettings(
+        targets=targets,
+        trusted_keys=tuple(Path(k) for k in ns.trusted_key),
+        state_dir=Path(ns.state_dir),
+        client_id=ns.client_id or fleet.default_client_id(who, ns.server_name, port),
+        pod=ns.pod_name,
+        namespace=ns.pod_namespace,
+        node=ns.node_name,
+        tenant=ns.tenant,
+        heartbeat_interval_s=ns.heartbeat_interval,
+        denial_window_s=ns.approval_denial_window,
+        tls_ca_file=Path(ns.distributor_ca) if ns.distributor_ca else None,
+        tls_cert_file=Path(ns.distributor_cert) if ns.distributor_cert else None,
+        tls_key_file=Path(ns.distributor_key) if ns.distributor_key else None,
+        tls_server_name=ns.distributor_server_name,
     )
 
 
@@ -290,9 +352,19 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
     engines = EngineHolder()
     writer: AuditWriter | None = None
     sink: AuditSink = LogSink()
+    d = s.distributor
+    trusted: TrustedKeys | None = None
+    if d is not None:
+        try:
+            trusted = fleet.load_trusted(d.trusted_keys)
+        except ValueError as exc:
+            raise SystemExit(f"palisade sidecar: {exc}") from None
     if s.audit_dir is not None:
-        writer = AuditWriter(
-            s.audit_dir / "audit.jsonl", _signer(ns, s.audit_dir), source=f"sidecar/{s.server_name}"
+        writer_cls = AuditWriter if d is None else fleet.ShippingWriter
+        writer = writer_cls(
+            s.audit_dir / "audit.jsonl",
+            _signer(ns, s.audit_dir),
+            source=f"sidecar/{s.server_name}" if d is None else f"sidecar/{d.client_id}",
         )
         writer.open()
         await writer.start()
@@ -314,7 +386,28 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
             metrics.bundle_revision.set(snap.revision)
 
         intake: BundleIntake | None = None
-        if s.bundle_path is not None:
+        link: fleet.SidecarFleet | None = None
+        if d is not None and trusted is not None:
+            intake = BundleIntake(
+                None,
+                server_name=s.server_name,
+                activate=activate,
+                trusted=trusted,
+                state_dir=s.state_dir,
+                on_error=lambda _e: metrics.bundle_errors.inc(),
+            )
+            link = fleet.SidecarFleet(
+                d,
+                server=s.server_name,
+                trusted=trusted,
+                intake=intake,
+                writer=writer if isinstance(writer, fleet.ShippingWriter) else None,
+                metrics=metrics,
+            )
+            if writer is None:
+                log.warning("no --audit-dir: no audit records are shipped to the distributor")
+            await link.start()
+        elif s.bundle_path is not None:
             keys = (
                 TrustedKeys([load_public_key(k) for k in ns.trusted_key])
                 if ns.trusted_key
@@ -349,9 +442,10 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
             ),
             metrics=metrics,
             outputs=outputs,
+            approvals=link.approvals if link is not None else None,
         )
         runner = web.AppRunner(
-            build_app(core),
+            build_app(core, readiness=link.readiness if link is not None else None),
             handle_signals=False,
             handler_cancellation=True,
             access_log=None,
@@ -396,6 +490,8 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
             if credentials is not None and not isinstance(credentials, FileCredential):
                 await credentials.aclose()
             await outputs.close()
+            if link is not None:
+                await link.stop(drain_s=min(2.0, s.shutdown_grace_s))
             if writer is not None:
                 await writer.aclose()
 

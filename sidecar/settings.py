@@ -32,6 +32,39 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class DistributorSettings:
+    """How this sidecar joins the fleet (``--distributor``); see docs/sidecar-fleet.md."""
+
+    #: Distributor gRPC addresses (``host:port``), tried in turn.
+    targets: tuple[str, ...]
+    #: PEM public keys (or directories of ``*.pem``) trusted to sign pushed bundles.
+    trusted_keys: tuple[Path, ...]
+    #: Where the last-known-good bundle and the audit spool live (``<state_dir>/distribution``).
+    state_dir: Path
+    #: Stable id of this client in the fleet (pod UID by default).
+    client_id: str
+    #: Pod, namespace, node and tenant this sidecar runs as (downward API in a pod).
+    pod: str = ""
+    namespace: str = ""
+    node: str = ""
+    tenant: str = ""
+    #: Seconds between heartbeats.
+    heartbeat_interval_s: float = 10.0
+    #: How long a human's denial answers retries of the same call, in seconds.
+    denial_window_s: float = 300.0
+    #: At most this many bytes of audit records wait in the spool; the rest wait in
+    #: the audit log itself until the spool drains (nothing is dropped).
+    spool_max_bytes: int = 8 * 2**20
+    #: TLS to the distributor: CA (PEM); None means plaintext (inside a mesh, tests).
+    tls_ca_file: Path | None = None
+    #: Client certificate and key for mTLS.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    #: Expected name in the distributor's certificate when it differs from the host.
+    tls_server_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class SidecarSettings:
     """Everything one sidecar process needs."""
 
@@ -63,3 +96,5 @@ class SidecarSettings:
     #: Labels rules can match on (``--label env=prod``).
     labels: dict[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
+    #: The distributor this sidecar subscribes to (``None``: bundles from ``bundle_path``).
+    distributor: DistributorSettings | None = None
