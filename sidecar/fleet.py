@@ -458,6 +458,7 @@ class SidecarFleet:
             health=self.health,
         )
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
         self.approvals = Approvals(
             self.client.approvals,
             denial_window_s=settings.denial_window_s,
@@ -496,11 +497,12 @@ class SidecarFleet:
 
     async def stop(self, drain_s: float = 2.0) -> None:
         """Spool the last records, give the client ``drain_s`` to deliver them, then close."""
-        for task in self._tasks:
-            task.cancel()
+        # The shipper finishes its step (a cursor write may be running in a thread).
+        self._stopping.set()
+        self._wake.set()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                await asyncio.wait_for(task, 5.0)
         self._tasks = []
         if self.shipper is not None:
             try:
@@ -516,18 +518,19 @@ class SidecarFleet:
         await self.client.stop()
 
     async def _ship_loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             if self.shipper is not None:
                 try:
                     if await self.shipper.pump():
                         continue
                 except Exception as exc:
                     log.warning("audit spooling deferred", extra={"error": str(exc)})
-            await asyncio.sleep(self.ship_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.ship_interval_s)
 
     async def _approval_loop(self) -> None:
         seen = -1
-        while True:
+        while not self._stopping.is_set():
             self._wake.clear()
             if self.client.status.connected:
                 if self.client.connects != seen:
