@@ -488,6 +488,8 @@ class ProxyCore:
     ) -> dict[str, Any]:
         """Rewrite one JSON-RPC answer the proxy is watching; other answers pass unchanged."""
         result = doc.get("result")
+        if pending.method == "tools/call" and self.outputs is not None and "error" in doc:
+            return self.outputs.rewrite_error(doc)
         if not isinstance(result, dict):
             return doc
         if pending.method in ("initialize", "server/discover"):

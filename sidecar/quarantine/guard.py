@@ -32,7 +32,7 @@ from typing import Any, Final
 
 from sidecar.quarantine.extract import Extractor, ExtractorError, KubernetesExtractor
 from sidecar.quarantine.facts import FACTS_JSON_SCHEMA, render, validate
-from sidecar.quarantine.redact import redact_result
+from sidecar.quarantine.redact import redact_result, redact_value
 from sidecar.quarantine.store import QuarantineStore
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,20 @@ class OutputGuard:
     def end_session(self, agent: str, session_id: str) -> None:
         """Forget a session's quarantined outputs (it was deleted or its stream closed)."""
         self.store.drop_scope(self.scope(agent, session_id))
+
+    def rewrite_error(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """A JSON-RPC error answering a ``tools/call``, its secrets redacted (``doc`` if none).
+
+        An upstream's error message can quote what failed (a connection string, a
+        header); the code is kept.
+        """
+        error = doc.get("error")
+        if not self.redact or not isinstance(error, dict):
+            return doc
+        new, n = redact_value({k: v for k, v in error.items() if k != "code"})
+        if not n:
+            return doc
+        return {**doc, "error": {**error, **new}}
 
     def quarantine_notification(self, doc: dict[str, Any]) -> dict[str, Any]:
         """A notification sent while an untrusted tool runs, without its free text.

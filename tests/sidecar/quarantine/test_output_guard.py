@@ -149,6 +149,28 @@ class TestFailingClosed:
         )
 
 
+class TestErrors:
+    def test_a_secret_in_an_upstream_error_is_redacted_and_the_code_kept(self) -> None:
+        doc = {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "error": {
+                "code": -32603,
+                "message": "connect failed: postgres://app:pw@db DB_PASSWORD=hunter2",
+                "data": {"token": SA_TOKEN},
+            },
+        }
+        out = OutputGuard().rewrite_error(doc)
+        assert out["error"]["code"] == -32603
+        assert "hunter2" not in json.dumps(out) and SA_TOKEN not in json.dumps(out)
+        assert out["error"]["message"].endswith("DB_PASSWORD=[REDACTED]")
+
+    def test_a_clean_error_passes_as_the_same_object(self) -> None:
+        doc = {"jsonrpc": "2.0", "id": 3, "error": {"code": -32602, "message": "Unknown tool"}}
+        assert OutputGuard().rewrite_error(doc) is doc
+        assert OutputGuard(redact=False).rewrite_error(doc) is doc
+
+
 class TestNotifications:
     def test_progress_loses_its_message_and_a_log_its_data(self) -> None:
         guard = OutputGuard()

@@ -234,6 +234,15 @@ class TestSecretsAreRedacted:
         assert DB_PASSWORD not in shown and AWS_KEY not in shown
         assert "LOG_LEVEL=info" in text_of(result)
 
+    async def test_a_tool_error_quoting_a_password_loses_it(
+        self, secret_upstream: UpstreamProc, tmp_path: Path
+    ) -> None:
+        async with guarded(secret_upstream, tmp_path) as sc, streamable(sc.url) as c:
+            result = await c.call_tool("db_check", {})
+        assert result.is_error
+        assert DB_PASSWORD not in json.dumps(result.model_dump(by_alias=True))
+        assert "DB_PASSWORD=[REDACTED]" in text_of(result)
+
     async def test_an_untrusted_describe_gives_pod_image_and_reason_without_secrets(
         self, secret_upstream: UpstreamProc, tmp_path: Path
     ) -> None:
