@@ -175,6 +175,7 @@ class Distributor:
     key_path: Path
     grpc_port: int
     approval_window_s: float = 300.0
+    extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     http_port: int = 0
     starts: int = 0
@@ -214,6 +215,7 @@ class Distributor:
             "0.2",
             "--approval-window",
             str(self.approval_window_s),
+            *self.extra,
         ]
         log = (self.tmp / "distributor.log").open("ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env())
@@ -391,13 +393,17 @@ def start_upstream(tmp: Path) -> Upstream:
     return Upstream(f"http://127.0.0.1:{port}", state, proc)
 
 
-def make_world(tmp: Path, approval_window_s: float = 300.0) -> World:
+def make_world(
+    tmp: Path, approval_window_s: float = 300.0, extra: list[str] | None = None
+) -> World:
     policy_dir = tmp / "policies"
     policy_dir.mkdir()
     (policy_dir / "payments.yaml").write_text(policy())
     key = tmp / "signing.pem"
     pub = write_keypair(key)
-    dist = Distributor(tmp, policy_dir, key, free_port(), approval_window_s=approval_window_s)
+    dist = Distributor(
+        tmp, policy_dir, key, free_port(), approval_window_s=approval_window_s, extra=extra or []
+    )
     upstream = start_upstream(tmp)
     world = World(tmp, dist, upstream, pub)
     try:
