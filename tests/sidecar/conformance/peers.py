@@ -248,7 +248,13 @@ class SuiteResult:
     checks_run: int = 0
 
 
-def run_suite(url: str, outdir: Path, token: str | None, timeout: float = 420.0) -> SuiteResult:
+def run_suite(
+    url: str,
+    outdir: Path,
+    token: str | None,
+    timeout: float = 420.0,
+    scenario: str | None = None,
+) -> SuiteResult:
     if not SUITE_CLI.is_file():
         raise PeerMissing(
             f"{SUITE_CLI} is missing: run make setup (scripts/setup.d/55-conformance.sh)"
@@ -259,8 +265,9 @@ def run_suite(url: str, outdir: Path, token: str | None, timeout: float = 420.0)
     env.pop("PALISADE_CONFORMANCE_TOKEN", None)
     if token is not None:
         env["PALISADE_CONFORMANCE_TOKEN"] = token
+    which = ["--scenario", scenario] if scenario else ["--suite", "all"]
     done = subprocess.run(
-        ["node", str(SUITE_CLI), "server", "--url", url, "--suite", "all", "-o", str(outdir)],
+        ["node", str(SUITE_CLI), "server", "--url", url, "-o", str(outdir), *which],
         capture_output=True,
         text=True,
         env=env,
