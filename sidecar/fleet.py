@@ -44,8 +44,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from palisade.audit import AuditWriter, Entry, to_proto
 from palisade.audit.redact import redact
+from palisade.bundle.signing import load_public_key
 from palisade.distribution import (
     ActiveBundle,
     ApprovalBook,
@@ -113,17 +116,30 @@ def key_files(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
-def load_trusted(paths: Iterable[Path]) -> TrustedKeys:
-    """The trusted bundle keys; raises ``ValueError`` naming the file (never its content)."""
-    files = key_files(paths)
-    if not files:
-        raise ValueError("no trusted key: give --trusted-key PEM (or a directory of *.pem)")
-    for f in files:
-        try:
-            TrustedKeys.from_files([f])
-        except Exception as exc:
-            raise ValueError(f"cannot load trusted key {f}: {type(exc).__name__}") from None
-    return TrustedKeys.from_files(files)
+def load_trusted(specs: Iterable[str]) -> TrustedKeys:
+    """The trusted bundle keys from files, directories of ``*.pem``, or inline PEM text
+    (a public key is no secret: a pod may carry it in ``PALISADE_TRUSTED_KEY``).
+
+    Raises ``ValueError`` naming the file, never echoing what it holds.
+    """
+    keys: list[Ed25519PublicKey] = []
+    for spec in specs:
+        if spec.lstrip().startswith("-----BEGIN"):
+            try:
+                keys.append(load_public_key(spec.strip().encode() + b"\n"))
+            except Exception as exc:
+                raise ValueError(
+                    f"an inline trusted key is unusable: {type(exc).__name__}"
+                ) from None
+            continue
+        for f in key_files([Path(spec)]):
+            try:
+                keys.append(load_public_key(f))
+            except Exception as exc:
+                raise ValueError(f"cannot load trusted key {f}: {type(exc).__name__}") from None
+    if not keys:
+        raise ValueError("no trusted key: give --trusted-key PEM (a file, a directory of *.pem)")
+    return TrustedKeys(keys)
 
 
 # -- audit -------------------------------------------------------------------------------

@@ -243,7 +243,7 @@ def distributor_from(ns: argparse.Namespace, port: int) -> DistributorSettings |
     who = {"pod_uid": ns.pod_uid, "pod": ns.pod_name, "namespace": ns.pod_namespace}
     return DistributorSettings(
         targets=targets,
-        trusted_keys=tuple(Path(k) for k in ns.trusted_key),
+        trusted_keys=tuple(ns.trusted_key),
         state_dir=Path(ns.state_dir),
         client_id=ns.client_id or fleet.default_client_id(who, ns.server_name, port),
         pod=ns.pod_name,

@@ -37,8 +37,9 @@ class DistributorSettings:
 
     #: Distributor gRPC addresses (``host:port``), tried in turn.
     targets: tuple[str, ...]
-    #: PEM public keys (or directories of ``*.pem``) trusted to sign pushed bundles.
-    trusted_keys: tuple[Path, ...]
+    #: Public keys trusted to sign pushed bundles: PEM files, directories of ``*.pem``,
+    #: or inline PEM text.
+    trusted_keys: tuple[str, ...]
     #: Where the last-known-good bundle and the audit spool live (``<state_dir>/distribution``).
     state_dir: Path
     #: Stable id of this client in the fleet (pod UID by default).

@@ -323,8 +323,6 @@ class World:
             self.upstream.url,
             "--server-name",
             SERVER,
-            "--trusted-key",
-            str(self.trusted_pub),
             "--state-dir",
             str(home / "state"),
             "--audit-dir",
@@ -349,10 +347,16 @@ class World:
             PALISADE_NODE_NAME="node-1",
             PALISADE_TENANT="payments",
         )
-        if via_env:
+        if via_env:  # as a pod could carry them: the address, and the public key inline
             e["PALISADE_DISTRIBUTOR"] = self.distributor.target
+            e["PALISADE_TRUSTED_KEY"] = self.trusted_pub.read_text()
         else:
-            args += ["--distributor", self.distributor.target]
+            args += [
+                "--distributor",
+                self.distributor.target,
+                "--trusted-key",
+                str(self.trusted_pub),
+            ]
         log_path = home / "sidecar.log"
         with log_path.open("ab") as log:
             proc = subprocess.Popen(

@@ -299,18 +299,21 @@ def test_the_client_id_is_the_pod_uid_else_namespace_and_pod_else_host_and_port(
     assert fleet.default_client_id({}, "s", 9000).endswith(":9000/s")
 
 
-def test_trusted_keys_come_from_files_and_directories_and_a_bad_one_is_named(
+def test_trusted_keys_come_from_files_directories_or_inline_pem_and_a_bad_one_is_named(
     tmp_path: Path,
 ) -> None:
     keys = tmp_path / "keys"
     keys.mkdir()
     write_keypair(keys / "a.key")
     write_keypair(keys / "b.key")
-    assert len(fleet.load_trusted([keys])) == 2
+    assert len(fleet.load_trusted([str(keys)])) == 2
+    inline = (keys / "a.pub.pem").read_text()
+    from_file = fleet.load_trusted([str(keys / "a.pub.pem")])
+    assert fleet.load_trusted([inline]).key_ids == from_file.key_ids
     bad = tmp_path / "bad.pem"
     bad.write_text("-----BEGIN PUBLIC KEY-----\nc2VjcmV0LW1hdGVyaWFs\n-----END PUBLIC KEY-----\n")
     with pytest.raises(ValueError) as err:
-        fleet.load_trusted([bad])
+        fleet.load_trusted([str(bad)])
     assert str(bad) in str(err.value) and "c2VjcmV0" not in str(err.value)
     with pytest.raises(ValueError, match="no trusted key"):
         fleet.load_trusted([])
@@ -342,7 +345,7 @@ def test_the_distributor_flag_and_its_environment_variable_fill_the_fleet_settin
         "node-1",
         "payments",
     )
-    assert d.state_dir == tmp_path and d.trusted_keys == (Path("k.pem"),)
+    assert d.state_dir == tmp_path and d.trusted_keys == ("k.pem",)
     monkeypatch.delenv("PALISADE_DISTRIBUTOR")
     assert settings_from(parse()).distributor is None
 
