@@ -242,11 +242,19 @@ class AuditShipper:
         return len(batch)
 
     def _read_disk(self, after: int) -> list[dict[str, Any]]:
-        out = []
+        """The next contiguous records after ``after`` in the audit log."""
+        out: list[dict[str, Any]] = []
         expect = after + 1
         for record in self.writer.read_after(after, DISK_BATCH):
-            if int(record["seq"]) != expect:
-                break  # never skip: the rest comes with the next read
+            seq = int(record["seq"])
+            if not out and seq > expect:
+                # The log itself lacks them (deleted by hand?): say so rather than stall.
+                log.error(
+                    "audit records missing from the log", extra={"from": expect, "to": seq - 1}
+                )
+                expect = seq
+            if seq != expect:
+                break  # the rest comes with the next read
             out.append(record)
             expect += 1
         return out

@@ -362,3 +362,31 @@ def test_contradictory_or_missing_fleet_flags_stop_at_start(argv: list[str], mes
     with pytest.raises(SystemExit) as stop:
         settings_from(parse("--distributor", "d:9401", *argv))
     assert message in str(stop.value)
+
+
+def rotated_writer_missing_its_oldest_file(tmp_path: Path) -> fleet.ShippingWriter:
+    w = fleet.ShippingWriter(
+        tmp_path / "audit.jsonl", Signer.generate(), fsync="never", max_bytes=200
+    )
+    w.open()
+    for i in range(4):
+        w.append_sync(entry(i))
+    w.drain()  # as after a restart: nothing tapped
+    rotated = sorted(p for p in tmp_path.iterdir() if p.name.startswith("audit.jsonl."))
+    assert rotated, "expected rotated files"
+    rotated[0].unlink()  # the oldest records are gone from disk
+    return w
+
+
+async def test_records_gone_from_the_log_are_reported_and_shipping_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = rotated_writer_missing_its_oldest_file(tmp_path)
+    spool = AuditSpool(tmp_path / "spool")
+    shipper = fleet.AuditShipper(w, spool)
+    while await shipper.pump(from_disk=True):
+        pass
+    seqs = spooled_seqs(spool)
+    assert seqs[0] > 1 and seqs == list(range(seqs[0], 5))
+    assert "audit records missing from the log" in caplog.text
+    w.close()
