@@ -197,3 +197,21 @@ async def test_an_approval_is_not_honoured_after_its_window(short_window: World)
         late = await asked(c, SCALE)
     assert late != approval_id
     assert not records(sc, "allow")
+
+
+async def test_a_call_held_while_the_distributor_is_down_is_asked_for_when_it_returns(
+    world: World,
+) -> None:
+    sc = world.start_sidecar("sc-1")
+    await world.ready(sc, revision=1)
+    world.distributor.stop()
+    async with mcp_client(sc.url) as c:
+        approval_id = await asked(c, SCALE)  # held at once; the request waits in the sidecar
+        _, doc = sc.readyz()
+        assert doc["distributor"]["approvals_pending"] == 1
+        world.distributor.start()
+        row = await pending_row(world, approval_id)
+        assert row["client_id"] == sc.client_id
+        await decide(world, "approve", approval_id, "alice", "after the outage")
+        result = await retried_until(c, SCALE, approval_id, "allow")
+    assert not result.is_error
