@@ -120,6 +120,46 @@ def _cores() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Which cores the upstream, the sidecar and the load generator (this process) run on."""
+
+    upstream: int | None
+    sidecar: int | None
+    client: frozenset[int]
+    description: str
+
+
+def placement(cores: list[int]) -> Placement:
+    """Pin the three processes so the ratio measures the proxy, not a scheduler fight.
+
+    Three or more cores: one each for upstream and sidecar, the rest for the client.
+    Two: the upstream gets a core of its own (in direct and sidecar runs alike) and
+    the sidecar shares the other with the client, a setting that is, if anything,
+    harsh on the sidecar: its work competes with the load generator's. Unpinned,
+    three busy processes on two cores make the ratio roughly
+    (up + client) / (up + client + sidecar) CPU per call, whatever the proxy's
+    latency. One core: nothing to pin.
+    """
+    if len(cores) >= 3:
+        rest = frozenset(cores[2:])
+        return Placement(
+            cores[0],
+            cores[1],
+            rest,
+            f"upstream on core {cores[0]}, sidecar on core {cores[1]}, client on {sorted(rest)}",
+        )
+    if len(cores) == 2:
+        return Placement(
+            cores[0],
+            cores[1],
+            frozenset({cores[1]}),
+            f"2 cores: upstream alone on core {cores[0]}; sidecar and client share core "
+            f"{cores[1]} (direct runs: the client alone there)",
+        )
+    return Placement(None, None, frozenset(cores), "1 core shared by upstream, sidecar, client")
+
+
 def _pin(core: int | None) -> Any:
     if core is None:
         return None
@@ -376,10 +416,18 @@ async def _measure(quick: bool) -> Report:
     total = 2000 if quick else 12000
     rounds = 1 if quick else 3
     cores = _cores()
-    up_core = cores[0] if len(cores) >= 3 else None
-    sc_core = cores[1] if len(cores) >= 3 else None
-    if len(cores) >= 3:
-        os.sched_setaffinity(0, set(cores[2:]))
+    where = placement(cores)
+    os.sched_setaffinity(0, set(where.client))
+    try:
+        return await _measure_pinned(quick, where, n_lat, warm, total, rounds)
+    finally:
+        os.sched_setaffinity(0, set(cores))  # later benchmarks in this process get them back
+
+
+async def _measure_pinned(
+    quick: bool, where: Placement, n_lat: int, warm: int, total: int, rounds: int
+) -> Report:
+    up_core, sc_core = where.upstream, where.sidecar
     issuer = _Issuer()
     await issuer.start()
     rows: list[dict[str, Any]] = []
@@ -430,7 +478,7 @@ async def _measure(quick: bool) -> Report:
                 bad1 = dict.fromkeys(lat, 0)
                 bad64 = dict.fromkeys(lat, 0)
                 busy = dict.fromkeys(lat, 0.0)
-                cpu = {t: {"upstream": 0.0, "sidecar": 0.0} for t in lat}
+                cpu = {t: {"upstream": 0.0, "sidecar": 0.0, "client": 0.0} for t in lat}
                 peak = 0.0
                 for _ in range(rounds):
                     for target, url, tok in targets:
@@ -438,7 +486,7 @@ async def _measure(quick: bool) -> Report:
                         lat[target] += samples
                         bad1[target] += bad
                         watch = sc.pid if target == "sidecar" else None
-                        pids = {"upstream": up.pid, "sidecar": sc.pid}
+                        pids = {"upstream": up.pid, "sidecar": sc.pid, "client": os.getpid()}
                         load = await _throughput(url, tok, tool, 64, total // rounds, watch, pids)
                         lat64[target] += load.latencies
                         bad64[target] += load.bad
@@ -456,6 +504,7 @@ async def _measure(quick: bool) -> Report:
                     row64["bad"] = bad64[target]
                     calls = rounds * (total // rounds)
                     row64["up_cpu_us"] = cpu[target]["upstream"] / calls * 1e6
+                    row64["cl_cpu_us"] = cpu[target]["client"] / calls * 1e6
                     if target == "sidecar":
                         row64["sc_cpu_us"] = cpu[target]["sidecar"] / calls * 1e6
                         row64["rss_mb"] = peak
@@ -482,6 +531,7 @@ async def _measure(quick: bool) -> Report:
             "rss_mb",
             "up_cpu_us",
             "sc_cpu_us",
+            "cl_cpu_us",
             "bad",
         ],
         rows=rows,
@@ -494,11 +544,6 @@ async def _measure(quick: bool) -> Report:
             Target(f"throughput >= 85% of direct ({size})", c64, "ratio", ">=", 0.85),
             Target(f"sidecar RSS <= 80 MB ({size})", c64, "rss_mb", "<=", 80),
         ]
-    placement = (
-        f"upstream on core {up_core}, sidecar on core {sc_core}, client on {sorted(set(cores[2:]))}"
-        if up_core is not None
-        else f"{len(cores)} cores shared by upstream, sidecar and client (no pinning)"
-    )
     by_case = {r["case"]: r for r in rows}
     projected = []
     for size in ("small", "64KiB"):
@@ -515,7 +560,8 @@ async def _measure(quick: bool) -> Report:
             "BAD ANSWERS (not a complete tools/call result) in: " + ", ".join(bad_rows)
         )
     report.notes.append(
-        "up_cpu_us / sc_cpu_us: CPU time the upstream / the sidecar spent per call under the "
+        "up_cpu_us / sc_cpu_us / cl_cpu_us: CPU time the upstream / the sidecar / the load "
+        "generator spent per call under the "
         "c=64 load (user+system), a figure that shared cores do not distort much; with a "
         "core each, the sidecar keeps up with the upstream while sc_cpu_us <= up_cpu_us; "
         "ratio: sidecar calls/s over direct calls/s at c=64; rss_mb: the sidecar's peak RSS"
@@ -523,7 +569,7 @@ async def _measure(quick: bool) -> Report:
     report.notes += [
         f"{n_lat} sequential calls at c=1 and {total} calls at c=64 over 64 sessions, "
         f"in {rounds} round(s) alternating direct and sidecar",
-        placement,
+        where.description,
         f"sidecar idle RSS {idle_rss:.1f} MB; {audited} signed audit records written",
         "upstream: MCP Python SDK MCPServer, Streamable HTTP, JSON responses; "
         "sidecar: real bundle, Ed25519 JWT per request, signed hash-chained audit",

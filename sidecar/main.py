@@ -365,6 +365,11 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
             s.audit_dir / "audit.jsonl",
             _signer(ns, s.audit_dir),
             source=f"sidecar/{s.server_name}" if d is None else f"sidecar/{d.client_id}",
+            # Group commit flushed at the next loop turn: a decided call waits for its
+            # batch before it is forwarded, so a longer window (the check server's 64
+            # turns) would hold the upstream idle while the batch fills.
+            batch_turns=0,
+            quiet_turns=1,
         )
         writer.open()
         await writer.start()
