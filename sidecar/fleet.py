@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from prometheus_client import Gauge
 
 from palisade.audit import AuditWriter, Entry, to_proto
 from palisade.audit.redact import redact
@@ -494,6 +495,39 @@ class SidecarFleet:
             else None
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._register_metrics()
+
+    def _register_metrics(self) -> None:
+        """Gauges read at scrape time from the link's state (no bookkeeping on any hot path)."""
+        r = self.metrics.registry
+        for name, doc, fn in (
+            (
+                "palisade_sidecar_distributor_connected",
+                "1 while the stream to a distributor is up",
+                lambda: float(self.client.status.connected),
+            ),
+            (
+                "palisade_sidecar_distributor_nacks",
+                "Bundles pushed by the distributor and refused (NACKed) since start",
+                lambda: float(self.client.nacks),
+            ),
+            (
+                "palisade_sidecar_audit_unspooled_records",
+                "Audit records written but not yet in the shipping spool",
+                lambda: float(self.shipper.behind if self.shipper else 0),
+            ),
+            (
+                "palisade_sidecar_audit_spool_bytes",
+                "Audit bytes waiting on disk for the distributor",
+                lambda: float(self.client.spool.pending_bytes()),
+            ),
+            (
+                "palisade_sidecar_approvals_pending",
+                "Calls held for a human's approval, not answered yet",
+                lambda: float(self.approvals.pending),
+            ),
+        ):
+            Gauge(name, doc, registry=r).set_function(fn)
 
     # -- bundles ---------------------------------------------------------------------------
     def activate(self, active: ActiveBundle) -> None:

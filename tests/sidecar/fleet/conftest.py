@@ -295,6 +295,15 @@ class SidecarProc:
     def readyz(self) -> tuple[int, Any]:
         return get_json(f"http://127.0.0.1:{self.port}/readyz")
 
+    def metric(self, name: str) -> float:
+        """One unlabelled sample from ``/metrics``."""
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        raise AssertionError(f"{name} not in /metrics")
+
     def audit(self) -> list[dict[str, Any]]:
         if not self.audit_path.exists():
             return []

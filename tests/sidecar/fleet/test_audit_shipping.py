@@ -62,6 +62,8 @@ async def test_with_the_distributor_down_calls_are_decided_and_audited_then_deli
         return bool(link["audit_spool_bytes"] > 0 and link["audit_behind"] == 0)
 
     await until(spooled, what="the records waiting in the spool")
+    assert sc.metric("palisade_sidecar_distributor_connected") == 0.0
+    assert sc.metric("palisade_sidecar_audit_spool_bytes") > 0
 
     # the sidecar restarts during the outage; the spool and the audit log survive it
     stop(sc.proc)

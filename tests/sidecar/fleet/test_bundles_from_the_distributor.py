@@ -19,6 +19,8 @@ async def test_the_bundle_arrives_is_acked_and_the_sidecar_shows_in_the_fleet(
     doc = await world.ready(sc, revision=1)
     assert doc["distributor"]["state"] == "OK"
     assert doc["distributor"]["connected"] is True
+    assert sc.metric("palisade_sidecar_distributor_connected") == 1.0
+    assert sc.metric("palisade_sidecar_bundle_revision") == 1.0
 
     async with mcp_client(sc.url) as c:
         allowed = await c.call_tool("pods_list", {"namespace": "payments"})
@@ -97,6 +99,7 @@ async def test_an_unverifiable_bundle_is_nacked_and_the_old_one_keeps_enforcing(
     assert status == 200, doc  # still enforcing its last good bundle: ready
     assert doc["bundle_revision"] == 1
     assert "verification failed" in doc["distributor"]["last_error"]
+    assert sc.metric("palisade_sidecar_distributor_nacks") >= 1
     async with mcp_client(sc.url) as c:  # revision 2 would deny this
         result = await c.call_tool("pods_list", {"namespace": "payments"})
     assert not result.is_error
