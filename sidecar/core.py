@@ -164,7 +164,7 @@ class ProxyCore:
     #: Redaction and quarantine of ``tools/call`` results (docs/quarantine.md);
     #: ``None``: untrusted results are only marked.
     outputs: OutputGuard | None = None
-    #: Humans' answers to ``require_approval`` (sidecar/fleet.py, with a distributor);
+    #: Humans' answers to ``require_approval`` (sidecar/fleet, with a distributor);
     #: ``None``: an approval verdict stays a refusal that cites its approval id.
     approvals: ApprovalDesk | None = None
 

@@ -390,3 +390,17 @@ async def test_records_gone_from_the_log_are_reported_and_shipping_goes_on(
     assert seqs[0] > 1 and seqs == list(range(seqs[0], 5))
     assert "audit records missing from the log" in caplog.text
     w.close()
+
+
+def test_the_fleet_package_exposes_what_main_and_the_proxy_use() -> None:
+    assert sorted(fleet.__all__) == [
+        "Approvals",
+        "AuditShipper",
+        "ShippingWriter",
+        "SidecarFleet",
+        "check_request_of",
+        "default_client_id",
+        "identity_of",
+        "key_files",
+        "load_trusted",
+    ]
