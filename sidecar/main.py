@@ -24,9 +24,6 @@ from palisade.bundle.signing import TrustedKeys, load_public_key
 from palisade.runtime.lifecycle import run_daemon
 from palisade.runtime.logs import setup_logging
 from palisade.runtime.metrics import DecisionMetrics
-from palisade.service import EngineHolder, PolicyServicer, ServerSettings, start_server
-from palisade.service.server import stop_server
-from sidecar import fleet
 from sidecar.app import build_app
 from sidecar.audit import AuditSink, LogSink, WriterSink
 from sidecar.core import ProxyCore
@@ -50,6 +47,8 @@ from sidecar.upstream import Upstream
 _DEFAULT_LIMITS = Limits()
 
 if TYPE_CHECKING:
+    from palisade.service import EngineHolder
+    from sidecar import fleet
     from sidecar.credentials_vault import VaultCredential
 
 log = logging.getLogger(__name__)
@@ -240,6 +239,8 @@ def distributor_from(ns: argparse.Namespace, port: int) -> DistributorSettings |
         raise SystemExit(
             "palisade sidecar: --distributor needs --state-dir (last good bundle, audit spool)"
         )
+    from sidecar import fleet  # gRPC (about 9 MB resident) only in a fleet
+
     who = {"pod_uid": ns.pod_uid, "pod": ns.pod_name, "namespace": ns.pod_namespace}
     return DistributorSettings(
         targets=targets,
@@ -349,10 +350,17 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
     s = settings_from(ns)
     metrics = SidecarMetrics()
     policy = PolicyHolder()
-    engines = EngineHolder()
+    # gRPC (about 9 MB resident) is loaded only when it is used: a Check socket, a fleet
+    engines: EngineHolder | None = None
+    if s.check_socket is not None:
+        from palisade.service import EngineHolder
+
+        engines = EngineHolder()
     writer: AuditWriter | None = None
     sink: AuditSink = LogSink()
     d = s.distributor
+    if d is not None:
+        from sidecar import fleet
     trusted: TrustedKeys | None = None
     if d is not None:
         try:
@@ -385,9 +393,10 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
                 IdentityMap.from_agents(to_document(engine.bundle)["spec"].get("agents", []))
             )
             policy.activate(snap)
-            engines.swap(
-                snap.engine, secret_names=lambda _srv, tool: snap.facts(tool).secret_arguments
-            )
+            if engines is not None:
+                engines.swap(
+                    snap.engine, secret_names=lambda _srv, tool: snap.facts(tool).secret_arguments
+                )
             metrics.bundle_revision.set(snap.revision)
 
         intake: BundleIntake | None = None
@@ -462,7 +471,9 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
         site = web.TCPSite(runner, s.listen_host, s.listen_port, reuse_address=True)
         await site.start()
         grpc_server = None
-        if s.check_socket is not None and writer is not None:
+        if engines is not None and writer is not None:
+            from palisade.service import PolicyServicer, ServerSettings, start_server
+
             servicer = PolicyServicer(engines, writer, DecisionMetrics(metrics.registry))
             grpc_server = await start_server(
                 servicer, ServerSettings(socket_path=str(s.check_socket))
@@ -490,6 +501,8 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
                 "shutting down: finishing in-flight calls", extra={"grace_s": s.shutdown_grace_s}
             )
             if grpc_server is not None:
+                from palisade.service.server import stop_server
+
                 await stop_server(grpc_server[0], grpc_server[1], min(5.0, s.shutdown_grace_s))
             await runner.cleanup()
             if credentials is not None and not isinstance(credentials, FileCredential):
