@@ -49,6 +49,9 @@ class Upstream:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                # One client serves every agent: cookies an upstream sets must not be
+                # kept and sent with other agents' requests (and none are parsed)
+                cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout_s),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
