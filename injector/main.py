@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from injector import kube, tls
+from injector import kube, tls, trust
 from injector.settings import (
     InjectionSettings,
     ServerSettings,
@@ -162,6 +162,16 @@ def register(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = No
         choices=["auto", "always", "never"],
     )
     opt("--distributor", "PALISADE_DISTRIBUTOR", None, "distributor address for the sidecar")
+    parser.add_argument(
+        "--sidecar-trusted-key",
+        action="append",
+        default=[e["PALISADE_SIDECAR_TRUSTED_KEYS"]]
+        if e.get("PALISADE_SIDECAR_TRUSTED_KEYS", "").strip()
+        else [],
+        help="Ed25519 public key(s) that sign bundles, given to every sidecar: PEM text, "
+        "a file or a directory of *.pem, repeatable; required with --distributor "
+        "(env PALISADE_SIDECAR_TRUSTED_KEYS: PEM text, one or more blocks)",
+    )
     opt(
         "--sidecar-cpu-request",
         "PALISADE_SIDECAR_CPU_REQUEST",
@@ -211,8 +221,42 @@ def _host_port(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
 
 
+def _key_texts(specs: list[str]) -> list[str]:
+    """PEM texts from flags: inline PEM as it is, a file's text, a directory's ``*.pem``."""
+    texts: list[str] = []
+    for spec in specs:
+        if "-----BEGIN" in spec:
+            texts.append(spec)
+            continue
+        path = Path(spec)
+        files = sorted(path.glob("*.pem")) if path.is_dir() else [path]
+        for f in files:
+            try:
+                texts.append(f.read_text())
+            except (OSError, UnicodeDecodeError) as exc:
+                raise SystemExit(
+                    f"palisade injector: cannot read trusted key {f}: {type(exc).__name__}"
+                ) from None
+    return texts
+
+
+def trusted_keys_from(ns: argparse.Namespace) -> tuple[str, ...]:
+    """The sidecars' trusted bundle keys; a distributor without one stops here."""
+    try:
+        keys = trust.normalize(_key_texts(list(ns.sidecar_trusted_key)))
+    except trust.TrustError as exc:
+        raise SystemExit(f"palisade injector: {exc}") from None
+    if ns.distributor and not keys:
+        raise SystemExit(
+            "palisade injector: --distributor needs --sidecar-trusted-key (env "
+            "PALISADE_SIDECAR_TRUSTED_KEYS): injected sidecars verify every bundle with "
+            "the distributor's public signing key(s) and refuse to start without one"
+        )
+    return keys
+
+
 def settings_from(ns: argparse.Namespace) -> Settings:
-    """Settings from parsed flags (pure)."""
+    """Settings from parsed flags (reads only key files named by ``--sidecar-trusted-key``)."""
     host, port = _host_port(ns.listen)
     return Settings(
         server=ServerSettings(
@@ -227,6 +271,7 @@ def settings_from(ns: argparse.Namespace) -> Settings:
                 port=int(ns.sidecar_port),
                 port_name=ns.port_name,
                 distributor=ns.distributor or None,
+                trusted_keys=trusted_keys_from(ns),
                 cpu_request=ns.sidecar_cpu_request,
                 memory_request=ns.sidecar_memory_request,
                 cpu_limit=ns.sidecar_cpu_limit,
@@ -338,6 +383,17 @@ async def _first_reconcile(
 def run(ns: argparse.Namespace) -> int:
     setup_logging(ns.log_level)
     settings = settings_from(ns)
+    sidecar = settings.injection.sidecar
+    if sidecar.distributor:
+        log.info(
+            "sidecars join the distributor",
+            extra={
+                "distributor": sidecar.distributor,
+                "key_ids": trust.key_ids(sidecar.trusted_keys),
+            },
+        )
+    elif sidecar.trusted_keys:
+        log.warning("trusted keys given without --distributor: not passed to sidecars")
 
     async def main(stop: asyncio.Event) -> None:
         await serve(settings, stop)

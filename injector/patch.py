@@ -27,6 +27,7 @@ from injector.model import (
 )
 from injector.review import PatchOp
 from injector.settings import SidecarSettings
+from injector.trust import sidecar_env_value
 
 SOCKET_FILE = f"{SOCKET_DIR}/check.sock"
 
@@ -102,6 +103,12 @@ def sidecar_container(plan: Plan, sidecar: SidecarSettings) -> dict[str, Any]:
         # An environment variable, not a flag: the sidecar reads PALISADE_<FLAG>
         # defaults, and an unknown variable cannot break its command line.
         env.append({"name": "PALISADE_DISTRIBUTOR", "value": sidecar.distributor})
+        # The public keys that sign bundles, inline (a pod in another namespace
+        # cannot mount the release's ConfigMap); the last good bundle and the
+        # audit spool live in --state-dir on the bundle-cache volume.
+        env.append(
+            {"name": "PALISADE_TRUSTED_KEY", "value": sidecar_env_value(sidecar.trusted_keys)}
+        )
     mounts: list[dict[str, Any]] = [
         {"name": VOLUME_SOCKET, "mountPath": SOCKET_DIR},
         {"name": VOLUME_BUNDLES, "mountPath": BUNDLE_DIR},

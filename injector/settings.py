@@ -44,6 +44,11 @@ class SidecarSettings:
     """Distributor address given to the sidecar (env PALISADE_DISTRIBUTOR); None:
     the sidecar runs on its bundle cache and embedded defaults."""
 
+    trusted_keys: tuple[str, ...] = ()
+    """Canonical PEM Ed25519 public keys that sign bundles (injector/trust.py); given
+    to the sidecar as ``PALISADE_TRUSTED_KEY`` when a distributor is set, which
+    then requires at least one (``palisade sidecar --distributor`` needs them)."""
+
     cpu_request: str = "50m"
     """Sidecar CPU request."""
 

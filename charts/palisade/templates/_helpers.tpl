@@ -96,3 +96,10 @@ seccompProfile:
 {{- range .Values.injector.excludeNamespaces }}{{ $ns = append $ns . }}{{ end -}}
 {{- toJson (uniq $ns) -}}
 {{- end -}}
+
+{{/* A list of words as one shell-quoted string (the schema forbids single quotes in them). */}}
+{{- define "palisade.shellWords" -}}
+{{- $words := list -}}
+{{- range . }}{{ $words = append $words (squote .) }}{{ end -}}
+{{- join " " $words -}}
+{{- end -}}
