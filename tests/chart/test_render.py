@@ -9,9 +9,13 @@ from typing import Any
 
 import pytest
 
+from palisade.bundle.signing import generate_key, public_key_pem
 from tests.chart.render import CHART, by_kind, container_env, helm, one, render, values_args
 
 pytestmark = pytest.mark.e2e  # needs the helm binary from scripts/setup.d/40-kube.sh
+
+#: The public half of the distributor's bundle-signing key (any Ed25519 key will do).
+PUBLIC_KEY = public_key_pem(generate_key()).decode()
 
 NON_DEFAULT: dict[str, Any] = {
     "fullnameOverride": "gov",
@@ -26,10 +30,10 @@ NON_DEFAULT: dict[str, Any] = {
         "tls": {"extraSANs": ["injector.example.org"]},
         "pdb": {"minAvailable": 2},
     },
-    "sidecar": {"port": 9500},
     "certManager": {"enabled": True},
     "networkPolicy": {"enabled": True, "namespaces": ["payments", "search"]},
-    "distributor": {"address": "dist.example.org:9401"},
+    "distributor": {"address": "dist.example.org:9401", "publicKeys": [PUBLIC_KEY]},
+    "sidecar": {"port": 9500, "extraArgs": ["--cluster-issuer", "https://kubernetes.default.svc"]},
     "commonLabels": {"team": "platform"},
 }
 
@@ -286,7 +290,13 @@ class TestNonDefaults:
         assert dep["metadata"]["labels"]["team"] == "platform"
 
     def test_an_enabled_distributor_is_found_through_its_service_name(self) -> None:
-        values = {"distributor": {"enabled": True, "signingKeySecret": "palisade-keys"}}
+        values = {
+            "distributor": {
+                "enabled": True,
+                "signingKeySecret": "palisade-keys",
+                "publicKeys": [PUBLIC_KEY],
+            }
+        }
         env = container_env(one(render(values), "Deployment", "palisade-injector"))
         assert env["PALISADE_DISTRIBUTOR"] == "palisade-distributor.palisade.svc:9401"
 
@@ -313,7 +323,11 @@ class TestNonDefaults:
 
     def test_notes_point_at_the_distributor_and_node_agent_when_enabled(self) -> None:
         values = {
-            "distributor": {"enabled": True, "signingKeySecret": "palisade-keys"},
+            "distributor": {
+                "enabled": True,
+                "signingKeySecret": "palisade-keys",
+                "publicKeys": [PUBLIC_KEY],
+            },
             "nodeAgent": {"enabled": True},
         }
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,136 @@
+"""The chart hands the distributor's public bundle keys to the injector, which hands them
+to every injected sidecar; a distributor without keys is refused at render time."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from injector import admission
+from injector.main import register, settings_from
+from injector.review import decode_patch
+from palisade.bundle.signing import generate_key, public_key_pem
+from tests.chart.render import CHART, container_env, helm, one, render, values_args
+from tests.injector.pods import ENABLED, apply_patch, pod, review
+
+pytestmark = pytest.mark.e2e  # needs the helm binary from scripts/setup.d/40-kube.sh
+
+KEY_A = public_key_pem(generate_key()).decode()
+KEY_B = public_key_pem(generate_key()).decode()
+DISTRIBUTOR = {"enabled": True, "signingKeySecret": "palisade-keys"}
+
+
+def injector_env(values: dict[str, Any]) -> dict[str, Any]:
+    return container_env(one(render(values), "Deployment", "palisade-injector"))
+
+
+def template(values: dict[str, Any]) -> Any:
+    with tempfile.TemporaryDirectory() as tmp:
+        return helm(
+            "template", "palisade", str(CHART), "-n", "palisade",
+            *values_args(values, Path(tmp)), check=False,
+        )  # fmt: skip
+
+
+def injected_env(chart_env: dict[str, Any]) -> dict[str, Any]:
+    """What the injector, configured from the rendered env, puts into an MCP pod."""
+    env = {k: v for k, v in chart_env.items() if isinstance(v, str)}
+    parser = argparse.ArgumentParser()
+    register(parser, env)
+    injection = settings_from(parser.parse_args([])).injection
+    patched = apply_patch(pod(), decode_patch(admission.serve(review(pod()), ENABLED, injection)))
+    containers = patched["spec"]["containers"] + patched["spec"].get("initContainers", [])
+    (sidecar,) = [c for c in containers if c["name"] == "palisade-sidecar"]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in sidecar["env"]}
+
+
+class TestWithPublicKeys:
+    def test_the_keys_reach_the_injector_and_through_it_every_sidecar(self) -> None:
+        env = injector_env({"distributor": {**DISTRIBUTOR, "publicKeys": [KEY_A, KEY_B]}})
+        assert env["PALISADE_SIDECAR_TRUSTED_KEYS"] == f"{KEY_A}\n{KEY_B}"
+        sidecar = injected_env(env)
+        assert sidecar["PALISADE_DISTRIBUTOR"] == "palisade-distributor.palisade.svc:9401"
+        assert sidecar["PALISADE_TRUSTED_KEY"] == f"{KEY_A.strip()},{KEY_B.strip()}"
+
+    def test_an_external_distributor_address_gets_the_keys_too(self) -> None:
+        env = injector_env({"distributor": {"address": "dist.example:9401", "publicKeys": [KEY_A]}})
+        assert env["PALISADE_DISTRIBUTOR"] == "dist.example:9401"
+        assert injected_env(env)["PALISADE_TRUSTED_KEY"] == KEY_A.strip()
+
+    def test_the_keys_can_come_from_an_operators_config_map(self) -> None:
+        values = {"distributor": {**DISTRIBUTOR, "publicKeysConfigMap": {"name": "bundle-keys"}}}
+        env = injector_env(values)
+        ref = env["PALISADE_SIDECAR_TRUSTED_KEYS"]["configMapKeyRef"]
+        assert ref == {"name": "bundle-keys", "key": "keys.pem"}
+
+    def test_the_injector_accepts_the_config_map_text_as_the_kubelet_would_fill_it(self) -> None:
+        values = {"distributor": {**DISTRIBUTOR, "publicKeysConfigMap": {"name": "bundle-keys"}}}
+        env = {k: v for k, v in injector_env(values).items() if isinstance(v, str)}
+        env["PALISADE_SIDECAR_TRUSTED_KEYS"] = f"# keys.pem\n{KEY_A}{KEY_B}"
+        assert injected_env(env)["PALISADE_TRUSTED_KEY"] == f"{KEY_A.strip()},{KEY_B.strip()}"
+
+    def test_extra_sidecar_arguments_reach_the_sidecar_command_line(self) -> None:
+        values = {
+            "distributor": {**DISTRIBUTOR, "publicKeys": [KEY_A]},
+            "sidecar": {"extraArgs": ["--resource", "https://mcp.example/a b"]},
+        }
+        env = {k: v for k, v in injector_env(values).items() if isinstance(v, str)}
+        parser = argparse.ArgumentParser()
+        register(parser, env)
+        extra = settings_from(parser.parse_args([])).injection.sidecar.extra_args
+        assert extra == ("--resource", "https://mcp.example/a b")
+
+
+class TestWithoutPublicKeys:
+    @pytest.mark.parametrize(
+        "distributor",
+        [DISTRIBUTOR, {"address": "dist.example:9401"}],
+        ids=["enabled", "external-address"],
+    )
+    def test_a_distributor_without_keys_is_refused_with_the_reason(
+        self, distributor: dict[str, Any]
+    ) -> None:
+        result = template({"distributor": distributor})
+        assert result.returncode != 0
+        assert "distributor.publicKeys is required" in result.stderr
+        assert "refuse to start without one" in result.stderr
+
+    def test_a_distributor_alone_needs_no_keys_when_nothing_is_injected(self) -> None:
+        objects = render({"distributor": DISTRIBUTOR, "injector": {"enabled": False}})
+        assert one(objects, "Deployment", "palisade-distributor")
+
+    def test_without_a_distributor_neither_address_nor_keys_are_given(self) -> None:
+        env = injector_env({})
+        assert "PALISADE_DISTRIBUTOR" not in env
+        assert "PALISADE_SIDECAR_TRUSTED_KEYS" not in env
+        sidecar = injected_env(env)
+        assert "PALISADE_DISTRIBUTOR" not in sidecar and "PALISADE_TRUSTED_KEY" not in sidecar
+
+    def test_notes_say_that_without_a_distributor_sidecars_deny_every_call(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = helm(
+                "install", "palisade", str(CHART), "-n", "palisade", "--dry-run=client",
+                *values_args({"injector": {"replicas": 2}}, Path(tmp)),
+            ).stdout  # fmt: skip
+        assert "No distributor: injected sidecars have no policy bundle" in out
+
+
+class TestTheSchema:
+    @pytest.mark.parametrize(
+        ("values", "complaint"),
+        [
+            ({"distributor": {"publicKeys": ["ssh-ed25519 AAAA"]}}, "/distributor/publicKeys/0"),
+            ({"distributor": {"publicKeysConfigMap": {"nam": "x"}}}, "nam"),
+            ({"sidecar": {"extraArgs": ["--x='y'"]}}, "/sidecar/extraArgs/0"),
+        ],
+    )
+    def test_bad_key_values_are_refused_with_the_path(
+        self, values: dict[str, Any], complaint: str
+    ) -> None:
+        result = template(values)
+        assert result.returncode != 0
+        assert complaint in result.stderr
