@@ -224,6 +224,7 @@ class Hub:
         self.dirty.add(cid)
         sub.wake.set()
         writer = asyncio.create_task(self._writer(sub, context))
+        malformed = False
         try:
             while True:
                 raw = await context.read()
@@ -231,27 +232,48 @@ class Hub:
                     break
                 msg = _parse(distribution_pb2.SubscribeRequest, raw)
                 if msg is None:
-                    log.warning("malformed message; closing stream", extra={"client": cid})
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed message")
+                    malformed = True
                     break
                 self._on_message(sub, msg)
                 if writer.done():
                     break
         finally:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
+            await self._stop_writer(sub, writer)
             if self.subscribers.get(cid) is sub:
                 sub.connected = False
                 sub.last_seen = self.clock()
                 self.dirty.add(cid)
                 del self.subscribers[cid]
                 self._detached[cid] = sub
+        if malformed:
+            # Only now, with the writer stopped: aborting while a write is in
+            # flight can leave the call hanging.
+            log.warning("malformed message; closing stream", extra={"client": cid})
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed message")
+
+    @staticmethod
+    async def _stop_writer(sub: Subscriber, writer: asyncio.Task[None]) -> None:
+        """Let the writer finish the write in flight, then stop it.
+
+        Cancelling a task inside ``context.write`` leaves gRPC core's batch (with
+        the initial metadata) outstanding; the call can then never send its status
+        ("too many operations") and hangs. So the writer is asked to stop and
+        given a few seconds; only a client that stopped reading is cut off.
+        """
+        sub.connected = False
+        sub.wake.set()
+        done, _ = await asyncio.wait({writer}, timeout=5.0)
+        if not done:
+            writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await writer
 
     async def _writer(self, sub: Subscriber, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         while sub.connected:
             await sub.wake.wait()
             sub.wake.clear()
+            if not sub.connected:
+                return
             while sub.outbox:
                 await context.write(sub.outbox.popleft())
             sub.outbox = None
