@@ -162,6 +162,12 @@ def register(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = No
         choices=["auto", "always", "never"],
     )
     opt("--distributor", "PALISADE_DISTRIBUTOR", None, "distributor address for the sidecar")
+    opt(
+        "--sidecar-bundle-configmap",
+        "PALISADE_SIDECAR_BUNDLE_CONFIGMAP",
+        None,
+        "without --distributor: ConfigMap (in each pod's namespace) holding the signed bundle",
+    )
     parser.add_argument(
         "--sidecar-trusted-key",
         action="append",
@@ -246,6 +252,11 @@ def trusted_keys_from(ns: argparse.Namespace) -> tuple[str, ...]:
         keys = trust.normalize(_key_texts(list(ns.sidecar_trusted_key)))
     except trust.TrustError as exc:
         raise SystemExit(f"palisade injector: {exc}") from None
+    if ns.sidecar_bundle_configmap and not ns.distributor and not keys:
+        raise SystemExit(
+            "palisade injector: --sidecar-bundle-configmap needs --sidecar-trusted-key (env "
+            "PALISADE_SIDECAR_TRUSTED_KEYS): sidecars accept only bundles signed by a trusted key"
+        )
     if ns.distributor and not keys:
         raise SystemExit(
             "palisade injector: --distributor needs --sidecar-trusted-key (env "
@@ -272,6 +283,7 @@ def settings_from(ns: argparse.Namespace) -> Settings:
                 port_name=ns.port_name,
                 distributor=ns.distributor or None,
                 trusted_keys=trusted_keys_from(ns),
+                bundle_configmap=ns.sidecar_bundle_configmap or None,
                 cpu_request=ns.sidecar_cpu_request,
                 memory_request=ns.sidecar_memory_request,
                 cpu_limit=ns.sidecar_cpu_limit,
@@ -392,8 +404,20 @@ def run(ns: argparse.Namespace) -> int:
                 "key_ids": trust.key_ids(sidecar.trusted_keys),
             },
         )
+        if sidecar.bundle_configmap:
+            log.warning("--sidecar-bundle-configmap is ignored: the distributor pushes bundles")
+    elif sidecar.bundle_configmap:
+        log.info(
+            "sidecars read their bundle from a ConfigMap in their namespace",
+            extra={
+                "configmap": sidecar.bundle_configmap,
+                "key_ids": trust.key_ids(sidecar.trusted_keys),
+            },
+        )
     elif sidecar.trusted_keys:
-        log.warning("trusted keys given without --distributor: not passed to sidecars")
+        log.warning("trusted keys given without a distributor or bundle ConfigMap: unused")
+    else:
+        log.warning("no distributor and no bundle ConfigMap: injected sidecars deny every call")
 
     async def main(stop: asyncio.Event) -> None:
         await serve(settings, stop)

@@ -30,6 +30,9 @@ from injector.settings import SidecarSettings
 from injector.trust import sidecar_env_value
 
 SOCKET_FILE = f"{SOCKET_DIR}/check.sock"
+#: Without a distributor, the bundle ConfigMap (``--sidecar-bundle-configmap``) is here.
+VOLUME_BUNDLE_SOURCE = "palisade-bundle"
+BUNDLE_SOURCE_DIR = "/etc/palisade/bundle"
 
 _DOWNWARD_ENV = (
     ("PALISADE_POD_NAME", "metadata.name"),
@@ -46,13 +49,24 @@ def escape(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
-def volumes() -> list[dict[str, Any]]:
+def bundle_configmap(sidecar: SidecarSettings) -> str | None:
+    """The bundle ConfigMap the sidecar reads, or None (a distributor pushes bundles)."""
+    return None if sidecar.distributor else sidecar.bundle_configmap
+
+
+def volumes(sidecar: SidecarSettings | None = None) -> list[dict[str, Any]]:
     """The volumes the sidecar needs, in the order they are added."""
-    return [
+    found: list[dict[str, Any]] = [
         {"name": VOLUME_SOCKET, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
         {"name": VOLUME_BUNDLES, "emptyDir": {"sizeLimit": "64Mi"}},
         {"name": VOLUME_AUDIT, "emptyDir": {"sizeLimit": "256Mi"}},
     ]
+    name = bundle_configmap(sidecar) if sidecar is not None else None
+    if name:
+        # Not optional: a pod whose namespace lacks the ConfigMap stays Pending
+        # (the kubelet says why) rather than running with no policy.
+        found.append({"name": VOLUME_BUNDLE_SOURCE, "configMap": {"name": name}})
+    return found
 
 
 def sidecar_args(plan: Plan, sidecar: SidecarSettings) -> list[str]:
@@ -77,6 +91,8 @@ def sidecar_args(plan: Plan, sidecar: SidecarSettings) -> list[str]:
         "--audit-dir",
         AUDIT_DIR,
     ]
+    if bundle_configmap(sidecar):
+        args += ["--bundle", BUNDLE_SOURCE_DIR]
     return args + list(sidecar.extra_args)
 
 
@@ -109,11 +125,21 @@ def sidecar_container(plan: Plan, sidecar: SidecarSettings) -> dict[str, Any]:
         env.append(
             {"name": "PALISADE_TRUSTED_KEY", "value": sidecar_env_value(sidecar.trusted_keys)}
         )
+    elif bundle_configmap(sidecar) and sidecar.trusted_keys:
+        # The bundle from the pod's namespace is verified with keys from the injector,
+        # never with anything the namespace itself provides.
+        env.append(
+            {"name": "PALISADE_TRUSTED_KEY", "value": sidecar_env_value(sidecar.trusted_keys)}
+        )
     mounts: list[dict[str, Any]] = [
         {"name": VOLUME_SOCKET, "mountPath": SOCKET_DIR},
         {"name": VOLUME_BUNDLES, "mountPath": BUNDLE_DIR},
         {"name": VOLUME_AUDIT, "mountPath": AUDIT_DIR},
     ]
+    if bundle_configmap(sidecar):
+        mounts.append(
+            {"name": VOLUME_BUNDLE_SOURCE, "mountPath": BUNDLE_SOURCE_DIR, "readOnly": True}
+        )
     if plan.token_mount is not None:
         # Containers added by a webhook miss the ServiceAccount token mount (the
         # ServiceAccount admission plugin ran before us): reuse the app's.
@@ -169,7 +195,7 @@ def build(plan: Plan, sidecar: SidecarSettings) -> list[PatchOp]:
         ops.append({"op": "add", "path": f"{app}/volumeMounts/-", "value": socket_mount})
     else:
         ops.append({"op": "add", "path": f"{app}/volumeMounts", "value": [socket_mount]})
-    missing = [v for v in volumes() if v["name"] not in plan.existing_volumes]
+    missing = [v for v in volumes(sidecar) if v["name"] not in plan.existing_volumes]
     if not plan.has_volumes:
         ops.append({"op": "add", "path": "/spec/volumes", "value": missing})
     else:

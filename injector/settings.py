@@ -49,6 +49,12 @@ class SidecarSettings:
     to the sidecar as ``PALISADE_TRUSTED_KEY`` when a distributor is set, which
     then requires at least one (``palisade sidecar --distributor`` needs them)."""
 
+    bundle_configmap: str | None = None
+    """Without a distributor: a ConfigMap, in each injected pod's own namespace,
+    holding the signed bundle (``*.signed``/``*.pb``/``*.bundle``); mounted read-only
+    at ``/etc/palisade/bundle`` and watched (``--bundle``), verified with
+    ``trusted_keys``. None: the sidecar has no bundle and denies every call."""
+
     cpu_request: str = "50m"
     """Sidecar CPU request."""
 

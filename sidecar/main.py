@@ -331,6 +331,11 @@ def credentials_from(ns: argparse.Namespace) -> FileCredential | VaultCredential
         raise SystemExit(f"palisade sidecar: bad Vault settings: {exc}") from None
 
 
+def _key_source(spec: str) -> str | bytes:
+    """A --trusted-key value: inline PEM text (as the injector sets it) or a file."""
+    return spec.strip().encode() + b"\n" if spec.lstrip().startswith("-----BEGIN") else spec
+
+
 def _signer(ns: argparse.Namespace, audit_dir: Path) -> Signer:
     if ns.audit_key:
         return load_signer(Path(ns.audit_key))
@@ -423,7 +428,7 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
             await link.start()
         elif s.bundle_path is not None:
             keys = (
-                TrustedKeys([load_public_key(k) for k in ns.trusted_key])
+                TrustedKeys([load_public_key(_key_source(k)) for k in ns.trusted_key])
                 if ns.trusted_key
                 else None
             )
