@@ -134,3 +134,39 @@ class TestTheSchema:
         result = template(values)
         assert result.returncode != 0
         assert complaint in result.stderr
+
+
+class TestWithoutADistributor:
+    def test_a_bundle_config_map_with_keys_reaches_every_sidecar(self) -> None:
+        values = {
+            "sidecar": {"bundleConfigMap": "palisade-bundle"},
+            "distributor": {"publicKeys": [KEY_A]},
+        }
+        env = injector_env(values)
+        assert env["PALISADE_SIDECAR_BUNDLE_CONFIGMAP"] == "palisade-bundle"
+        sidecar = injected_env(env)
+        assert sidecar["PALISADE_TRUSTED_KEY"] == KEY_A.strip()
+        assert "PALISADE_DISTRIBUTOR" not in sidecar
+
+    def test_a_bundle_config_map_without_keys_is_refused(self) -> None:
+        result = template({"sidecar": {"bundleConfigMap": "palisade-bundle"}})
+        assert result.returncode != 0
+        assert "sidecar.bundleConfigMap needs distributor.publicKeys" in result.stderr
+
+    def test_a_distributor_makes_the_bundle_config_map_unused(self) -> None:
+        values = {
+            "sidecar": {"bundleConfigMap": "palisade-bundle"},
+            "distributor": {"address": "d:9401", "publicKeys": [KEY_A]},
+        }
+        env = injector_env(values)
+        assert "PALISADE_SIDECAR_BUNDLE_CONFIGMAP" not in env
+        assert env["PALISADE_DISTRIBUTOR"] == "d:9401"
+
+    def test_notes_show_how_to_create_the_config_map(self) -> None:
+        values = {"sidecar": {"bundleConfigMap": "pb"}, "distributor": {"publicKeys": [KEY_A]}}
+        with tempfile.TemporaryDirectory() as tmp:
+            out = helm(
+                "install", "palisade", str(CHART), "-n", "palisade", "--dry-run=client",
+                *values_args(values, Path(tmp)),
+            ).stdout  # fmt: skip
+        assert "create configmap pb --from-file=bundle.signed" in out

@@ -177,15 +177,22 @@ def peers(tmp_path: Path) -> Iterator[Peers]:
             stop(proc)
 
 
-def injected_container(peers: Peers) -> dict[str, Any]:
-    """Chart values -> injector env -> injector settings -> the container it adds."""
-    values = {
+DEV_AUTH = ["--dev-auth", "--dev-token", f"{TOKEN}=sre-agent:payments"]
+
+
+def with_distributor(peers: Peers) -> dict[str, Any]:
+    return {
         "distributor": {
             "address": f"127.0.0.1:{peers.grpc_port}",
             "publicKeys": [peers.public_pem],
         },
-        "sidecar": {"extraArgs": ["--dev-auth", "--dev-token", f"{TOKEN}=sre-agent:payments"]},
+        "sidecar": {"extraArgs": DEV_AUTH},
     }
+
+
+def injected_container(peers: Peers, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Chart values -> injector env -> injector settings -> the container it adds."""
+    values = values or with_distributor(peers)
     chart_env = container_env(one(render(values), "Deployment", "palisade-injector"))
     env = {k: v for k, v in chart_env.items() if isinstance(v, str)}
     parser = argparse.ArgumentParser()
@@ -337,3 +344,49 @@ def test_the_same_container_without_the_key_would_crash_loop(peers: Peers) -> No
     )
     assert done.returncode != 0
     assert "--distributor needs --trusted-key" in done.stderr
+
+
+async def test_without_a_distributor_the_sidecar_runs_on_the_signed_bundle_config_map(
+    peers: Peers,
+) -> None:
+    values = {
+        "distributor": {"publicKeys": [peers.public_pem]},
+        "sidecar": {"bundleConfigMap": "palisade-bundle", "extraArgs": DEV_AUTH},
+    }
+    sidecar = injected_container(peers, values)
+    assert "PALISADE_DISTRIBUTOR" not in {e["name"] for e in sidecar["env"]}
+    args, env = kubelet_view(sidecar, peers.tmp / "volumes", port := free_port())
+    palisade = shutil.which("palisade", path=str(Path(sys.executable).parent))
+    assert palisade
+    # The operator signs the bundle and puts it in the ConfigMap (here: its mounted files).
+    signed = peers.tmp / "volumes" / "palisade-bundle" / "bundle.signed"
+    policy = peers.tmp / "policies" / "payments.yaml"
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [palisade, "bundle", "sign", "--key", str(peers.tmp / "signing.pem"),
+         "-o", str(signed), str(policy)],
+        capture_output=True, text=True, timeout=60, env=python_env(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    log_path = peers.tmp / "sidecar-cm.log"
+    proc = run_as_the_kubelet_would(palisade, args, env, log_path)
+    try:
+        wait_port(port, proc, log_path)
+        deadline = time.monotonic() + 30
+        while True:
+            status, doc = await asyncio.to_thread(get_json, f"http://127.0.0.1:{port}/readyz")
+            if status == 200:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"not ready: {doc}\n{log_path.read_text()[-3000:]}")
+            await asyncio.sleep(0.1)
+        assert doc["bundle_revision"] == 1
+        async with mcp_client(f"http://127.0.0.1:{port}/mcp") as c:
+            allowed = await c.call_tool("pods_list", {"namespace": "payments"})
+            assert not allowed.is_error
+            with pytest.raises(MCPError) as denied:
+                await c.call_tool("resources_delete", {"kind": "Deployment", "name": "x"})
+        assert denied.value.error.data["rule"] == "deny-destructive"
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, log_path.read_text()[-3000:]

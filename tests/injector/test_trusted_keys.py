@@ -168,3 +168,54 @@ class TestTheInjectedSidecar:
         assert (d.pod, d.namespace, d.node, d.tenant) == ("mcp-0", "payments", "node-1", "payments")
         trusted = fleet.load_trusted(d.trusted_keys)
         assert set(trusted.key_ids) == {key_id(KEY_A), key_id(KEY_B)}
+
+
+class TestWithoutADistributorTheBundleComesFromAConfigMap:
+    def test_the_config_map_is_mounted_read_only_watched_and_verified(self) -> None:
+        keys = trust.normalize([PEM_A])
+        spec = SidecarSettings(bundle_configmap="palisade-bundle", trusted_keys=keys)
+        settings = InjectionSettings(native_sidecar="never", sidecar=spec)
+        patched = apply_patch(
+            pod(), decode_patch(admission.serve(review(pod()), ENABLED, settings))
+        )
+        volumes = {v["name"]: v for v in patched["spec"]["volumes"]}
+        assert volumes["palisade-bundle"]["configMap"] == {"name": "palisade-bundle"}
+        (container,) = [c for c in patched["spec"]["containers"] if c["name"] == "palisade-sidecar"]
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert mounts["palisade-bundle"]["mountPath"] == "/etc/palisade/bundle"
+        assert mounts["palisade-bundle"]["readOnly"] is True
+        args = container["args"]
+        assert args[args.index("--bundle") + 1] == "/etc/palisade/bundle"
+        env = env_of(container)
+        assert env["PALISADE_TRUSTED_KEY"] == PEM_A.strip()
+        assert "PALISADE_DISTRIBUTOR" not in env
+        again = admission.serve(review(patched), ENABLED, settings)
+        assert decode_patch(again) == []  # idempotent
+
+    def test_a_distributor_wins_over_the_config_map(self) -> None:
+        keys = trust.normalize([PEM_A])
+        spec = SidecarSettings(distributor="d:9401", bundle_configmap="b", trusted_keys=keys)
+        container = injected(spec)
+        assert "--bundle" not in container["args"]
+        assert "palisade-bundle" not in {m["name"] for m in container["volumeMounts"]}
+        assert env_of(container)["PALISADE_DISTRIBUTOR"] == "d:9401"
+
+    def test_a_config_map_without_keys_stops_the_injector(self) -> None:
+        env = {"PALISADE_SIDECAR_BUNDLE_CONFIGMAP": "palisade-bundle"}
+        with pytest.raises(SystemExit, match="--sidecar-bundle-configmap needs"):
+            settings_from(parse([], env))
+
+    def test_the_real_sidecar_parser_takes_the_mounted_bundle(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        sidecar_main = pytest.importorskip("sidecar.main")
+        spec = SidecarSettings(bundle_configmap="b", trusted_keys=trust.normalize([PEM_A]))
+        container = injected(spec)
+        for name, value in env_of(container).items():
+            monkeypatch.setenv(name, value if isinstance(value, str) else "x")
+        parser = argparse.ArgumentParser()
+        sidecar_main.register(parser)
+        s = sidecar_main.settings_from(parser.parse_args(container["args"][1:]))
+        assert s.distributor is None
+        assert str(s.bundle_path) == "/etc/palisade/bundle"
+        assert str(s.state_dir) == "/var/lib/palisade/bundles"
