@@ -150,7 +150,7 @@ class LegacyHandlers:
             if msg.method == "tools/call" and msg.is_request:
                 verdict, pending = await core.decide(msg, principal, key, session)
                 if not verdict.allowed:
-                    core.metrics.requests.labels("tools/call", str(verdict.decision)).inc()
+                    core.metrics.count_request("tools/call", str(verdict.decision))
                     await existing.inject.put(
                         _event_bytes(gate.verdict_error(msg.id, verdict, pending.tool))
                     )
@@ -161,7 +161,7 @@ class LegacyHandlers:
                 session.remember(msg.id, p)
         except BadMessage as exc:
             return core.bad_input(exc, principal, key)
-        core.metrics.requests.labels(msg.method or "response", "forwarded").inc()
+        core.metrics.count_request(msg.method, "forwarded")
         try:
             async with core.upstream.request(
                 "POST",

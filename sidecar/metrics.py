@@ -3,8 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: Methods counted by name in ``palisade_sidecar_requests_total``; any other method a
+#: client sends is counted as ``other``, so clients cannot grow the series (and the
+#: sidecar's memory) without bound.
+KNOWN_METHODS = frozenset(
+    {
+        "initialize", "ping", "server/discover", "tools/list", "tools/call",
+        "resources/list", "resources/read", "resources/templates/list",
+        "resources/subscribe", "resources/unsubscribe", "prompts/list", "prompts/get",
+        "completion/complete", "logging/setLevel", "roots/list", "sampling/createMessage",
+        "elicitation/create", "tasks/get", "tasks/result", "tasks/list", "tasks/cancel",
+        "notifications/initialized", "notifications/cancelled", "notifications/progress",
+        "notifications/message", "notifications/roots/list_changed",
+        "notifications/tasks/status", "GET", "DELETE",
+    }
+)  # fmt: skip
+
+
+def method_label(method: str | None) -> str:
+    """The ``method`` label for a message: its method when known, ``response`` for none."""
+    if method is None:
+        return "response"
+    return method if method in KNOWN_METHODS else "other"
 
 
 @dataclass
@@ -53,3 +77,13 @@ class SidecarMetrics:
             ["reason"],
             registry=r,
         )
+        #: children of ``requests`` by label values (a bounded set, see :func:`method_label`)
+        self._request_children: dict[tuple[str, str], Any] = {}
+
+    def count_request(self, method: str | None, outcome: str) -> None:
+        """Count one message; the label lookup is done once per (method, outcome)."""
+        key = (method_label(method), outcome)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(*key)
+        child.inc()

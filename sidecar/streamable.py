@@ -62,7 +62,7 @@ class StreamableHandlers:
             if msg.method == "tools/call" and msg.is_request:
                 verdict, pending = await core.decide(msg, principal, session_id, session)
                 if not verdict.allowed:
-                    core.metrics.requests.labels("tools/call", str(verdict.decision)).inc()
+                    core.metrics.count_request("tools/call", str(verdict.decision))
                     retry = {"Retry-After": str(max(1, math.ceil(verdict.retry_after_s)))}
                     return error_http(
                         200,
@@ -79,7 +79,7 @@ class StreamableHandlers:
             return core.bad_input(exc, principal, session_id)
         if expect is not None and session_id:
             session.remember(msg.id, expect[1])
-        core.metrics.requests.labels(msg.method or "response", "forwarded").inc()
+        core.metrics.count_request(msg.method, "forwarded")
         return await self._forward(request, msg, principal, session_id, expect)
 
     async def _forward(
@@ -269,7 +269,7 @@ class StreamableHandlers:
         resuming = bool(request.headers.get("Last-Event-ID"))
         if session_id and resuming:
             core.resumed(session_id)
-        core.metrics.requests.labels("GET", "forwarded").inc()
+        core.metrics.count_request("GET", "forwarded")
         task = asyncio.current_task()
         if task is not None and not resuming:
             core.listening.add(task)  # closed at shutdown: a client reconnects elsewhere
@@ -304,7 +304,7 @@ class StreamableHandlers:
             core.session_for(session_id, principal)
         except BadMessage as exc:
             return core.bad_input(exc, principal, session_id)
-        core.metrics.requests.labels("DELETE", "forwarded").inc()
+        core.metrics.count_request("DELETE", "forwarded")
         try:
             async with core.upstream.request(
                 "DELETE", _path_qs(request), forward_headers(request.headers)
