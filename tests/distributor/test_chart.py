@@ -71,5 +71,14 @@ def test_the_distributor_objects_are_accepted_by_the_api_server(
 
 
 def test_the_chart_refuses_a_distributor_without_a_signing_key(kube: ControlPlane) -> None:
-    out = kube.helm("template", "t", str(CHART), "--set", "distributor.enabled=true", check=False)
+    out = kube.helm(
+        "template",
+        "t",
+        str(CHART),
+        "--set",
+        "distributor.enabled=true",
+        "--set",
+        "injector.enabled=false",
+        check=False,
+    )
     assert out.returncode != 0 and "signingKeySecret is required" in out.stderr
