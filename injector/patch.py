@@ -73,8 +73,9 @@ def sidecar_args(plan: Plan, sidecar: SidecarSettings) -> list[str]:
     """``palisade sidecar ...``: listen on the taken-over port, forward to 127.0.0.1.
 
     The last good bundle is kept in the bundle-cache volume (``--state-dir``);
-    bundles arrive from the distributor (``PALISADE_DISTRIBUTOR``) or from
-    arguments added with ``--sidecar-extra-arg`` (e.g. ``--bundle <mounted file>``).
+    bundles arrive from the distributor (``PALISADE_DISTRIBUTOR``, verified with
+    ``PALISADE_TRUSTED_KEY``) or, without one, from the bundle ConfigMap mounted
+    at ``BUNDLE_SOURCE_DIR`` (``--bundle``).
     """
     args = [
         "sidecar",
