@@ -31,6 +31,14 @@ VERSION = "v1alpha1"
 PLURAL = "policybundles"
 
 
+def _is_policy_file(root: Path, path: Path) -> bool:
+    """A ``*.yaml``/``*.yml`` file outside hidden directories: a mounted ConfigMap
+    keeps the real files in ``..<timestamp>/`` and shows each key as a link to
+    them, so reading the hidden copy too would load every document twice."""
+    hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+    return path.suffix in (".yaml", ".yml") and not hidden and path.is_file()
+
+
 class FileSource:
     def __init__(self, directory: str | Path, *, interval_s: float = 1.0) -> None:
         self.dir = Path(directory)
@@ -39,7 +47,7 @@ class FileSource:
     def _signature(self) -> tuple[tuple[str, int, int], ...]:
         out = []
         for path in sorted(self.dir.rglob("*")):
-            if path.suffix in (".yaml", ".yml") and path.is_file():
+            if _is_policy_file(self.dir, path):
                 st = path.stat()
                 out.append((str(path), st.st_size, st.st_mtime_ns))
         return tuple(out)
@@ -47,7 +55,7 @@ class FileSource:
     def read(self) -> Snapshot:
         out: Snapshot = []
         for path in sorted(self.dir.rglob("*")):
-            if path.suffix in (".yaml", ".yml") and path.is_file():
+            if _is_policy_file(self.dir, path):
                 out.append((str(path.relative_to(self.dir)), path.read_text()))
         return out
 
