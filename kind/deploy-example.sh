@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Label the demo namespace for injection and deploy the example MCP server into it;
-# then show that its pod carries the Palisade sidecar.
+# then show that its pod carries the Palisade sidecar, ready (the rollout waits for
+# the sidecar's readiness, which needs a verified bundle from the distributor).
 set -euo pipefail
 # shellcheck source=kind/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -26,6 +27,6 @@ containers=$(kc -n "$DEMO_NAMESPACE" get pods -l palisade.dev/mcp-server \
   -o jsonpath='{range .items[*]}{.spec.initContainers[*].name} {.spec.containers[*].name}{"\n"}{end}')
 log "containers of the MCP server pods: $containers"
 case "$containers" in
-  *palisade-sidecar*) log "the Palisade sidecar is in place" ;;
+  *palisade-sidecar*) log "the Palisade sidecar is in place and ready: it verified and activated the signed bundle from the distributor" ;;
   *) die "no palisade-sidecar in the MCP server pods; check the injector: kubectl -n $PALISADE_NAMESPACE logs deploy/$RELEASE-injector" ;;
 esac

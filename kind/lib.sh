@@ -15,6 +15,15 @@ DEMO_NAMESPACE="${DEMO_NAMESPACE:-payments}"
 # WAIT=false skips waiting for rollouts (used by the tests, which have no nodes).
 WAIT="${WAIT:-true}"
 TIMEOUT="${TIMEOUT:-180s}"
+# The bundle-signing key pair (kind/signing-key.sh): kept outside the repository and
+# reused on every run, so sidecars keep trusting the distributor across re-installs.
+PALISADE_CACHE="${PALISADE_CACHE:-${HOME:+$HOME/.cache/palisade}}"
+KEYS_DIR="${KEYS_DIR:-${PALISADE_CACHE:+$PALISADE_CACHE/kind-$CLUSTER_NAME/keys}}"
+KEY_NAME="${KEY_NAME:-bundle-signing}"
+# The Secret (in $PALISADE_NAMESPACE) the distributor signs bundles with.
+SIGNING_SECRET="${SIGNING_SECRET:-$RELEASE-signing}"
+# The policy the distributor serves (files mode: a ConfigMap of policy files).
+BUNDLE_FILE="${BUNDLE_FILE:-$REPO_ROOT/examples/payments-bundle.yaml}"
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -28,6 +37,12 @@ need() {
   for tool in "$@"; do
     command -v "$tool" >/dev/null 2>&1 || die "'$tool' is not on PATH; install it first (see docs/helm.md)"
   done
+}
+
+# The key pair's directory, or a clear error when neither KEYS_DIR nor HOME is set.
+keys_dir() {
+  [ -n "$KEYS_DIR" ] || die "set KEYS_DIR (or HOME, or PALISADE_CACHE) for the bundle-signing keys"
+  printf '%s' "$KEYS_DIR"
 }
 
 kc() { kubectl --context "$KUBE_CONTEXT" "$@"; }

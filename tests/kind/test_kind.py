@@ -3,19 +3,27 @@ scripts apply accepted by a real API server (the harness control plane)."""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+)
 
 from tests.chart.render import render
+from tests.distributor.helpers import http, start_replica
 from tests.harness import ApiError, ControlPlane, find_binaries
 
 pytestmark = pytest.mark.e2e
@@ -25,6 +33,8 @@ KIND = REPO / "kind"
 SCRIPTS = sorted(KIND.glob("*.sh"))
 RELEASE = "kind-test"
 NAMESPACE = "kind-palisade"
+PALISADE = REPO / ".venv" / "bin" / "palisade"
+BUNDLE = REPO / "examples" / "payments-bundle.yaml"
 
 
 def _shellcheck() -> str:
@@ -113,6 +123,57 @@ class TestDockerSteps:
         assert f"docker build -f {KIND}/Dockerfile -t palisade:dev {REPO}" in calls
         assert "kind load docker-image palisade:dev --name palisade" in calls
 
+    def test_without_palisade_on_path_the_key_pair_is_generated_by_the_image(
+        self, tmp_path: Path
+    ) -> None:
+        bin_dir, log, keys = tmp_path / "bin", tmp_path / "calls.log", tmp_path / "keys"
+        bin_dir.mkdir()
+        _shim(bin_dir, "kubectl", log)
+        # The stand-in docker records its command line and does what the image would.
+        docker = bin_dir / "docker"
+        docker.write_text(
+            f"""#!/bin/sh
+echo "docker $*" >> {log}
+while [ $# -gt 0 ]; do
+  case "$1" in -v) src="${{2%%:*}}"; shift ;; --name) name="$2"; shift ;; esac
+  shift
+done
+exec {PALISADE} keys generate --out "$src" --name "$name"
+"""
+        )
+        docker.chmod(0o755)
+        env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "IMAGE": "palisade:dev", "KEYS_DIR": str(keys)}
+        result = subprocess.run(
+            [str(KIND / "signing-key.sh")], env=env, capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        calls = log.read_text().splitlines()
+        ids = f"{os.getuid()}:{os.getgid()}"
+        assert (
+            f"docker run --rm --user {ids} -v {keys}:/keys palisade:dev"
+            " keys generate --out /keys --name bundle-signing"
+        ) in calls
+        assert (keys / "bundle-signing.key").read_text().startswith("-----BEGIN PRIVATE KEY")
+        assert (keys / "bundle-signing.pub").read_text().startswith("-----BEGIN PUBLIC KEY")
+        assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+        assert (
+            "kubectl --context kind-palisade -n palisade create secret generic palisade-signing"
+            f" --from-file=signing.pem={keys}/bundle-signing.key --dry-run=client -o yaml"
+        ) in calls
+        assert "PRIVATE KEY" not in result.stderr + result.stdout
+
+    def test_install_chart_refuses_to_run_without_the_public_key(self, tmp_path: Path) -> None:
+        tools = find_binaries()
+        env = {
+            "PATH": f"{tools.kubectl.parent}:{tools.helm.parent}:/usr/bin:/bin",
+            "KEYS_DIR": str(tmp_path / "none"),
+        }
+        result = subprocess.run(
+            [str(KIND / "install-chart.sh")], env=env, capture_output=True, text=True, check=False
+        )
+        assert result.returncode != 0
+        assert "run kind/signing-key.sh first" in result.stderr
+
     def test_a_missing_tool_is_named(self, tmp_path: Path) -> None:
         for tool in ("bash", "dirname"):  # everything but kind, docker, kubectl
             found = shutil.which(tool)
@@ -130,21 +191,35 @@ class TestDockerSteps:
 
 
 @pytest.fixture(scope="module")
-def applied(kube: ControlPlane) -> Iterator[tuple[ControlPlane, str]]:
-    """Run install-chart.sh and deploy-example.sh against the harness control plane."""
+def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("kind-keys") / "keys"
+
+
+@pytest.fixture(scope="module")
+def script_env(kube: ControlPlane, keys_dir: Path) -> dict[str, str]:
     tools = find_binaries()
     env = kube.env()
+    path = env.get("PATH", "/usr/bin:/bin")
     env.update(
-        PATH=f"{tools.kubectl.parent}:{tools.helm.parent}:{env.get('PATH', '/usr/bin:/bin')}",
+        PATH=f"{tools.kubectl.parent}:{tools.helm.parent}:{PALISADE.parent}:{path}",
         KUBE_CONTEXT="palisade-test",
         WAIT="false",
         RELEASE=RELEASE,
         PALISADE_NAMESPACE=NAMESPACE,
         IMAGE="palisade:kind-test",
+        KEYS_DIR=str(keys_dir),
     )
+    return env
+
+
+@pytest.fixture(scope="module")
+def applied(kube: ControlPlane, script_env: dict[str, str]) -> Iterator[tuple[ControlPlane, str]]:
+    """Run signing-key.sh, install-chart.sh and deploy-example.sh (up.sh's steps after
+    Docker) against the harness control plane."""
+    env = script_env
     output = ""
     try:
-        for script in ("install-chart.sh", "deploy-example.sh"):
+        for script in ("signing-key.sh", "install-chart.sh", "deploy-example.sh"):
             result = subprocess.run(
                 [str(KIND / script)],
                 env=env,
@@ -157,8 +232,19 @@ def applied(kube: ControlPlane) -> Iterator[tuple[ControlPlane, str]]:
             assert result.returncode == 0, output
         yield kube, output
     finally:
+        # No controller manager here removes the PVC's protection finalizer.
+        try:
+            kube.request(
+                "PATCH",
+                f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims/{RELEASE}-palisade-distributor-store",
+                {"metadata": {"finalizers": None}},
+                content_type="application/merge-patch+json",
+            )
+        except ApiError as e:
+            assert e.status == 404
         kube.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", check=False)
         for path in (
+            f"/api/v1/namespaces/{NAMESPACE}/secrets/{RELEASE}-signing",
             f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{RELEASE}-palisade-injector",
             "/api/v1/namespaces/payments",
         ):
@@ -218,7 +304,7 @@ class TestScriptsOnTheControlPlane:
             "GET", "/apis/apps/v1/namespaces/payments/deployments/k8s-mcp"
         )
         labels = dep["spec"]["template"]["metadata"]["labels"]
-        assert labels["palisade.dev/mcp-server"] == "kubernetes"
+        assert labels["palisade.dev/mcp-server"] == "kubernetes-mcp"
         svc = kube.request("GET", "/api/v1/namespaces/payments/services/k8s-mcp")
         assert svc["spec"]["ports"][0]["targetPort"] == "mcp"
 
@@ -226,3 +312,120 @@ class TestScriptsOnTheControlPlane:
         _, output = applied
         assert re.search(r"installing chart release 'kind-test'", output)
         assert "turning injection on" in output
+
+
+def _get(kube: ControlPlane, path: str) -> dict[str, Any]:
+    obj: dict[str, Any] = kube.request("GET", path)
+    return obj
+
+
+class TestSignedPolicyOnTheControlPlane:
+    """What the quickstart adds so the injected sidecar gets a signed bundle and is ready."""
+
+    def test_the_signing_key_secret_holds_the_generated_private_key(
+        self, applied: tuple[ControlPlane, str], keys_dir: Path
+    ) -> None:
+        kube, output = applied
+        secret = _get(kube, f"/api/v1/namespaces/{NAMESPACE}/secrets/{RELEASE}-signing")
+        assert list(secret["data"]) == ["signing.pem"]
+        pem = base64.b64decode(secret["data"]["signing.pem"])
+        assert pem == (keys_dir / "bundle-signing.key").read_bytes()
+        assert "PRIVATE KEY" not in output
+
+    def test_the_distributor_signs_the_example_bundle_with_that_secret(
+        self, applied: tuple[ControlPlane, str]
+    ) -> None:
+        kube, _ = applied
+        base = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
+        dep = _get(kube, f"{base}/{RELEASE}-palisade-distributor")
+        pod = dep["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert container["image"] == "palisade:kind-test"
+        assert "--policy-dir=/etc/palisade/policies" in container["args"]
+        assert "--signing-key=/etc/palisade/signing/signing.pem" in container["args"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["signing"]["secret"]["secretName"] == f"{RELEASE}-signing"
+        cm_name = volumes["policies"]["configMap"]["name"]
+        cm = _get(kube, f"/api/v1/namespaces/{NAMESPACE}/configmaps/{cm_name}")
+        assert cm["data"] == {BUNDLE.name: BUNDLE.read_text()}
+        svc = _get(kube, f"/api/v1/namespaces/{NAMESPACE}/services/{RELEASE}-palisade-distributor")
+        assert 9401 in [p["port"] for p in svc["spec"]["ports"]]
+
+    def test_the_injector_hands_sidecars_the_distributor_and_the_matching_public_key(
+        self, applied: tuple[ControlPlane, str]
+    ) -> None:
+        kube, _ = applied
+        base = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
+        injector = _get(kube, f"{base}/{RELEASE}-palisade-injector")
+        env = {
+            e["name"]: e.get("value")
+            for e in injector["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        assert env["PALISADE_DISTRIBUTOR"] == (
+            f"{RELEASE}-palisade-distributor.{NAMESPACE}.svc:9401"
+        )
+        secret = _get(kube, f"/api/v1/namespaces/{NAMESPACE}/secrets/{RELEASE}-signing")
+        private = load_pem_private_key(base64.b64decode(secret["data"]["signing.pem"]), None)
+        public = private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        assert (env["PALISADE_SIDECAR_TRUSTED_KEYS"] or "").strip() == public.decode().strip()
+
+    def test_the_example_server_is_the_one_the_bundle_registers(
+        self, applied: tuple[ControlPlane, str]
+    ) -> None:
+        kube, _ = applied
+        dep = _get(kube, "/apis/apps/v1/namespaces/payments/deployments/k8s-mcp")
+        server = dep["spec"]["template"]["metadata"]["labels"]["palisade.dev/mcp-server"]
+        bundle = yaml.safe_load(BUNDLE.read_text())
+        assert server in [s["name"] for s in bundle["spec"]["servers"]]
+
+    def test_running_the_key_step_again_keeps_the_key_pair(
+        self, applied: tuple[ControlPlane, str], script_env: dict[str, str], keys_dir: Path
+    ) -> None:
+        kube, _ = applied
+        before = (keys_dir / "bundle-signing.key").read_bytes()
+        result = subprocess.run(
+            [str(KIND / "signing-key.sh")],
+            env=script_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "reusing the bundle-signing key pair" in result.stderr
+        assert (keys_dir / "bundle-signing.key").read_bytes() == before
+        secret = _get(kube, f"/api/v1/namespaces/{NAMESPACE}/secrets/{RELEASE}-signing")
+        assert base64.b64decode(secret["data"]["signing.pem"]) == before
+
+    def test_the_distributor_serves_the_bundle_from_the_mounted_configmap(
+        self, applied: tuple[ControlPlane, str], keys_dir: Path, tmp_path: Path
+    ) -> None:
+        """The stored ConfigMap laid out the way the kubelet mounts it (a hidden,
+        timestamped directory and links to it), read by a real `palisade distributor`
+        signing with the generated key: it publishes revision 1."""
+        kube, _ = applied
+        name = f"{RELEASE}-palisade-distributor-policies"
+        cm = _get(kube, f"/api/v1/namespaces/{NAMESPACE}/configmaps/{name}")
+        mount = tmp_path / "policies"
+        real = mount / "..2026_01_01_00_00_00.000000001"
+        real.mkdir(parents=True)
+        (mount / "..data").symlink_to(real.name)
+        for key, text in cm["data"].items():
+            (real / key).write_text(text)
+            (mount / key).symlink_to(f"..data/{key}")
+        replica = start_replica(
+            tmp_path,
+            "kind",
+            policy_dir=mount,
+            store=tmp_path / "distributor.db",
+            keys=[keys_dir / "bundle-signing.key"],
+        )
+        try:
+            deadline = time.monotonic() + 20
+            status, body = http("GET", f"{replica.url}/readyz")
+            while body.get("revision") != 1 and time.monotonic() < deadline:
+                time.sleep(0.2)
+                status, body = http("GET", f"{replica.url}/readyz")
+            assert (status, body["revision"]) == (200, 1), replica.log_path.read_text()[-2000:]
+        finally:
+            replica.stop()
