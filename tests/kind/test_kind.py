@@ -9,7 +9,6 @@ import re
 import shutil
 import stat
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,9 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from palisade.distribution import TrustedKeys
 from tests.chart.render import render
-from tests.distributor.helpers import http, start_replica
+from tests.distributor.helpers import eventually, make_client, start_replica
 from tests.harness import ApiError, ControlPlane, find_binaries
 
 pytestmark = pytest.mark.e2e
@@ -397,12 +397,13 @@ class TestSignedPolicyOnTheControlPlane:
         secret = _get(kube, f"/api/v1/namespaces/{NAMESPACE}/secrets/{RELEASE}-signing")
         assert base64.b64decode(secret["data"]["signing.pem"]) == before
 
-    def test_the_distributor_serves_the_bundle_from_the_mounted_configmap(
+    async def test_a_sidecar_of_the_example_server_gets_the_bundle_the_chart_configures(
         self, applied: tuple[ControlPlane, str], keys_dir: Path, tmp_path: Path
     ) -> None:
         """The stored ConfigMap laid out the way the kubelet mounts it (a hidden,
         timestamped directory and links to it), read by a real `palisade distributor`
-        signing with the generated key: it publishes revision 1."""
+        signing with the generated key; a client named as the example server's sidecar,
+        trusting only the key the injector hands out, verifies and activates it."""
         kube, _ = applied
         name = f"{RELEASE}-palisade-distributor-policies"
         cm = _get(kube, f"/api/v1/namespaces/{NAMESPACE}/configmaps/{name}")
@@ -413,6 +414,18 @@ class TestSignedPolicyOnTheControlPlane:
         for key, text in cm["data"].items():
             (real / key).write_text(text)
             (mount / key).symlink_to(f"..data/{key}")
+        injector = _get(
+            kube, f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{RELEASE}-palisade-injector"
+        )
+        env = {
+            e["name"]: e.get("value")
+            for e in injector["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        trusted_pem = tmp_path / "trusted.pem"
+        trusted_pem.write_text(env["PALISADE_SIDECAR_TRUSTED_KEYS"] or "")
+        mcp = _get(kube, "/apis/apps/v1/namespaces/payments/deployments/k8s-mcp")
+        server = mcp["spec"]["template"]["metadata"]["labels"]["palisade.dev/mcp-server"]
+
         replica = start_replica(
             tmp_path,
             "kind",
@@ -420,12 +433,19 @@ class TestSignedPolicyOnTheControlPlane:
             store=tmp_path / "distributor.db",
             keys=[keys_dir / "bundle-signing.key"],
         )
+        client, rec = make_client(
+            tmp_path,
+            "k8s-mcp-pod-uid",
+            [replica.target],
+            TrustedKeys.from_files([trusted_pem]),
+            server=server,
+        )
         try:
-            deadline = time.monotonic() + 20
-            status, body = http("GET", f"{replica.url}/readyz")
-            while body.get("revision") != 1 and time.monotonic() < deadline:
-                time.sleep(0.2)
-                status, body = http("GET", f"{replica.url}/readyz")
-            assert (status, body["revision"]) == (200, 1), replica.log_path.read_text()[-2000:]
+            await client.start()
+            await eventually(lambda: rec.revisions == [1], within=20, what="revision 1")
+            assert client.status.ready
+            servers = [s["name"] for s in rec.activated[0].document["spec"]["servers"]]
+            assert servers == [server]
         finally:
+            await client.stop()
             replica.stop()
