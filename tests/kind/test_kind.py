@@ -35,6 +35,7 @@ RELEASE = "kind-test"
 NAMESPACE = "kind-palisade"
 PALISADE = REPO / ".venv" / "bin" / "palisade"
 BUNDLE = REPO / "examples" / "payments-bundle.yaml"
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}
 
 
 def _shellcheck() -> str:
@@ -321,6 +322,27 @@ def _get(kube: ControlPlane, path: str) -> dict[str, Any]:
 
 class TestSignedPolicyOnTheControlPlane:
     """What the quickstart adds so the injected sidecar gets a signed bundle and is ready."""
+
+    def test_the_release_passes_strict_server_side_validation(
+        self, applied: tuple[ControlPlane, str]
+    ) -> None:
+        kube, _ = applied
+        manifest = kube.helm("get", "manifest", RELEASE, "-n", NAMESPACE).stdout
+        docs = [d for d in yaml.safe_load_all(manifest) if d]
+        kinds = {d["kind"] for d in docs}
+        assert {"Deployment", "ConfigMap", "Service", "PersistentVolumeClaim"} <= kinds
+        namespaced = [d for d in docs if d["kind"] not in CLUSTER_SCOPED]
+        assert all(d["metadata"].get("namespace") for d in namespaced)
+        kube.kubectl(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--dry-run=server",
+            "--validate=strict",
+            "-f",
+            "-",
+            input=manifest,
+        )
 
     def test_the_signing_key_secret_holds_the_generated_private_key(
         self, applied: tuple[ControlPlane, str], keys_dir: Path
