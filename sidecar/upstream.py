@@ -55,6 +55,10 @@ class Upstream:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout_s),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
+                # Reading from an upstream pauses once 32 KiB wait unread (default 128
+                # KiB): under load, answers that arrived before their handler ran
+                # stay in the kernel's socket buffers instead of this process's heap
+                read_bufsize=2**14,
             )
 
     async def close(self) -> None:
