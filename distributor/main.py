@@ -1,7 +1,8 @@
 """``palisade distributor``: flags and environment into settings, real backends, lifecycle.
 
 The only place of this daemon that reads the environment
-(``PALISADE_ADMIN_TOKEN`` as an alternative to ``--admin-token-file``).
+(``PALISADE_ADMIN_TOKEN`` as an alternative to ``--admin-token-file``,
+``PALISADE_AUDIT_STORE`` as an alternative to ``--audit-store``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from distributor.server import Distributor, Settings, Source
 from distributor.sources import FileSource
+from distributor.store import StoreError
 from palisade.bundle import BundleError, load_private_key
 from palisade.distribution.lkg import atomic_write
 
@@ -69,6 +71,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="append newly stored audit records as JSON lines (- for stdout)",
     )
+    parser.add_argument(
+        "--audit-store",
+        default="",
+        metavar="URL",
+        help="postgresql://... : keep audit records in PostgreSQL (default: the --store file;"
+        " env PALISADE_AUDIT_STORE)",
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.set_defaults(func=_run)
 
@@ -93,6 +102,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         tls_client_ca_file=args.tls_client_ca,
         audit_forward=args.audit_forward,
         bind_identity=args.bind_identity,
+        audit_store=args.audit_store or os.environ.get("PALISADE_AUDIT_STORE", ""),
     )
 
 
@@ -158,9 +168,13 @@ def _run(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
         log.error("--tls-cert and --tls-key go together (and --tls-client-ca needs them)")
         return 2
+    audit_store = args.audit_store or os.environ.get("PALISADE_AUDIT_STORE", "")
+    if audit_store and not audit_store.startswith(("postgresql://", "postgres://")):
+        log.error("--audit-store must be a postgresql:// URL")
+        return 2
     try:
         asyncio.run(_serve(args))
-    except (OSError, ValueError, BundleError) as exc:
+    except (OSError, ValueError, BundleError, StoreError) as exc:
         log.error("distributor failed: %s", exc)
         return 1
     return 0

@@ -71,6 +71,8 @@ class Settings:
     """With mTLS: refuse a Hello whose id is not a name in the client certificate."""
     audit_forward: str = ""
     """Append newly stored audit records as JSON lines to this file (``-``: stdout)."""
+    audit_store: str = field(default="", repr=False)
+    """``postgresql://...``: audit records go to PostgreSQL; empty: the SQLite file."""
 
 
 class Distributor:
@@ -87,7 +89,14 @@ class Distributor:
             raise ValueError("at least one signing key is required")
         self.settings = settings
         self.clock = clock
-        self.store = AsyncStore(Store(settings.store_path, clock=clock))
+        if settings.audit_store:
+            from distributor.store_postgres import open_store
+
+            self.store = AsyncStore(
+                open_store(settings.store_path, settings.audit_store, clock=clock)
+            )
+        else:
+            self.store = AsyncStore(Store(settings.store_path, clock=clock))
         self.hub = Hub(settings.replica_id, self.store, keys, clock=clock)
         self.hub.bind_identity = settings.bind_identity
         if settings.audit_forward:
