@@ -35,7 +35,7 @@ from distributor.store_postgres import (
 )
 from palisade.v1 import audit_pb2, policy_pb2
 from tests.distributor.conftest import Fleet
-from tests.distributor.helpers import acli, eventually, make_client
+from tests.distributor.helpers import acli, ahttp, cli, eventually, make_client
 
 pytestmark = pytest.mark.e2e
 
@@ -110,17 +110,24 @@ class PgCluster:
         assert out.returncode == 0, f"initdb failed: {out.stderr}"
         for _ in range(5):
             self.port = _free_port()
-            opts = (
-                f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1"
-                " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-            )
-            out = self._run(
-                "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w",
-                "-t", "60", "start",
-            )  # fmt: skip
-            if out.returncode == 0:
+            if self.serve().returncode == 0:
                 return
-        raise AssertionError(f"pg_ctl start failed: {out.stderr}\n{self.log.read_text()[-2000:]}")
+        raise AssertionError(f"pg_ctl start failed: {self.log.read_text()[-2000:]}")
+
+    def serve(self) -> subprocess.CompletedProcess[str]:
+        """Start the server on ``self.port`` (again, after ``halt``)."""
+        opts = (
+            f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1"
+            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        return self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w",
+            "-t", "60", "start",
+        )  # fmt: skip
+
+    def halt(self) -> None:
+        out = self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        assert out.returncode == 0, out.stderr
 
     def stop(self) -> None:
         if self.data.exists():
@@ -411,3 +418,46 @@ async def test_the_audit_store_can_come_from_the_environment(
     with psycopg.connect(dsn) as conn:
         got = conn.execute("SELECT count(*) FROM palisade_audit").fetchone()
         assert got is not None and got[0] == 1
+
+
+async def test_while_postgres_is_down_records_wait_in_the_client_spool_and_arrive_once_after(
+    fleet: Fleet,
+) -> None:
+    own = PgCluster()  # its own server: this test stops it
+    try:
+        await asyncio.to_thread(own.start)
+        dsn = await asyncio.to_thread(own.new_database)
+        r0 = fleet.start("r0", extra=["--audit-store", dsn])
+        client, _ = make_client(fleet.tmp, "side", [r0.target], fleet.trusted)
+        await client.start()
+        try:
+            batch = _records("side")
+            client.record_audit(batch[:1])
+            await eventually(lambda: client.spool.pending_bytes() == 0, 15, "first record")
+            await asyncio.to_thread(own.halt)
+            client.record_audit(batch[1:])
+            await asyncio.sleep(1.0)
+            assert client.spool.pending_bytes() > 0, "refused batch stays in the spool"
+            assert r0.proc.poll() is None, "the distributor keeps running"
+            status, _ = await ahttp("GET", r0.url + "/readyz")
+            assert status == 200
+            out = await asyncio.to_thread(own.serve)
+            assert out.returncode == 0, out.stderr
+            await eventually(lambda: client.spool.pending_bytes() == 0, 20, "spool drained")
+            got = await acli("audit", "query", "-o", "json", "--url", r0.url)
+            assert got.returncode == 0, got.stderr
+            assert [int(r["seq"]) for r in json.loads(got.stdout)] == [1, 2, 3]
+        finally:
+            await client.stop()
+        assert "hunter2" not in r0.log_path.read_text()
+    finally:
+        await asyncio.to_thread(own.stop)
+
+
+def test_an_audit_store_that_is_not_a_postgres_url_is_refused_at_start(fleet: Fleet) -> None:
+    out = cli(
+        "distributor", "--policy-dir", str(fleet.policy_dir), "--store", str(fleet.store),
+        "--signing-key", str(fleet.key_path), "--audit-store", "/var/lib/audit.db",
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "--audit-store must be a postgresql:// URL" in out.stderr
