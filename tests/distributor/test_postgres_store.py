@@ -71,7 +71,10 @@ class PgCluster:
 
     def __init__(self) -> None:
         self.bindir = _pg_bindir()
-        self.root = Path(tempfile.mkdtemp(prefix="palisade-pg-"))
+        # As root the server runs as another user, who must be able to reach the
+        # directory: /tmp, not a TMPDIR that may sit inside root's own home.
+        where = "/tmp" if os.geteuid() == 0 else None
+        self.root = Path(tempfile.mkdtemp(prefix="palisade-pg-", dir=where))
         self.data = self.root / "data"
         self.sock = self.root / "sock"
         self.sock.mkdir()
