@@ -110,6 +110,13 @@ class AuditRow:
     record: bytes
     json: str
 
+    def columns(self, received: float) -> tuple[Any, ...]:
+        """Values in the audit table's column order (both stores insert these)."""
+        return (
+            self.source, self.seq, self.hash, self.time, self.kind, self.agent, self.tenant,
+            self.server, self.tool, self.decision, self.rule_id, self.record, self.json, received,
+        )  # fmt: skip
+
 
 class Store:
     def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
@@ -406,25 +413,7 @@ class Store:
         def run(db: sqlite3.Connection) -> list[AuditRow]:
             new = []
             for r in rows:
-                cur = db.execute(
-                    sql,
-                    (
-                        r.source,
-                        r.seq,
-                        r.hash,
-                        r.time,
-                        r.kind,
-                        r.agent,
-                        r.tenant,
-                        r.server,
-                        r.tool,
-                        r.decision,
-                        r.rule_id,
-                        r.record,
-                        r.json,
-                        now,
-                    ),
-                )
+                cur = db.execute(sql, r.columns(now))
                 if cur.rowcount == 1:
                     new.append(r)
             return new

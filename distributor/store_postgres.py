@@ -154,25 +154,7 @@ class PostgresAuditStore:
         if not rows:
             return []
         now = self.clock()
-        params = [
-            (
-                r.source,
-                r.seq,
-                r.hash,
-                r.time,
-                r.kind,
-                r.agent,
-                r.tenant,
-                r.server,
-                r.tool,
-                r.decision,
-                r.rule_id,
-                r.record,
-                r.json,
-                now,
-            )
-            for r in rows
-        ]
+        params = [r.columns(now) for r in rows]
         with self._lock:
             conn = self._connection()
             try:

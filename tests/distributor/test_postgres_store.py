@@ -93,16 +93,21 @@ class PgCluster:
         self._dbs = itertools.count(1)
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        # As root, drop to the server's user with setpriv(1) rather than
+        # subprocess's user=/group=: the child then only execs, which stays safe
+        # when this test process has other threads (gRPC, asyncio.to_thread).
+        drop = (
+            ["setpriv", f"--reuid={self.user}", f"--regid={self.group}", "--clear-groups"]
+            if self.user is not None
+            else []
+        )
         return subprocess.run(
-            [str(self.bindir / args[0]), *args[1:]],
+            [*drop, str(self.bindir / args[0]), *args[1:]],
             capture_output=True,
             text=True,
             timeout=120,
             check=False,
             cwd=self.root,
-            user=self.user,
-            group=self.group,
-            extra_groups=[] if self.user is not None else None,
         )
 
     def start(self) -> None:
