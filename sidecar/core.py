@@ -543,9 +543,14 @@ class ProxyCore:
         if ev is None or not ev.data.startswith("{"):
             return raw
         try:
-            doc = json.loads(ev.data)
+            doc, exact = jsonrpc.loads_exact(ev.data)
         except ValueError:
             return raw
+        if not exact:
+            # forward only what was inspected (see jsonrpc.loads_exact)
+            raw = encode_event(
+                Event(json.dumps(doc, separators=(",", ":")), ev.event, ev.id, ev.retry)
+            )
         if (
             isinstance(doc, dict)
             and "id" not in doc

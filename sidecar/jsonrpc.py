@@ -190,6 +190,32 @@ def error_response(
     return {"jsonrpc": "2.0", "id": request_id, "error": err}
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        raise _DuplicateKey
+    return doc
+
+
+def loads_exact(text: str | bytes) -> tuple[Any, bool]:
+    """Parse JSON, and say whether forwarding ``text`` shows only what was parsed.
+
+    Python keeps the last of an object's duplicate keys, so a text with duplicates
+    carries more than the parsed document: inspecting (redacting) the document
+    while forwarding the text would let the earlier values through unseen. When
+    ``exact`` is False the caller forwards the re-serialised document instead.
+    Raises ``ValueError`` for text that is not JSON.
+    """
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys), True
+    except _DuplicateKey:
+        return json.loads(text), False
+
+
 def dumps(doc: Any) -> bytes:
     """Compact JSON bytes, as sent on the wire.
 

@@ -10,10 +10,8 @@ A client that goes away cancels the upstream request; an idle stream is closed.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -172,13 +170,13 @@ class StreamableHandlers:
         new_sid: str,
     ) -> bytes:
         try:
-            doc: Any = json.loads(data)
+            doc, exact = jsonrpc.loads_exact(data)
         except ValueError:
             return data
         if not isinstance(doc, dict) or doc.get("id") != expect[0]:
-            return data
+            return data if exact else jsonrpc.dumps(doc)
         new = await self.core.rewrite_result(expect[1], doc, session_id, principal, new_sid)
-        return data if new is doc else jsonrpc.dumps(new)
+        return data if new is doc and exact else jsonrpc.dumps(new)
 
     async def _stream(
         self,

@@ -1,0 +1,104 @@
+"""An upstream answer with duplicate JSON keys cannot smuggle a secret past redaction.
+
+Python keeps the last of duplicate keys, so ``{"text": "password: hunter2",
+"text": "ok"}`` parses as harmless; forwarding the original bytes would still
+show the first value to a client that keeps the first. The sidecar forwards what
+it inspected instead. The upstream here is a raw aiohttp server, because an MCP
+SDK server never writes duplicate keys.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from sidecar.jsonrpc import loads_exact
+from tests.sidecar.proxy.conftest import answer_of, free_port, raw_session, session_headers
+
+from .test_through_the_sidecar import guarded
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "hunter2-do-not-show"
+
+
+def _duplicated_answer(request_id: object) -> bytes:
+    first = json.dumps(f"password: {SECRET}")
+    content = f'[{{"type":"text","text":{first},"text":"ok"}}]'
+    rid = json.dumps(request_id)
+    return f'{{"jsonrpc":"2.0","id":{rid},"result":{{"content":{content}}}}}'.encode()
+
+
+@pytest.fixture
+async def raw_upstream() -> AsyncIterator[str]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        msg = await request.json()
+        if "id" not in msg:
+            return web.Response(status=202)
+        if msg["method"] == "initialize":
+            result = {
+                "protocolVersion": msg["params"]["protocolVersion"],
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "raw", "version": "1.0.0"},
+            }
+            resp = web.json_response({"jsonrpc": "2.0", "id": msg["id"], "result": result})
+            resp.headers["Mcp-Session-Id"] = "raw-session"
+            return resp
+        if msg["method"] == "tools/list":
+            tools = [{"name": "db_check", "inputSchema": {"type": "object"}}]
+            return web.json_response(
+                {"jsonrpc": "2.0", "id": msg["id"], "result": {"tools": tools}}
+            )
+        body = _duplicated_answer(msg["id"])
+        if msg["params"]["arguments"].get("sse"):
+            stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await stream.prepare(request)
+            await stream.write(b"event: message\ndata: " + body + b"\n\n")
+            await stream.write_eof()
+            return stream
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/mcp", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def test_duplicate_keys_make_a_text_inexact_and_unique_keys_do_not() -> None:
+    assert loads_exact('{"a":1,"b":{"c":2}}') == ({"a": 1, "b": {"c": 2}}, True)
+    assert loads_exact('{"a":1,"b":{"c":2,"c":3}}') == ({"a": 1, "b": {"c": 3}}, False)
+
+
+@pytest.mark.parametrize("sse", [False, True], ids=["json answer", "sse answer"])
+async def test_the_first_of_duplicate_keys_never_reaches_the_agent(
+    raw_upstream: str, tmp_path: Path, sse: bool
+) -> None:
+    class Up:
+        url = raw_upstream
+
+    async with guarded(Up, tmp_path) as sc, aiohttp.ClientSession() as http:  # type: ignore[arg-type]
+        sid = await raw_session(http, sc.url)
+        call = {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "method": "tools/call",
+            "params": {"name": "db_check", "arguments": {"sse": sse}},
+        }
+        async with http.post(sc.url, json=call, headers=session_headers(sid)) as r:
+            assert r.status == 200
+            body = await r.text()
+            r._body = body.encode()  # answer_of reads the text again
+            doc = await answer_of(r)
+    assert SECRET not in body
+    assert doc["result"]["content"][0]["text"] == "ok"
