@@ -16,8 +16,7 @@ from collections.abc import Callable, Mapping
 from fnmatch import fnmatchcase
 from typing import Any, TypeVar
 
-import cel
-
+from palisade.bundle import cel_ext as cel
 from palisade.bundle.checker import Checker, typename
 from palisade.bundle.errors import BundleValidationError
 from palisade.bundle.globs import glob_problem, is_glob

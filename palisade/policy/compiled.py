@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import cel
-
+from palisade.bundle import cel_ext as cel
 from palisade.bundle.globs import compile_glob, compile_globs
 from palisade.bundle.schema import Agent, Match, RatePer, Rule, Server, Tool
 from palisade.policy.types import Decision, Risk, Verdict

@@ -13,8 +13,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Any
 
-import cel
-
+from palisade.bundle import cel_ext as cel
 from palisade.bundle.schema import Bundle, FailureMode, Match
 from palisade.policy.types import Call, Decision, Risk
 
