@@ -18,7 +18,7 @@ from aiohttp import web
 
 from palisade.policy.types import Decision
 from sidecar import gate, jsonrpc
-from sidecar.core import ProxyCore, error_http, forward_headers, response_headers
+from sidecar.core import ProxyCore, error_http, forward_headers, response_headers, send_body
 from sidecar.identity import AuthError, Principal
 from sidecar.jsonrpc import BadMessage, Message
 from sidecar.sessions import Pending
@@ -118,6 +118,7 @@ class StreamableHandlers:
                         parts.append(part)
                         size += len(part)
                     data = b"".join(parts)
+                    parts.clear()  # the chunks are not kept while the answer is sent
                 if len(data) > limit:
                     raise BadMessage(
                         jsonrpc.LIMIT_EXCEEDED,
@@ -129,7 +130,7 @@ class StreamableHandlers:
                 if expect is not None and ctype.startswith("application/json") and data:
                     data = await self._rewrite_json(data, expect, session_id, principal, new_sid)
                 answered = True
-                return web.Response(status=up.status, body=data, headers=out_headers)
+                status = up.status
         except UpstreamError as exc:
             answered = True
             if exc.timeout:
@@ -160,6 +161,8 @@ class StreamableHandlers:
                 core.cancel_upstream(
                     msg.id, request.headers, _path_qs(request), "client disconnected"
                 )
+        # sent once the upstream connection is back in the pool
+        return await send_body(request, status, data, out_headers)
 
     async def _rewrite_json(
         self,
