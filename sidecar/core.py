@@ -126,6 +126,13 @@ def response_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() in FORWARD_RESPONSE_HEADERS}
 
 
+class _WholeAnswer(web.StreamResponse):
+    # Headers wait for the body and leave in one write, as web.Response's do: sent
+    # apart, they cost a second send(2) and wake the client twice (aiohttp's
+    # class-level switch; were it gone, headers would only go out on their own).
+    _send_headers_immediately = False
+
+
 async def send_body(
     request: web.Request, status: int, body: bytes, headers: Mapping[str, str]
 ) -> web.StreamResponse:
@@ -137,7 +144,7 @@ async def send_body(
     that each fetched a 128 KiB result pin 8 MB). A ``StreamResponse`` written
     here lets the body go as soon as the transport has sent it.
     """
-    resp = web.StreamResponse(status=status, headers=headers)
+    resp = _WholeAnswer(status=status, headers=headers)
     resp.content_length = len(body)
     await resp.prepare(request)
     await resp.write(body)
