@@ -569,14 +569,13 @@ class ProxyCore:
         if ev is None or not ev.data.startswith("{"):
             return raw
         try:
-            doc, exact = jsonrpc.loads_exact(ev.data)
+            doc, standard = jsonrpc.loads_answer(ev.data)
         except ValueError:
             return raw
-        if not exact:
-            # forward only what was inspected (see jsonrpc.loads_exact)
-            raw = encode_event(
-                Event(json.dumps(doc, separators=(",", ":")), ev.event, ev.id, ev.retry)
-            )
+        # forward only what was inspected (see jsonrpc.loads_answer)
+        raw = encode_event(
+            Event(jsonrpc.dumps_answer(doc, standard).decode(), ev.event, ev.id, ev.retry)
+        )
         if (
             isinstance(doc, dict)
             and "id" not in doc

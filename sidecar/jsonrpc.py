@@ -22,6 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+import orjson
+
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
@@ -190,30 +193,37 @@ def error_response(
     return {"jsonrpc": "2.0", "id": request_id, "error": err}
 
 
-class _DuplicateKey(ValueError):
-    pass
+_ANSWER_DECODER = msgspec.json.Decoder()
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    doc = dict(pairs)
-    if len(doc) != len(pairs):
-        raise _DuplicateKey
-    return doc
+def loads_answer(text: str | bytes) -> tuple[Any, bool]:
+    """Parse an upstream answer for inspection: ``(doc, standard)``.
 
+    The caller forwards what it inspected, re-serialised by :func:`dumps_answer`,
+    never ``text`` itself: a text whose objects repeat a key carries values the
+    parsed document does not (parsers keep the last), and forwarding it would let
+    the earlier ones past redaction unseen.
 
-def loads_exact(text: str | bytes) -> tuple[Any, bool]:
-    """Parse JSON, and say whether forwarding ``text`` shows only what was parsed.
-
-    Python keeps the last of an object's duplicate keys, so a text with duplicates
-    carries more than the parsed document: inspecting (redacting) the document
-    while forwarding the text would let the earlier values through unseen. When
-    ``exact`` is False the caller forwards the re-serialised document instead.
-    Raises ``ValueError`` for text that is not JSON.
+    msgspec parses standard JSON exactly (integers of any size included) at about
+    twice the standard library's speed; what it refuses but Python accepts
+    (``NaN``, ``Infinity``, lone surrogates, numbers beyond a double) is parsed by
+    the standard library and ``standard`` is False. Raises ``ValueError`` for text
+    that is not JSON.
     """
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys), True
-    except _DuplicateKey:
+        return _ANSWER_DECODER.decode(text), True
+    except msgspec.MsgspecError:
         return json.loads(text), False
+
+
+def dumps_answer(doc: Any, standard: bool) -> bytes:
+    """Serialise a document parsed by :func:`loads_answer` (orjson when it can)."""
+    if standard:
+        try:
+            return orjson.dumps(doc)
+        except TypeError:  # orjson.JSONEncodeError: integers beyond 64 bits
+            pass
+    return dumps(doc)
 
 
 def dumps(doc: Any) -> bytes:

@@ -173,13 +173,12 @@ class StreamableHandlers:
         new_sid: str,
     ) -> bytes:
         try:
-            doc, exact = jsonrpc.loads_exact(data)
+            doc, standard = jsonrpc.loads_answer(data)
         except ValueError:
             return data
-        if not isinstance(doc, dict) or doc.get("id") != expect[0]:
-            return data if exact else jsonrpc.dumps(doc)
-        new = await self.core.rewrite_result(expect[1], doc, session_id, principal, new_sid)
-        return data if new is doc and exact else jsonrpc.dumps(new)
+        if isinstance(doc, dict) and doc.get("id") == expect[0]:
+            doc = await self.core.rewrite_result(expect[1], doc, session_id, principal, new_sid)
+        return jsonrpc.dumps_answer(doc, standard)  # what was inspected, not ``data``
 
     async def _stream(
         self,
