@@ -103,12 +103,13 @@ def _key_values(text: str, low: str) -> tuple[str, int]:
                 ends.add(end)
     spans: list[tuple[int, int]] = []
     for end in sorted(ends):
+        if spans:
+            # a key inside the previous value was consumed with it (as by the regex)
+            ending = min(len(e) for e in _ENDINGS if low.endswith(e, 0, end))
+            if end - ending < spans[-1][1]:
+                continue
         m = _SEP_VALUE.match(text, end)
-        if (
-            m is not None
-            and m.group("value") != REDACTED
-            and (not spans or m.start("value") >= spans[-1][1])
-        ):
+        if m is not None and m.group("value") != REDACTED:
             spans.append((m.start("value"), m.end("value")))
     if not spans:
         return text, 0
