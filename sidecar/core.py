@@ -566,12 +566,17 @@ class ProxyCore:
         the session's recent requests are looked up instead.
         """
         ev = parse_event(raw)
-        if ev is None or not ev.data.startswith("{"):
-            return raw
+        if ev is None or not ev.data or ev.event not in ("", "message"):
+            return raw  # comments, priming events, other event types: no JSON-RPC message
         try:
             doc, standard = jsonrpc.loads_answer(ev.data)
-        except ValueError:
-            return raw
+        except (ValueError, RecursionError):
+            doc, standard = None, False
+        if not isinstance(doc, dict):
+            # not one JSON-RPC message (not JSON, or a batch nothing asked for):
+            # it cannot be inspected, so it is not forwarded
+            log.warning("upstream SSE message is not a JSON-RPC object; withheld")
+            return b""
         # forward only what was inspected (see jsonrpc.loads_answer)
         raw = encode_event(
             Event(jsonrpc.dumps_answer(doc, standard).decode(), ev.event, ev.id, ev.retry)

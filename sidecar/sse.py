@@ -53,7 +53,7 @@ class EventSplitter:
             raise EventTooLarge(f"an SSE event exceeded {self._max} bytes")
 
     def rest(self) -> bytes:
-        """Bytes of an incomplete final event (sent on as they are when the stream ends)."""
+        """Bytes of an incomplete final event (never inspected, so never forwarded)."""
         rest, self._buf = self._buf, b""
         return rest
 

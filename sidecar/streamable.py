@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from typing import cast
 
 import aiohttp
 from aiohttp import web
@@ -174,9 +175,21 @@ class StreamableHandlers:
     ) -> bytes:
         try:
             doc, standard = jsonrpc.loads_answer(data)
-        except ValueError:
-            return data
-        if isinstance(doc, dict) and doc.get("id") == expect[0]:
+        except (ValueError, RecursionError):
+            doc = None
+        if not isinstance(doc, dict):
+            # Not one JSON-RPC message (not JSON, or a batch nothing asked for), so
+            # not inspectable: withheld (a lenient client could still read a secret
+            # out of it), and the caller learns why.
+            log.warning("upstream answer is not a JSON-RPC object; withheld")
+            return jsonrpc.dumps(
+                jsonrpc.error_response(
+                    cast(jsonrpc.RequestId, expect[0]),
+                    jsonrpc.UPSTREAM_UNAVAILABLE,
+                    "the upstream answer is not a JSON-RPC object; it was withheld",
+                )
+            )
+        if doc.get("id") == expect[0]:
             doc = await self.core.rewrite_result(expect[1], doc, session_id, principal, new_sid)
         return jsonrpc.dumps_answer(doc, standard)  # what was inspected, not ``data``
 
@@ -232,8 +245,10 @@ class StreamableHandlers:
                     await resp.write(
                         await core.rewrite_event(raw, session_id, principal, expect, new_session)
                     )
-            if splitter is not None and (rest := splitter.rest()):
-                await resp.write(rest)
+            if splitter is not None and splitter.rest():
+                # an event cut off by the end of the stream: clients discard it (SSE),
+                # and it was never inspected, so it is not forwarded either
+                log.warning("upstream SSE stream ended inside an event; the partial event dropped")
             await resp.write_eof()
         except EventTooLarge as exc:
             completed = True

@@ -25,6 +25,12 @@ from .test_through_the_sidecar import guarded
 pytestmark = pytest.mark.e2e
 
 SECRET = "hunter2-do-not-show"
+#: Answers that cannot be inspected as one JSON-RPC message, each carrying the secret.
+BROKEN = {
+    "not json": f'{{"jsonrpc":"2.0","id":7,"result":{{"text":"password: {SECRET}"}}'.encode(),
+    "control character": f'{{"id":7,"result":{{"text":"token=\x01{SECRET}"}}}}'.encode(),
+    "batch": f'[{{"jsonrpc":"2.0","id":7,"result":{{"text":"password: {SECRET}"}}}}]'.encode(),
+}
 
 
 def _duplicated_answer(request_id: object) -> bytes:
@@ -54,8 +60,9 @@ async def raw_upstream() -> AsyncIterator[str]:
             return web.json_response(
                 {"jsonrpc": "2.0", "id": msg["id"], "result": {"tools": tools}}
             )
-        body = _duplicated_answer(msg["id"])
-        if msg["params"]["arguments"].get("sse"):
+        args = msg["params"]["arguments"]
+        body = BROKEN.get(args.get("broken", ""), _duplicated_answer(msg["id"]))
+        if args.get("sse"):
             stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await stream.prepare(request)
             await stream.write(b"event: message\ndata: " + body + b"\n\n")
@@ -125,3 +132,30 @@ async def test_the_first_of_duplicate_keys_never_reaches_the_agent(
             doc = await answer_of(r)
     assert SECRET not in body
     assert doc["result"]["content"][0]["text"] == "ok"
+
+
+@pytest.mark.parametrize("sse", [False, True], ids=["json answer", "sse answer"])
+@pytest.mark.parametrize("broken", sorted(BROKEN))
+async def test_an_answer_that_cannot_be_inspected_is_withheld(
+    raw_upstream: str, tmp_path: Path, sse: bool, broken: str
+) -> None:
+    class Up:
+        url = raw_upstream
+
+    async with guarded(Up, tmp_path) as sc, aiohttp.ClientSession() as http:  # type: ignore[arg-type]
+        sid = await raw_session(http, sc.url)
+        call = {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "method": "tools/call",
+            "params": {"name": "db_check", "arguments": {"sse": sse, "broken": broken}},
+        }
+        async with http.post(sc.url, json=call, headers=session_headers(sid)) as r:
+            body = await r.text()
+    assert SECRET not in body
+    if not sse:
+        doc = json.loads(body)
+        assert doc["id"] == 7
+        assert doc["error"]["message"] == (
+            "the upstream answer is not a JSON-RPC object; it was withheld"
+        )
