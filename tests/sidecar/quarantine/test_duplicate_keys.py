@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, cast
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from sidecar.jsonrpc import dumps_answer, loads_answer
-from tests.sidecar.proxy.conftest import answer_of, free_port, raw_session, session_headers
+from tests.sidecar.proxy.conftest import free_port, raw_session, session_headers
 
 from .test_through_the_sidecar import guarded
 
@@ -110,12 +111,11 @@ def test_text_that_is_not_json_is_refused() -> None:
             loads_answer(bad)
 
 
-@pytest.mark.parametrize("sse", [False, True], ids=["json answer", "sse answer"])
-async def test_the_first_of_duplicate_keys_never_reaches_the_agent(
-    raw_upstream: str, tmp_path: Path, sse: bool
-) -> None:
+async def _call_db_check(upstream: str, tmp_path: Path, arguments: dict[str, object]) -> str:
+    """One tools/call through a sidecar in front of ``upstream``: the answer's text."""
+
     class Up:
-        url = raw_upstream
+        url = upstream
 
     async with guarded(Up, tmp_path) as sc, aiohttp.ClientSession() as http:  # type: ignore[arg-type]
         sid = await raw_session(http, sc.url)
@@ -123,15 +123,28 @@ async def test_the_first_of_duplicate_keys_never_reaches_the_agent(
             "jsonrpc": "2.0",
             "id": 7,
             "method": "tools/call",
-            "params": {"name": "db_check", "arguments": {"sse": sse}},
+            "params": {"name": "db_check", "arguments": arguments},
         }
         async with http.post(sc.url, json=call, headers=session_headers(sid)) as r:
             assert r.status == 200
-            body = await r.text()
-            r._body = body.encode()  # answer_of reads the text again
-            doc = await answer_of(r)
+            return await r.text()
+
+
+def _message_of(body: str) -> dict[str, Any]:
+    """The JSON-RPC message of a JSON body or of the one event of an SSE body."""
+    if body.lstrip().startswith("{"):
+        return cast(dict[str, Any], json.loads(body))
+    data = [line[5:].strip() for line in body.splitlines() if line.startswith("data:")]
+    return cast(dict[str, Any], json.loads("".join(data)))
+
+
+@pytest.mark.parametrize("sse", [False, True], ids=["json answer", "sse answer"])
+async def test_the_first_of_duplicate_keys_never_reaches_the_agent(
+    raw_upstream: str, tmp_path: Path, sse: bool
+) -> None:
+    body = await _call_db_check(raw_upstream, tmp_path, {"sse": sse})
     assert SECRET not in body
-    assert doc["result"]["content"][0]["text"] == "ok"
+    assert _message_of(body)["result"]["content"][0]["text"] == "ok"
 
 
 @pytest.mark.parametrize("sse", [False, True], ids=["json answer", "sse answer"])
@@ -139,22 +152,10 @@ async def test_the_first_of_duplicate_keys_never_reaches_the_agent(
 async def test_an_answer_that_cannot_be_inspected_is_withheld(
     raw_upstream: str, tmp_path: Path, sse: bool, broken: str
 ) -> None:
-    class Up:
-        url = raw_upstream
-
-    async with guarded(Up, tmp_path) as sc, aiohttp.ClientSession() as http:  # type: ignore[arg-type]
-        sid = await raw_session(http, sc.url)
-        call = {
-            "jsonrpc": "2.0",
-            "id": 7,
-            "method": "tools/call",
-            "params": {"name": "db_check", "arguments": {"sse": sse, "broken": broken}},
-        }
-        async with http.post(sc.url, json=call, headers=session_headers(sid)) as r:
-            body = await r.text()
+    body = await _call_db_check(raw_upstream, tmp_path, {"sse": sse, "broken": broken})
     assert SECRET not in body
-    if not sse:
-        doc = json.loads(body)
+    if not sse:  # a JSON answer is replaced by an error; an SSE event is dropped
+        doc = _message_of(body)
         assert doc["id"] == 7
         assert doc["error"]["message"] == (
             "the upstream answer is not a JSON-RPC object; it was withheld"
