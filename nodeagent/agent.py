@@ -117,12 +117,18 @@ class Agent:
         finally:
             self.last_tick_s = time.perf_counter() - started
 
-    async def _tick(self) -> list[ActionRecord]:
+    def _read_node(self) -> tuple[NodeSnapshot, dict[int, str | None]]:
+        """The blocking reads of a tick: the GPU backend (NVML calls can take tens of
+        milliseconds on a busy GPU) and each GPU process's cgroup file."""
         snap = self.backend.sample()
         pids = {p.pid for g in snap.gpus for p in g.processes}
-        texts = {pid: self.cgroups.read(pid) for pid in pids}
+        return snap, {pid: self.cgroups.read(pid) for pid in pids}
+
+    async def _tick(self) -> list[ActionRecord]:
+        # In a worker thread: /status, /metrics and heartbeats keep answering meanwhile.
+        snap, texts = await asyncio.to_thread(self._read_node)
         allocated: dict[str, set[str]] | None = None
-        if self.allocations is not None and pids:
+        if self.allocations is not None and texts:
             try:
                 allocs = await self.allocations.list()
                 allocated = attribution.allocations_by_pod(allocs, self.pods)

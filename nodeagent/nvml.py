@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -90,6 +91,8 @@ class NvmlBackend:
             raise BackendUnavailable(f"NVML could not start: {exc}") from exc
         self.driver_version = self._str(lambda: nvml.nvmlSystemGetDriverVersion()) or ""
         self._events: Any = None
+        #: sample() runs in a worker thread; close() must not shut NVML down under it
+        self._lock = threading.Lock()
         self._init_xid_events()
 
     @property
@@ -140,6 +143,10 @@ class NvmlBackend:
         return out
 
     def sample(self) -> NodeSnapshot:
+        with self._lock:
+            return self._sample()
+
+    def _sample(self) -> NodeSnapshot:
         count = self._count()
         xids = self._drain_xids()
         gpus = tuple(self._device(i, xids) for i in range(count))
@@ -307,6 +314,10 @@ class NvmlBackend:
         )
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         nv = self._nv
         try:
             if self._events is not None:

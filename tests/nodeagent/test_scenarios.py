@@ -12,6 +12,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -481,3 +482,33 @@ async def test_nothing_is_killed_when_the_audit_log_cannot_record_it(
     await asyncio.sleep(0.2)
     assert victim.poll() is None
     assert ("research", "allocatedDevicesOnly", "kill", "failed") in node.agent.action_counts
+
+
+async def test_a_slow_gpu_read_does_not_stall_the_event_loop(make_node: Any) -> None:
+    """NVML calls can take tens of milliseconds on a busy GPU: a tick reads the
+    backend in a worker thread, so /status, /metrics and heartbeats keep answering."""
+    node = await make_node({"gpus": TWO_GPUS, "processes": []})
+    agent = node.agent
+    sample = agent.backend.sample
+
+    def slow_sample() -> Any:
+        time.sleep(0.3)  # a blocking NVML call
+        return sample()
+
+    agent.backend.sample = slow_sample
+    beats = 0
+
+    async def heartbeat() -> None:
+        nonlocal beats
+        while True:
+            await asyncio.sleep(0.01)
+            beats += 1
+
+    task = asyncio.create_task(heartbeat())
+    try:
+        before = agent.samples
+        await agent.tick()
+    finally:
+        task.cancel()
+    assert agent.samples == before + 1 and agent.tick_errors == 0
+    assert beats >= 10  # the loop ran other work while the read blocked (0 when inline)
