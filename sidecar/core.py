@@ -69,7 +69,9 @@ FORWARD_RESPONSE_HEADERS = frozenset(
 )
 
 #: Methods whose answers the proxy inspects.
-_INSPECTED = frozenset({"tools/list", "initialize", "server/discover"})
+#: Answers whose content reaches the model as a tool's output does: redacted too.
+_CONTENT_METHODS = frozenset({"resources/read", "prompts/get"})
+_INSPECTED = frozenset({"tools/list", "initialize", "server/discover"}) | _CONTENT_METHODS
 
 
 _MODERN = "2026-07-28"
@@ -516,6 +518,10 @@ class ProxyCore:
         result = doc.get("result")
         if pending.method == "tools/call" and self.outputs is not None and "error" in doc:
             return self.outputs.rewrite_error(doc)
+        if pending.method in _CONTENT_METHODS and self.outputs is not None:
+            if "error" in doc:
+                return self.outputs.rewrite_error(doc)
+            return self.outputs.redact_content(doc)
         if not isinstance(result, dict):
             return doc
         if pending.method in ("initialize", "server/discover"):

@@ -149,6 +149,33 @@ class OutputGuard:
             return doc
         return {**doc, "error": {**error, **new}}
 
+    def redact_content(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """The answer to ``resources/read`` or ``prompts/get``, its secrets redacted.
+
+        A resource's contents (a kubeconfig, a ``.env`` file) or a prompt's messages
+        reach the model just as a tool's output does. ``doc`` itself when nothing
+        was found; an error answer when the result could not be inspected.
+        """
+        result = doc.get("result")
+        if not self.redact or not isinstance(result, dict):
+            return doc
+        try:
+            new, n = redact_value(result)
+        except Exception as exc:  # fail closed: never the unread content
+            log.error(
+                "result could not be inspected; withheld", extra={"error": type(exc).__name__}
+            )
+            return {
+                "jsonrpc": "2.0",
+                "id": doc.get("id"),
+                "error": {"code": -32603, "message": "the result could not be inspected; withheld"},
+            }
+        if not n:
+            return doc
+        meta = dict(new.get("_meta") or {})
+        meta[REDACTED_META_KEY] = n
+        return {**doc, "result": {**new, "_meta": meta}}
+
     def quarantine_notification(self, doc: dict[str, Any]) -> dict[str, Any]:
         """A notification sent while an untrusted tool runs, without its free text.
 

@@ -3,7 +3,8 @@
 ``config_view`` prints a kubeconfig with a ServiceAccount token and a client
 key, ``env_dump`` an environment with a database password and an AWS key, and
 ``pods_describe`` (untrusted in the test bundle) a poisoned ``kubectl describe``,
-``events_list`` (untrusted) poisoned events as structured output with its own schema.
+``events_list`` (untrusted) poisoned events as structured output with its own schema;
+the resource ``k8s://config/kubeconfig`` and the prompt ``db_debug`` leak the same.
 
     python tests/sidecar/quarantine/secret_server.py --port 8082
 """
@@ -94,6 +95,16 @@ def build_server() -> MCPServer:
     def events_list(namespace: str) -> Events:
         """Recent events of a namespace (untrusted: messages come from workloads)."""
         return Events(namespace=namespace, lines=EVENTS.splitlines())
+
+    @mcp.resource("k8s://config/kubeconfig", mime_type="application/yaml")
+    def kubeconfig() -> str:
+        """The kubeconfig in use, as a resource."""
+        return KUBECONFIG
+
+    @mcp.prompt()
+    def db_debug(pod: str) -> str:
+        """A prompt that quotes the pod's database settings."""
+        return f"Debug {pod}: it connects to db:5432 with DB_PASSWORD={DB_PASSWORD}."
 
     return mcp
 

@@ -259,3 +259,26 @@ def test_the_public_surface_is_pinned() -> None:
         ]
     )
     assert all(hasattr(q, name) for name in q.__all__)
+
+
+class TestResourcesAndPrompts:
+    def test_clean_content_passes_unchanged(self) -> None:
+        doc = {
+            "jsonrpc": "2.0",
+            "id": 4,
+            "result": {"contents": [{"uri": "k8s://a", "text": "ok"}]},
+        }
+        assert OutputGuard().redact_content(doc) is doc
+
+    def test_content_that_cannot_be_inspected_is_withheld(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def broken(value: Any) -> Any:
+            raise RecursionError("nested too deep")
+
+        monkeypatch.setattr("sidecar.quarantine.guard.redact_value", broken)
+        doc = {"jsonrpc": "2.0", "id": 4, "result": {"contents": [{"text": f"token: {SA_TOKEN}"}]}}
+        out = OutputGuard().redact_content(doc)
+        assert out["id"] == 4 and "result" not in out
+        assert out["error"]["message"] == "the result could not be inspected; withheld"
+        assert SA_TOKEN not in json.dumps(out)

@@ -234,6 +234,20 @@ class TestSecretsAreRedacted:
         assert DB_PASSWORD not in shown and AWS_KEY not in shown
         assert "LOG_LEVEL=info" in text_of(result)
 
+    async def test_a_resource_and_a_prompt_lose_their_secrets_too(
+        self, secret_upstream: UpstreamProc, tmp_path: Path
+    ) -> None:
+        async with guarded(secret_upstream, tmp_path) as sc, streamable(sc.url) as c:
+            resource = await c.read_resource("k8s://config/kubeconfig")
+            prompt = await c.get_prompt("db_debug", {"pod": "payments-api-0"})
+        shown = json.dumps(resource.model_dump(by_alias=True))
+        assert SA_TOKEN not in shown and CLIENT_KEY not in shown
+        assert "payments-deployer" in shown and "token: [REDACTED]" in shown
+        assert resource.meta is not None and resource.meta[REDACTED_META_KEY] == 2
+        shown = json.dumps(prompt.model_dump(by_alias=True))
+        assert DB_PASSWORD not in shown and "DB_PASSWORD=[REDACTED]" in shown
+        assert prompt.meta is not None and prompt.meta[REDACTED_META_KEY] == 1
+
     async def test_a_tool_error_quoting_a_password_loses_it(
         self, secret_upstream: UpstreamProc, tmp_path: Path
     ) -> None:
