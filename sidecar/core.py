@@ -69,9 +69,10 @@ FORWARD_RESPONSE_HEADERS = frozenset(
 )
 
 #: Methods whose answers the proxy inspects.
-#: Answers whose content reaches the model as a tool's output does: redacted too.
-_CONTENT_METHODS = frozenset({"resources/read", "prompts/get"})
-_INSPECTED = frozenset({"tools/list", "initialize", "server/discover"}) | _CONTENT_METHODS
+#: Requests whose answers reach the model as a tool's output does: audited before
+#: they are forwarded (not decided), and their answers redacted.
+CONTENT_METHODS = frozenset({"resources/read", "prompts/get"})
+_INSPECTED = frozenset({"tools/list", "initialize", "server/discover"}) | CONTENT_METHODS
 
 
 _MODERN = "2026-07-28"
@@ -449,6 +450,44 @@ class ProxyCore:
         )
         return verdict, pending
 
+    async def audit_read(self, msg: Message, principal: Principal, session_id: str) -> None:
+        """Record a ``resources/read`` or ``prompts/get`` before it is forwarded.
+
+        The policy decides only ``tools/call``; these pass, but not unaudited: the
+        record (kind ``read``, rule ``not-governed``) is committed first, and when it
+        cannot be, the request is refused (:class:`BadMessage`, fail closed).
+        """
+        params = msg.params
+        if msg.method == "resources/read":
+            arguments: dict[str, Any] = {"uri": params.get("uri")}
+        else:
+            arguments = {"name": params.get("name"), "arguments": params.get("arguments") or {}}
+        entry = Entry(
+            agent=principal.agent,
+            tenant=principal.tenant,
+            on_behalf_of=principal.on_behalf_of,
+            server=self.settings.server_name,
+            tool=msg.method or "",
+            session=session_id,
+            arguments=arguments,
+            decision="allow",
+            rule_id="not-governed",
+            reason=f"{msg.method} is forwarded without a policy decision (only tools/call is)",
+            request_id=str(msg.id),
+            dev_identity=principal.dev_mode,
+            kind="read",
+        )
+        try:
+            await self.audit.commit(entry)
+        except Exception:
+            log.exception("audit write failed; refusing the read", extra={"method": msg.method})
+            raise BadMessage(
+                jsonrpc.UPSTREAM_UNAVAILABLE,
+                "the audit log cannot be written; refused (fail closed)",
+                503,
+                msg.id,
+            ) from None
+
     def pending_for(self, msg: Message, principal: Principal) -> Pending | None:
         """What to watch for in the answer to a non-``tools/call`` request."""
         if msg.is_request and msg.method in _INSPECTED:
@@ -518,7 +557,7 @@ class ProxyCore:
         result = doc.get("result")
         if pending.method == "tools/call" and self.outputs is not None and "error" in doc:
             return self.outputs.rewrite_error(doc)
-        if pending.method in _CONTENT_METHODS and self.outputs is not None:
+        if pending.method in CONTENT_METHODS and self.outputs is not None:
             if "error" in doc:
                 return self.outputs.rewrite_error(doc)
             return self.outputs.redact_content(doc)

@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from sidecar import gate, jsonrpc
-from sidecar.core import ProxyCore, error_http, forward_headers, response_headers
+from sidecar.core import CONTENT_METHODS, ProxyCore, error_http, forward_headers, response_headers
 from sidecar.identity import AuthError, Principal
 from sidecar.jsonrpc import BadMessage
 from sidecar.sse import Event, EventSplitter, EventTooLarge, encode_event, parse_event
@@ -157,8 +157,11 @@ class LegacyHandlers:
                     return web.Response(status=202, text="Accepted")
                 if core.watches_call(pending):
                     session.remember(msg.id, pending)
-            elif (p := core.pending_for(msg, principal)) is not None:
-                session.remember(msg.id, p)
+            else:
+                if msg.method in CONTENT_METHODS and msg.is_request:
+                    await core.audit_read(msg, principal, key)
+                if (p := core.pending_for(msg, principal)) is not None:
+                    session.remember(msg.id, p)
         except BadMessage as exc:
             return core.bad_input(exc, principal, key)
         core.metrics.count_request(msg.method, "forwarded")

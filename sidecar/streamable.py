@@ -19,7 +19,14 @@ from aiohttp import web
 
 from palisade.policy.types import Decision
 from sidecar import gate, jsonrpc
-from sidecar.core import ProxyCore, error_http, forward_headers, response_headers, send_body
+from sidecar.core import (
+    CONTENT_METHODS,
+    ProxyCore,
+    error_http,
+    forward_headers,
+    response_headers,
+    send_body,
+)
 from sidecar.identity import AuthError, Principal
 from sidecar.jsonrpc import BadMessage, Message
 from sidecar.sessions import Pending
@@ -71,6 +78,8 @@ class StreamableHandlers:
                 if core.watches_call(pending):
                     expect = (msg.id, pending)
             else:
+                if msg.method in CONTENT_METHODS and msg.is_request:
+                    await core.audit_read(msg, principal, session_id)
                 p = core.pending_for(msg, principal)
                 if p is not None:
                     expect = (msg.id, p)

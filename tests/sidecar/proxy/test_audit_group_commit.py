@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from palisade.audit import AuditWriter, Signer, verify_files
 from palisade.audit.keys import public_key_from_id
 from palisade.bundle.load import load_file
@@ -138,3 +140,19 @@ async def test_a_denied_call_is_committed_like_an_allowed_one(tmp_path: Path) ->
     assert record["decision"] == "deny" and record["tool"] == "helm_install"
     assert record["signature"]
     assert verify_files([writer.path], trusted=[public_key_from_id(signer.key_id)]).ok
+
+
+async def test_a_read_is_refused_when_its_record_cannot_be_written(tmp_path: Path) -> None:
+    core, writer, _ = make_core(tmp_path)
+    read = Message({"jsonrpc": "2.0", "id": 9, "method": "resources/read", "params": {"uri": "x"}})
+    await core.audit_read(read, SRE, "s1")
+    (record,) = records(writer.path)
+    assert (record["kind"], record["tool"], record["arguments"]) == (
+        "read",
+        "resources/read",
+        {"uri": "x"},
+    )
+    writer.close()
+    with pytest.raises(BadMessage) as refused:
+        await core.audit_read(read, SRE, "s1")
+    assert refused.value.http_status == 503 and "fail closed" in refused.value.message

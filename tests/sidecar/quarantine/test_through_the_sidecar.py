@@ -240,6 +240,7 @@ class TestSecretsAreRedacted:
         async with guarded(secret_upstream, tmp_path) as sc, streamable(sc.url) as c:
             resource = await c.read_resource("k8s://config/kubeconfig")
             prompt = await c.get_prompt("db_debug", {"pod": "payments-api-0"})
+            reads = [r for r in sc.audit() if r["kind"] == "read"]
         shown = json.dumps(resource.model_dump(by_alias=True))
         assert SA_TOKEN not in shown and CLIENT_KEY not in shown
         assert "payments-deployer" in shown and "token: [REDACTED]" in shown
@@ -247,6 +248,14 @@ class TestSecretsAreRedacted:
         shown = json.dumps(prompt.model_dump(by_alias=True))
         assert DB_PASSWORD not in shown and "DB_PASSWORD=[REDACTED]" in shown
         assert prompt.meta is not None and prompt.meta[REDACTED_META_KEY] == 1
+        # not decided by the policy, but audited before they were forwarded
+        assert [(r["tool"], r["rule_id"], r["agent"]) for r in reads] == [
+            ("resources/read", "not-governed", "sre-agent"),
+            ("prompts/get", "not-governed", "sre-agent"),
+        ]
+        assert reads[0]["arguments"] == {"uri": "k8s://config/kubeconfig"}
+        prompt_args = {"name": "db_debug", "arguments": {"pod": "payments-api-0"}}
+        assert reads[1]["arguments"] == prompt_args
 
     async def test_a_tool_error_quoting_a_password_loses_it(
         self, secret_upstream: UpstreamProc, tmp_path: Path
