@@ -36,6 +36,7 @@ from distributor.compiler import FULL, NODE_AGENT, SIDECAR, scope_for, scope_key
 from distributor.forward import JsonLinesForwarder
 from distributor.store import AsyncStore, AuditRow, Revision
 from palisade.bundle import canonical_json, sign_document
+from palisade.distribution.approvals import sign_decision
 from palisade.v1 import distribution_pb2, policy_pb2
 
 log = logging.getLogger(__name__)
@@ -386,6 +387,7 @@ class Hub:
             )
             if d["expires"]:
                 dec.expires.FromNanoseconds(int(d["expires"] * 1e9))
+            sign_decision(dec, self.keys)
             if sub.outbox is None:
                 sub.outbox = collections.deque()
             sub.outbox.append(distribution_pb2.SubscribeResponse(approval=dec).SerializeToString())

@@ -5,6 +5,11 @@ of the exact call (agent, server, tool, arguments, session). The distributor's
 answer carries the same digest and an expiry; an approved call is let through
 only when it is retried with an identical digest before the expiry, and only
 once. Pure data and an injected clock; the client feeds it from its stream.
+
+Answers are signed by the distributor with its bundle keys
+(:func:`sign_decision`) and the client records only those that verify against
+the keys it trusts for bundles (:func:`verify_decision`): an approval lets a
+call through, so it must not be forgeable by whoever can reach the stream.
 """
 
 from __future__ import annotations
@@ -12,11 +17,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from palisade.bundle import canonical_json
+from palisade.bundle.signing import TrustedKeys, key_id
 from palisade.policy.types import Clock
 from palisade.v1 import distribution_pb2
 
@@ -27,6 +36,53 @@ def call_digest(
     """Binds an approval to one exact call; any other argument value is another call."""
     doc = {"agent": agent, "server": server, "tool": tool, "args": dict(arguments), "s": session}
     return "sha256:" + hashlib.sha256(canonical_json(doc)).hexdigest()
+
+
+#: Domain separation: these bytes can never be mistaken for a bundle's signing payload.
+_DECISION_CONTEXT = b"palisade.v1.ApprovalDecision\n"
+
+
+def signing_payload(decision: distribution_pb2.ApprovalDecision) -> bytes:
+    """What a signature covers: every field of the answer but the signatures."""
+    expires = decision.expires.ToNanoseconds() if decision.HasField("expires") else 0
+    doc = {
+        "approval_id": decision.approval_id,
+        "approved": decision.approved,
+        "by": decision.by,
+        "comment": decision.comment,
+        "expires_ns": expires,
+        "call_digest": decision.call_digest,
+    }
+    return _DECISION_CONTEXT + canonical_json(doc)
+
+
+def sign_decision(
+    decision: distribution_pb2.ApprovalDecision, keys: Iterable[Ed25519PrivateKey]
+) -> distribution_pb2.ApprovalDecision:
+    """``decision`` with one signature per key (replacing any it had)."""
+    del decision.signatures[:]
+    payload = signing_payload(decision)
+    for key in keys:
+        decision.signatures.add(key_id=key_id(key), signature=key.sign(payload))
+    return decision
+
+
+def verify_decision(decision: distribution_pb2.ApprovalDecision, trusted: TrustedKeys) -> str:
+    """Why ``decision`` must not be believed, or "" when a trusted key signed it."""
+    if not len(trusted):
+        return "no trusted keys configured"
+    payload = signing_payload(decision)
+    for sig in decision.signatures:
+        public = trusted.get(sig.key_id)
+        if public is None:
+            continue
+        try:
+            public.verify(sig.signature, payload)
+        except InvalidSignature:
+            continue
+        return ""
+    seen = ", ".join(s.key_id or "(no id)" for s in decision.signatures) or "none"
+    return f"no valid signature by a trusted key (signatures by: {seen})"
 
 
 @dataclass

@@ -40,7 +40,7 @@ import grpc
 
 from palisade.bundle import Bundle, BundleError, TrustedKeys, verify_bundle
 from palisade.distribution import status as st
-from palisade.distribution.approvals import ApprovalBook
+from palisade.distribution.approvals import ApprovalBook, verify_decision
 from palisade.distribution.backoff import Backoff
 from palisade.distribution.lkg import LastKnownGood
 from palisade.distribution.spool import AuditSpool
@@ -147,6 +147,8 @@ class DistributionClient:
         self.target = ""
         self.acks = 0
         self.nacks = 0
+        #: approval answers dropped because no trusted key signed them
+        self.approvals_refused = 0
         self.connects = 0
         self._channel: grpc.aio.Channel | None = None
         self._call: Any = None
@@ -345,7 +347,16 @@ class DistributionClient:
         elif kind == "up_to_date":
             log.debug("up to date", extra={"revision": resp.up_to_date.revision})
         elif kind == "approval":
-            self.approvals.record(resp.approval)
+            problem = verify_decision(resp.approval, self.settings.trusted)
+            if problem:
+                # an approval lets a call through: never believe an unsigned one
+                self.approvals_refused += 1
+                log.warning(
+                    "approval answer refused",
+                    extra={"approval": resp.approval.approval_id, "error": problem},
+                )
+            else:
+                self.approvals.record(resp.approval)
 
     async def _send(self, req: distribution_pb2.SubscribeRequest) -> None:
         call = self._call

@@ -101,20 +101,22 @@ class ApprovalRequest(_message.Message):
     def __init__(self, approval_id: _Optional[str] = ..., call: _Optional[_Union[_policy_pb2.CheckRequest, _Mapping]] = ..., tenant: _Optional[str] = ..., rule_id: _Optional[str] = ..., reason: _Optional[str] = ..., call_digest: _Optional[str] = ...) -> None: ...
 
 class ApprovalDecision(_message.Message):
-    __slots__ = ("approval_id", "approved", "by", "comment", "expires", "call_digest")
+    __slots__ = ("approval_id", "approved", "by", "comment", "expires", "call_digest", "signatures")
     APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
     APPROVED_FIELD_NUMBER: _ClassVar[int]
     BY_FIELD_NUMBER: _ClassVar[int]
     COMMENT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_FIELD_NUMBER: _ClassVar[int]
     CALL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
     approval_id: str
     approved: bool
     by: str
     comment: str
     expires: _timestamp_pb2.Timestamp
     call_digest: str
-    def __init__(self, approval_id: _Optional[str] = ..., approved: _Optional[bool] = ..., by: _Optional[str] = ..., comment: _Optional[str] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., call_digest: _Optional[str] = ...) -> None: ...
+    signatures: _containers.RepeatedCompositeFieldContainer[_bundle_pb2.BundleSignature]
+    def __init__(self, approval_id: _Optional[str] = ..., approved: _Optional[bool] = ..., by: _Optional[str] = ..., comment: _Optional[str] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., call_digest: _Optional[str] = ..., signatures: _Optional[_Iterable[_Union[_bundle_pb2.BundleSignature, _Mapping]]] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
     __slots__ = ("hello", "ack", "nack", "heartbeat", "approval_request")

@@ -108,6 +108,11 @@ class SidecarFleet:
                 "Calls held for a human's approval, not answered yet",
                 lambda: float(self.approvals.pending),
             ),
+            (
+                "palisade_sidecar_approvals_refused",
+                "Approval answers dropped: no trusted key signed them",
+                lambda: float(self.client.approvals_refused),
+            ),
         ):
             Gauge(name, doc, registry=r).set_function(fn)
 
@@ -220,6 +225,7 @@ class SidecarFleet:
             "audit_behind": self.shipper.behind if self.shipper else 0,
             "audit_spool_bytes": self.client.spool.pending_bytes(),
             "approvals_pending": self.approvals.pending,
+            "approvals_refused": self.client.approvals_refused,
         }
 
     def readiness(self) -> tuple[list[str], dict[str, Any]]:
@@ -259,4 +265,5 @@ class SidecarFleet:
             "audit_spool_bytes": float(self.client.spool.pending_bytes()),
             "approvals_pending": float(self.approvals.pending),
             "approvals_granted": float(self.approvals.granted),
+            "approvals_refused": float(self.client.approvals_refused),
         }
