@@ -157,6 +157,23 @@ def sign_bundle(
     return sign_document(canonical_bytes(bundle), keys, revision, name=bundle.name, created=created)
 
 
+def valid_signers(
+    signatures: Iterable[bundle_pb2.BundleSignature], payload: bytes, trusted: TrustedKeys
+) -> tuple[str, ...]:
+    """Ids of the trusted keys whose signature over ``payload`` verifies."""
+    good: list[str] = []
+    for sig in signatures:
+        public = trusted.get(sig.key_id)
+        if public is None:
+            continue
+        try:
+            public.verify(sig.signature, payload)
+        except InvalidSignature:
+            continue
+        good.append(sig.key_id)
+    return tuple(good)
+
+
 def verify_envelope(signed: bundle_pb2.SignedBundle, trusted: TrustedKeys) -> tuple[str, ...]:
     """Check digest and signatures; return the ids of trusted keys that signed."""
     if not len(trusted):
@@ -167,23 +184,14 @@ def verify_envelope(signed: bundle_pb2.SignedBundle, trusted: TrustedKeys) -> tu
             f"digest mismatch: envelope says {signed.digest or '(empty)'}, document is {actual}"
         )
     payload = signing_payload(signed.revision, signed.digest)
-    good: list[str] = []
-    for sig in signed.signatures:
-        public = trusted.get(sig.key_id)
-        if public is None:
-            continue
-        try:
-            public.verify(sig.signature, payload)
-        except InvalidSignature:
-            continue
-        good.append(sig.key_id)
+    good = valid_signers(signed.signatures, payload, trusted)
     if not good:
         seen = ", ".join(s.key_id or "(no id)" for s in signed.signatures) or "none"
         raise BundleVerificationError(
             f"no valid signature by a trusted key (signatures by: {seen}; "
             f"trusted: {', '.join(trusted.key_ids)})"
         )
-    return tuple(good)
+    return good
 
 
 def verify_bundle(signed: bundle_pb2.SignedBundle, trusted: TrustedKeys) -> VerifiedBundle:

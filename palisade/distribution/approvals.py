@@ -21,11 +21,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from palisade.bundle import canonical_json
-from palisade.bundle.signing import TrustedKeys, key_id
+from palisade.bundle.signing import TrustedKeys, key_id, valid_signers
 from palisade.policy.types import Clock
 from palisade.v1 import distribution_pb2
 
@@ -71,15 +70,7 @@ def verify_decision(decision: distribution_pb2.ApprovalDecision, trusted: Truste
     """Why ``decision`` must not be believed, or "" when a trusted key signed it."""
     if not len(trusted):
         return "no trusted keys configured"
-    payload = signing_payload(decision)
-    for sig in decision.signatures:
-        public = trusted.get(sig.key_id)
-        if public is None:
-            continue
-        try:
-            public.verify(sig.signature, payload)
-        except InvalidSignature:
-            continue
+    if valid_signers(decision.signatures, signing_payload(decision), trusted):
         return ""
     seen = ", ".join(s.key_id or "(no id)" for s in decision.signatures) or "none"
     return f"no valid signature by a trusted key (signatures by: {seen})"
