@@ -320,7 +320,8 @@ class Store:
 
     # -- approvals ---------------------------------------------------------
     def add_approval(self, row: Mapping[str, Any]) -> bool:
-        """Store a new pending request; False when that id is already known."""
+        """Store a new pending request; False when that id is already known (a decided
+        one is then delivered again to the client that asked)."""
         with self._lock:
             cur = self.db.execute(
                 "INSERT OR IGNORE INTO approvals(id, client_id, created, agent, server, tool,"
@@ -341,7 +342,16 @@ class Store:
                     json.dumps(row["arguments"]),
                 ),
             )
-            return cur.rowcount == 1
+            if cur.rowcount == 1:
+                return True
+            # Asked again (the client re-sends what it holds unanswered after a
+            # reconnect): an answer it may never have received goes out again.
+            self.db.execute(
+                "UPDATE approvals SET delivered=0"
+                " WHERE id=? AND client_id=? AND status != 'pending'",
+                (row["id"], row["client_id"]),
+            )
+            return False
 
     def decide_approval(
         self, approval_id: str, approved: bool, by: str, comment: str, window_s: float

@@ -141,6 +141,14 @@ class TestStore:
         with pytest.raises(StoreError, match="already approved"):
             s.decide_approval("a1", False, "bob", "", 60)
 
+        # delivered once; asked again after a reconnect: delivered again, to that client only
+        s.mark_delivered("a1")
+        assert s.undelivered_decisions() == []
+        assert not s.add_approval({**row, "client_id": "someone-else"})
+        assert s.undelivered_decisions() == []
+        assert not s.add_approval(row)
+        assert [d["id"] for d in s.undelivered_decisions()] == ["a1"]
+
 
 def test_liveness_goes_live_stale_gone_like_a_lease() -> None:
     assert liveness(100, 139, 40, 300) == LIVE
