@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from injector import kube, tls, trust
 from injector.settings import (
@@ -179,6 +181,13 @@ def register(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = No
         "(env PALISADE_SIDECAR_TRUSTED_KEYS: PEM text, one or more blocks)",
     )
     opt(
+        "--sidecar-distributor-ca",
+        "PALISADE_SIDECAR_DISTRIBUTOR_CA",
+        "",
+        "with --distributor: CA certificate(s) (PEM text or a file) the sidecars verify the "
+        "distributor's TLS certificate with; empty: plaintext gRPC",
+    )
+    opt(
         "--sidecar-cpu-request",
         "PALISADE_SIDECAR_CPU_REQUEST",
         _DEFAULTS_SIDECAR.cpu_request,
@@ -266,6 +275,23 @@ def trusted_keys_from(ns: argparse.Namespace) -> tuple[str, ...]:
     return keys
 
 
+def distributor_ca_from(ns: argparse.Namespace) -> str:
+    """The CA the sidecars trust for the distributor's TLS, as PEM text ("" for none)."""
+    spec = (ns.sidecar_distributor_ca or "").strip()
+    if not spec:
+        return ""
+    if not ns.distributor:
+        raise SystemExit("palisade injector: --sidecar-distributor-ca needs --distributor")
+    text = "".join(_key_texts([spec]))
+    try:
+        certs = x509.load_pem_x509_certificates(text.encode())
+    except ValueError:
+        raise SystemExit(
+            "palisade injector: --sidecar-distributor-ca is not a PEM certificate"
+        ) from None
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
+
+
 def settings_from(ns: argparse.Namespace) -> Settings:
     """Settings from parsed flags (reads only key files named by ``--sidecar-trusted-key``)."""
     host, port = _host_port(ns.listen)
@@ -283,6 +309,7 @@ def settings_from(ns: argparse.Namespace) -> Settings:
                 port_name=ns.port_name,
                 distributor=ns.distributor or None,
                 trusted_keys=trusted_keys_from(ns),
+                distributor_ca=distributor_ca_from(ns),
                 bundle_configmap=ns.sidecar_bundle_configmap or None,
                 cpu_request=ns.sidecar_cpu_request,
                 memory_request=ns.sidecar_memory_request,

@@ -126,6 +126,9 @@ def sidecar_container(plan: Plan, sidecar: SidecarSettings) -> dict[str, Any]:
         env.append(
             {"name": "PALISADE_TRUSTED_KEY", "value": sidecar_env_value(sidecar.trusted_keys)}
         )
+        if sidecar.distributor_ca:
+            # TLS to the distributor, verified with this CA (inline for the same reason)
+            env.append({"name": "PALISADE_DISTRIBUTOR_CA", "value": sidecar.distributor_ca})
     elif bundle_configmap(sidecar) and sidecar.trusted_keys:
         # The bundle from the pod's namespace is verified with keys from the injector,
         # never with anything the namespace itself provides.

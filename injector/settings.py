@@ -49,6 +49,11 @@ class SidecarSettings:
     to the sidecar as ``PALISADE_TRUSTED_KEY`` when a distributor is set, which
     then requires at least one (``palisade sidecar --distributor`` needs them)."""
 
+    distributor_ca: str = ""
+    """PEM CA certificate(s) the sidecar verifies the distributor's TLS certificate
+    with, given as ``PALISADE_DISTRIBUTOR_CA`` (inline) when a distributor is set;
+    empty: the sidecar connects without TLS."""
+
     bundle_configmap: str | None = None
     """Without a distributor: a ConfigMap, in each injected pod's own namespace,
     holding the signed bundle (``*.signed``/``*.pb``/``*.bundle``); mounted read-only

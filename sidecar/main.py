@@ -170,7 +170,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=_list_env("distributor"),
         help="distributor gRPC host:port (repeat, or comma-separated in PALISADE_DISTRIBUTOR)",
     )
-    a("--distributor-ca", default=_env("distributor-ca"), help="CA (PEM): TLS to the distributor")
+    a(
+        "--distributor-ca",
+        default=_env("distributor-ca"),
+        help="CA (a PEM file, or PEM text as the injector sets it): TLS to the distributor",
+    )
     a("--distributor-cert", default=_env("distributor-cert"), help="client certificate (mTLS)")
     a("--distributor-key", default=_env("distributor-key"), help="client key (mTLS)")
     a("--distributor-server-name", default=_env("distributor-server-name", ""))
@@ -253,7 +257,7 @@ def distributor_from(ns: argparse.Namespace, port: int) -> DistributorSettings |
         tenant=ns.tenant,
         heartbeat_interval_s=ns.heartbeat_interval,
         denial_window_s=ns.approval_denial_window,
-        tls_ca_file=Path(ns.distributor_ca) if ns.distributor_ca else None,
+        tls_ca_file=_pem_file(ns.distributor_ca, Path(ns.state_dir), "distributor-ca.pem"),
         tls_cert_file=Path(ns.distributor_cert) if ns.distributor_cert else None,
         tls_key_file=Path(ns.distributor_key) if ns.distributor_key else None,
         tls_server_name=ns.distributor_server_name,
@@ -329,6 +333,19 @@ def credentials_from(ns: argparse.Namespace) -> FileCredential | VaultCredential
         )
     except ValueError as exc:
         raise SystemExit(f"palisade sidecar: bad Vault settings: {exc}") from None
+
+
+def _pem_file(spec: str | None, state_dir: Path, name: str) -> Path | None:
+    """A PEM flag's file: ``spec`` itself, or, when it is inline PEM text (as the injector
+    sets ``PALISADE_DISTRIBUTOR_CA``), that text written to ``state_dir/name``."""
+    if not spec:
+        return None
+    if not spec.lstrip().startswith("-----BEGIN"):
+        return Path(spec)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / name
+    path.write_text(spec.strip() + "\n")
+    return path
 
 
 def _key_source(spec: str) -> str | bytes:

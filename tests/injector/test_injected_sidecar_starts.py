@@ -41,6 +41,7 @@ from injector.main import register, settings_from
 from injector.review import decode_patch
 from palisade.bundle.signing import generate_key, private_key_pem, public_key_pem
 from tests.chart.render import container_env, one, render
+from tests.harness.pki import issue, make_ca
 from tests.injector.pods import ENABLED, apply_patch, container, pod, review
 
 pytestmark = pytest.mark.e2e  # helm (scripts/setup.d/40-kube.sh) and real processes
@@ -126,13 +127,30 @@ class Peers:
     grpc_port: int
     http_port: int
     upstream_port: int
+    #: PEM CA of the distributor's TLS certificate; "" when it serves plaintext gRPC
+    ca_pem: str = ""
 
 
-@pytest.fixture
-def peers(tmp_path: Path) -> Iterator[Peers]:
-    """A real distributor (file mode, its own signing key) and the example MCP server."""
+@pytest.fixture(params=["plaintext", "tls"])
+def peers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Peers]:
+    """A real distributor (file mode, its own signing key; plaintext or TLS gRPC) and the
+    example MCP server."""
     key = generate_key()
     (tmp_path / "signing.pem").write_bytes(private_key_pem(key))
+    tls_args: list[str] = []
+    ca_pem = ""
+    if request.param == "tls":
+        ca = make_ca()
+        server = issue(ca, "distributor", dns_names=("localhost",), ip_addresses=("127.0.0.1",))
+        (tmp_path / "dist.crt").write_bytes(server.cert_pem)
+        (tmp_path / "dist.key").write_bytes(server.key_pem)
+        tls_args = [
+            "--tls-cert",
+            str(tmp_path / "dist.crt"),
+            "--tls-key",
+            str(tmp_path / "dist.key"),
+        ]
+        ca_pem = ca.cert_pem.decode()
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "payments.yaml").write_text(POLICY)
     grpc_port, upstream_port = free_port(), free_port()
@@ -151,6 +169,7 @@ def peers(tmp_path: Path) -> Iterator[Peers]:
                         "--grpc-listen", f"127.0.0.1:{grpc_port}",
                         "--http-listen", "127.0.0.1:0",
                         "--ready-file", str(ready),
+                        *tls_args,
                     ],
                     stdout=log, stderr=subprocess.STDOUT, env=python_env(),
                 )
@@ -171,7 +190,8 @@ def peers(tmp_path: Path) -> Iterator[Peers]:
             )
         )  # fmt: skip
         wait_port(upstream_port, procs[1], tmp_path / "none.log")
-        yield Peers(tmp_path, public_key_pem(key).decode(), grpc_port, http_port, upstream_port)
+        pem = public_key_pem(key).decode()
+        yield Peers(tmp_path, pem, grpc_port, http_port, upstream_port, ca_pem)
     finally:
         for proc in reversed(procs):
             stop(proc)
@@ -181,13 +201,13 @@ DEV_AUTH = ["--dev-auth", "--dev-token", f"{TOKEN}=sre-agent:payments"]
 
 
 def with_distributor(peers: Peers) -> dict[str, Any]:
-    return {
-        "distributor": {
-            "address": f"127.0.0.1:{peers.grpc_port}",
-            "publicKeys": [peers.public_pem],
-        },
-        "sidecar": {"extraArgs": DEV_AUTH},
+    distributor: dict[str, Any] = {
+        "address": f"127.0.0.1:{peers.grpc_port}",
+        "publicKeys": [peers.public_pem],
     }
+    if peers.ca_pem:
+        distributor["tls"] = {"secretName": "distributor-tls"}
+    return {"distributor": distributor, "sidecar": {"extraArgs": DEV_AUTH}}
 
 
 def injected_container(peers: Peers, values: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -195,6 +215,12 @@ def injected_container(peers: Peers, values: dict[str, Any] | None = None) -> di
     values = values or with_distributor(peers)
     chart_env = container_env(one(render(values), "Deployment", "palisade-injector"))
     env = {k: v for k, v in chart_env.items() if isinstance(v, str)}
+    ca_ref = chart_env.get("PALISADE_SIDECAR_DISTRIBUTOR_CA")
+    tls = bool(values["distributor"].get("tls"))
+    assert (ca_ref is not None) == tls
+    if tls:  # what the kubelet puts there: the ca.crt key of the TLS Secret, alone
+        assert ca_ref == {"secretKeyRef": {"name": "distributor-tls", "key": "ca.crt"}}
+        env["PALISADE_SIDECAR_DISTRIBUTOR_CA"] = peers.ca_pem
     parser = argparse.ArgumentParser()
     register(parser, env)
     injection = settings_from(parser.parse_args([])).injection
@@ -274,6 +300,7 @@ async def test_the_injected_sidecar_joins_the_distributor_becomes_ready_and_deci
     sidecar = injected_container(peers)
     env_names = {e["name"] for e in sidecar["env"]}
     assert {"PALISADE_DISTRIBUTOR", "PALISADE_TRUSTED_KEY"} <= env_names
+    assert ("PALISADE_DISTRIBUTOR_CA" in env_names) == bool(peers.ca_pem)
     assert sidecar["command"] == ["palisade"]
     args, env = kubelet_view(sidecar, peers.tmp / "volumes", port := free_port())
     assert args[args.index("--upstream") + 1] == f"http://127.0.0.1:{peers.upstream_port}"

@@ -15,6 +15,7 @@ from injector.main import register, settings_from
 from injector.review import decode_patch
 from injector.settings import InjectionSettings, SidecarSettings
 from palisade.bundle.signing import generate_key, key_id, private_key_pem, public_key_pem
+from tests.harness.pki import make_ca
 from tests.injector.pods import ENABLED, apply_patch, pod, review
 
 KEY_A = generate_key()
@@ -219,3 +220,32 @@ class TestWithoutADistributorTheBundleComesFromAConfigMap:
         assert s.distributor is None
         assert str(s.bundle_path) == "/etc/palisade/bundle"
         assert str(s.state_dir) == "/var/lib/palisade/bundles"
+
+
+class TestTheDistributorCA:
+    """With a TLS distributor, the injector hands its sidecars the CA to verify it with."""
+
+    CA_PEM = make_ca().cert_pem.decode()
+
+    def test_a_ca_file_or_text_reaches_the_sidecar_as_inline_pem(self, tmp_path: Path) -> None:
+        (tmp_path / "ca.crt").write_text(self.CA_PEM)
+        env = {"PALISADE_SIDECAR_TRUSTED_KEYS": PEM_A}
+        for spec in (str(tmp_path / "ca.crt"), self.CA_PEM):
+            args = ["--distributor", "d:9401", "--sidecar-distributor-ca", spec]
+            sidecar = settings_from(parse(args, env)).injection.sidecar
+            assert sidecar.distributor_ca.strip() == self.CA_PEM.strip()
+            assert env_of(injected(sidecar))["PALISADE_DISTRIBUTOR_CA"] == sidecar.distributor_ca
+
+    def test_without_a_ca_the_sidecar_gets_none(self) -> None:
+        keys = trust.normalize([PEM_A])
+        env = env_of(injected(SidecarSettings(distributor="d:9401", trusted_keys=keys)))
+        assert "PALISADE_DISTRIBUTOR_CA" not in env
+
+    def test_a_ca_that_is_not_a_certificate_or_has_no_distributor_stops_the_injector(
+        self,
+    ) -> None:
+        env = {"PALISADE_SIDECAR_TRUSTED_KEYS": PEM_A, "PALISADE_SIDECAR_DISTRIBUTOR_CA": PEM_B}
+        with pytest.raises(SystemExit, match="not a PEM certificate"):
+            settings_from(parse(["--distributor", "d:9401"], env))
+        with pytest.raises(SystemExit, match="needs --distributor"):
+            settings_from(parse(["--sidecar-distributor-ca", self.CA_PEM]))
