@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -82,3 +84,33 @@ def test_the_chart_refuses_a_distributor_without_a_signing_key(kube: ControlPlan
         check=False,
     )
     assert out.returncode != 0 and "signingKeySecret is required" in out.stderr
+
+
+def _rendered(kube: ControlPlane, *values: str) -> list[dict[str, Any]]:
+    out = kube.helm(
+        "template", "t", str(CHART), "--namespace", "default",
+        "--set", "distributor.enabled=true", "--set", "distributor.signingKeySecret=dist-key",
+        "--set", "injector.enabled=false", *values,
+    )  # fmt: skip
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def _admin_volume(docs: list[dict[str, Any]]) -> str:
+    (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+    spec = deploy["spec"]["template"]["spec"]
+    assert "--admin-token-file=/etc/palisade/admin/token" in spec["containers"][0]["args"]
+    (admin,) = [v for v in spec["volumes"] if v["name"] == "admin"]
+    return str(admin["secret"]["secretName"])
+
+
+def test_the_http_api_always_needs_a_token(kube: ControlPlane) -> None:
+    """Approving a held call or rolling back is a bearer-token call, by default too."""
+    docs = _rendered(kube)
+    secrets = [d for d in docs if d["kind"] == "Secret"]
+    (generated,) = [s for s in secrets if s["metadata"]["name"] == "t-palisade-distributor-admin"]
+    assert len(base64.b64decode(generated["data"]["token"])) == 48
+    assert _admin_volume(docs) == "t-palisade-distributor-admin"
+    # an operator's own Secret replaces the generated one
+    docs = _rendered(kube, "--set", "distributor.adminTokenSecret=ops-token")
+    assert _admin_volume(docs) == "ops-token"
+    assert not [d for d in docs if d["kind"] == "Secret" and "admin" in d["metadata"]["name"]]

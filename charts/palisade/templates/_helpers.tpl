@@ -56,6 +56,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-distributor" (include "palisade.fullname" .) -}}
 {{- end -}}
 
+{{/* The Secret holding the distributor's admin bearer token: the one named in
+values, else the one this chart generates (templates/distributor-admin-token.yaml). */}}
+{{- define "palisade.distributor.adminSecret" -}}
+{{- .Values.distributor.adminTokenSecret | default (printf "%s-admin" (include "palisade.distributor.name" .)) -}}
+{{- end -}}
+
 {{- define "palisade.nodeagent.name" -}}
 {{- printf "%s-nodeagent" (include "palisade.fullname" .) -}}
 {{- end -}}
