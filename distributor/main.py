@@ -128,6 +128,13 @@ async def _serve(args: argparse.Namespace) -> None:
         crd_source = CrdSource(api_client, namespace=args.namespace)
         reporter = CrdStatusReporter(crd_source)
         source = crd_source
+    host = settings.http_listen.rpartition(":")[0].strip("[]")
+    if not settings.admin_token and host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning(
+            "the HTTP API has no admin token: whoever reaches %s can approve held calls and "
+            "roll back bundles; give --admin-token-file (the chart always does)",
+            settings.http_listen,
+        )
     dist = Distributor(settings, keys, source, status_writer=reporter.write if reporter else None)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
