@@ -3,22 +3,32 @@
 :class:`Approvals` is the proxy's :class:`~sidecar.core.ApprovalDesk`: an unexpired
 approval of this exact call (agent, server, tool, arguments, session: one digest)
 lets it through once; a denial answers it as a denial for a window; otherwise an
-``ApprovalRequest`` is queued for the stream. Pure apart from the injected clock
-and the :class:`~palisade.distribution.ApprovalBook` the client fills.
+``ApprovalRequest`` is queued for the stream. Pure apart from the injected clock,
+the :class:`~palisade.distribution.ApprovalBook` the client fills, and the
+optional state file.
+
+With a state file (in the sidecar's ``--state-dir``), the requests not yet
+answered and used survive a restart: they are asked again once the stream is
+back, and the distributor answers an id it has already decided again, so an
+approval given while the sidecar restarted still lets the call through, once.
 """
 
 from __future__ import annotations
 
+import base64
 import collections
+import json
 import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from palisade.audit.redact import redact
 from palisade.distribution import ApprovalBook, call_digest
+from palisade.distribution.lkg import atomic_write
 from palisade.policy.types import Call, Decision, Verdict
 from palisade.v1 import distribution_pb2, policy_pb2
 
@@ -78,6 +88,7 @@ class Approvals:
         denial_window_s: float = 300.0,
         clock: Callable[[], float] = time.time,
         on_request: Callable[[], None] | None = None,
+        state_file: Path | None = None,
     ) -> None:
         self.book = book
         self.denial_window_s = denial_window_s
@@ -87,6 +98,40 @@ class Approvals:
         self._denied: collections.OrderedDict[str, _Denied] = collections.OrderedDict()
         self.granted = 0
         self.refused = 0
+        self._state_file = state_file
+        self._load()
+
+    # -- the state file ---------------------------------------------------------------
+    def _load(self) -> None:
+        if self._state_file is None or not self._state_file.exists():
+            return
+        try:
+            rows = json.loads(self._state_file.read_text())["asked"]
+            for row in rows[-APPROVALS_LIMIT:]:
+                request = distribution_pb2.ApprovalRequest.FromString(
+                    base64.b64decode(row["request"])
+                )
+                self._asked[request.call_digest] = _Asked(request.approval_id, request)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # a damaged file costs only the requests in it: they are asked for anew
+            log.warning("approval state unreadable; starting empty", extra={"error": str(exc)})
+            self._asked.clear()
+            return
+        if self._asked:
+            log.info("approval requests restored", extra={"pending": len(self._asked)})
+
+    def _save(self) -> None:
+        if self._state_file is None:
+            return
+        rows = [
+            {"request": base64.b64encode(a.request.SerializeToString()).decode()}
+            for a in self._asked.values()
+            if not a.answered
+        ]
+        try:
+            atomic_write(self._state_file, json.dumps({"asked": rows}).encode())
+        except OSError as exc:
+            log.warning("approval state not saved", extra={"error": str(exc)})
 
     @property
     def pending(self) -> int:
@@ -106,6 +151,7 @@ class Approvals:
         granted = self.book.consume(digest)
         if granted is not None:
             self._asked.pop(digest, None)
+            self._save()
             self.granted += 1
             by = f"approved by {granted.by or 'a human'}"
             reason = f"{by}: {granted.comment}" if granted.comment else by
@@ -146,6 +192,7 @@ class Approvals:
         self._asked.move_to_end(digest)
         while len(self._asked) > APPROVALS_LIMIT:
             self._asked.popitem(last=False)
+        self._save()
         log.info(
             "approval requested",
             extra={"approval": approval_id, "agent": call.agent, "tool": call.tool},

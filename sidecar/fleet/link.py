@@ -70,6 +70,7 @@ class SidecarFleet:
             self.client.approvals,
             denial_window_s=settings.denial_window_s,
             on_request=self._wake.set,
+            state_file=settings.state_dir / "approvals.json",
         )
         self.shipper = (
             AuditShipper(writer, self.client.spool, max_spool_bytes=settings.spool_max_bytes)

@@ -283,6 +283,7 @@ class SidecarProc:
     audit_path: Path
     log_path: Path
     args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -308,6 +309,16 @@ class SidecarProc:
         if not self.audit_path.exists():
             return []
         return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
+
+
+def _launch(args: list[str], e: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "palisade.cli.main", "sidecar", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=e,
+        )
 
 
 @dataclass
@@ -367,17 +378,18 @@ class World:
                 str(self.trusted_pub),
             ]
         log_path = home / "sidecar.log"
-        with log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "palisade.cli.main", "sidecar", *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=e,
-            )
+        proc = _launch(args, e, log_path)
         wait_port(port, proc)
-        sc = SidecarProc(proc, port, client_id, home / "audit" / "audit.jsonl", log_path, args)
+        sc = SidecarProc(proc, port, client_id, home / "audit" / "audit.jsonl", log_path, args, e)
         self.sidecars.append(sc)
         return sc
+
+    def restart_sidecar(self, sc: SidecarProc) -> None:
+        """Stop ``sc`` and start it again as a pod's container restarts: same port, same
+        volumes (state dir, audit dir), same identity."""
+        stop(sc.proc)
+        sc.proc = _launch(sc.args, sc.env, sc.log_path)
+        wait_port(sc.port, sc.proc)
 
     async def ready(self, sc: SidecarProc, revision: int, within: float = 20.0) -> Any:
         def check() -> Any:

@@ -215,3 +215,31 @@ async def test_a_call_held_while_the_distributor_is_down_is_asked_for_when_it_re
         await decide(world, "approve", approval_id, "alice", "after the outage")
         result = await retried_until(c, SCALE, approval_id, "allow")
     assert not result.is_error
+
+
+async def test_an_approval_delivered_just_before_a_restart_still_lets_the_call_through(
+    world: World,
+) -> None:
+    """The answer reached the sidecar, which restarted before the agent retried: the held
+    request was kept in the state dir, is asked again once the sidecar is back, and the
+    distributor answers the id it already decided again. Used once, as always."""
+    sc = world.start_sidecar("sc-1")
+    await world.ready(sc, revision=1)
+    async with mcp_client(sc.url) as c:
+        approval_id = await asked(c, SCALE)
+        await pending_row(world, approval_id)
+        await decide(world, "approve", approval_id, "alice", "just before the restart")
+
+        async def delivered() -> bool | None:
+            rows = await world.distributor.approvals("--all")
+            return any(r["id"] == approval_id and r["delivered"] for r in rows) or None
+
+        await until(delivered, what=f"{approval_id} delivered")
+        world.restart_sidecar(sc)  # the MCP session lives on in the upstream server
+        await world.ready(sc, revision=1)
+        result = await retried_until(c, SCALE, approval_id, "allow")
+        assert not result.is_error
+        again = await asked(c, SCALE)  # the approval was used up
+    assert again != approval_id
+    (allowed,) = records(sc, "allow")
+    assert allowed["approval_id"] == approval_id

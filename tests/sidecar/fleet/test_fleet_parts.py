@@ -404,3 +404,31 @@ def test_the_fleet_package_exposes_what_main_and_the_proxy_use() -> None:
         "key_files",
         "load_trusted",
     ]
+
+
+def test_held_requests_survive_a_restart_until_used(tmp_path: Path) -> None:
+    state = tmp_path / "approvals.json"
+    clock = Clock()
+    first = fleet.Approvals(ApprovalBook(clock=clock), clock=clock, state_file=state)
+    held, _ = first.settle(CALL, HELD, frozenset({"name"}))
+    assert state.stat().st_mode & 0o777 == 0o600  # the call's (redacted) arguments are in it
+
+    book = ApprovalBook(clock=clock)
+    again = fleet.Approvals(book, clock=clock, state_file=state)  # the restarted sidecar
+    [req] = again.unsent()  # asked again once the stream is back
+    assert req.approval_id == held.approval_id and req.call_digest == digest_of(CALL)
+    assert req.call.arguments["name"] == "[REDACTED]"
+    answer(book, held.approval_id, CALL, approved=True, at=clock.now + 60)
+    allowed, _ = again.settle(CALL, HELD, frozenset({"name"}))
+    assert allowed.decision is Decision.ALLOW and allowed.approval_id == held.approval_id
+    assert fleet.Approvals(ApprovalBook(clock=clock), state_file=state).unsent() == []
+
+
+def test_a_damaged_state_file_costs_only_the_requests_in_it(tmp_path: Path) -> None:
+    state = tmp_path / "approvals.json"
+    state.write_text('{"asked": [{"request": "not base64 protobuf!"}]')
+    approvals = fleet.Approvals(ApprovalBook(), state_file=state)
+    assert approvals.unsent() == []
+    held, _ = approvals.settle(CALL, HELD, frozenset())
+    assert held.decision is Decision.REQUIRE_APPROVAL  # works, and rewrites the file
+    assert len(fleet.Approvals(ApprovalBook(), state_file=state).unsent()) == 1
