@@ -57,6 +57,18 @@ async def decide(world: World, verb: str, approval_id: str, by: str, comment: st
     assert done.returncode == 0, done.stderr
 
 
+async def approved_and_delivered(world: World, approval_id: str, comment: str) -> None:
+    """A human approves the pending request, and the answer reaches the sidecar."""
+    await pending_row(world, approval_id)
+    await decide(world, "approve", approval_id, "alice", comment)
+
+    async def delivered() -> bool:
+        rows = await world.distributor.approvals("--all")
+        return any(r["id"] == approval_id and r["delivered"] for r in rows)
+
+    await until(delivered, what=f"{approval_id} delivered to the sidecar")
+
+
 async def retried_until(c: Client, args: dict[str, Any], approval_id: str, expect: str) -> Any:
     """Retry the same call until the human's answer has reached the sidecar."""
 
@@ -123,14 +135,7 @@ async def test_an_approval_binds_the_exact_call_and_session(world: World) -> Non
     await world.ready(sc, revision=1)
     async with mcp_client(sc.url) as c:
         approval_id = await asked(c, SCALE)
-        await pending_row(world, approval_id)
-        await decide(world, "approve", approval_id, "alice", "only this one")
-
-        async def delivered() -> bool:
-            rows = await world.distributor.approvals("--all")
-            return any(r["id"] == approval_id and r["delivered"] for r in rows)
-
-        await until(delivered, what="the approval delivered to the sidecar")
+        await approved_and_delivered(world, approval_id, "only this one")
         # other arguments: another call, asked for on its own
         other = await asked(c, {**SCALE, "replicas": 20})
         assert other != approval_id
@@ -227,14 +232,7 @@ async def test_an_approval_delivered_just_before_a_restart_still_lets_the_call_t
     await world.ready(sc, revision=1)
     async with mcp_client(sc.url) as c:
         approval_id = await asked(c, SCALE)
-        await pending_row(world, approval_id)
-        await decide(world, "approve", approval_id, "alice", "just before the restart")
-
-        async def delivered() -> bool | None:
-            rows = await world.distributor.approvals("--all")
-            return any(r["id"] == approval_id and r["delivered"] for r in rows) or None
-
-        await until(delivered, what=f"{approval_id} delivered")
+        await approved_and_delivered(world, approval_id, "just before the restart")
         world.restart_sidecar(sc)  # the MCP session lives on in the upstream server
         await world.ready(sc, revision=1)
         result = await retried_until(c, SCALE, approval_id, "allow")
