@@ -18,13 +18,9 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +37,7 @@ from injector.main import register, settings_from
 from injector.review import decode_patch
 from palisade.bundle.signing import generate_key, private_key_pem, public_key_pem
 from tests.chart.render import container_env, one, render
+from tests.harness.peers import free_port, get_json, stop, wait_port
 from tests.harness.pki import issue, make_ca
 from tests.injector.pods import ENABLED, apply_patch, container, pod, review
 
@@ -78,42 +75,6 @@ spec:
       decision: allow
       reason: reads are allowed for payments
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text()[-3000:] if log.exists() else ""
-            raise AssertionError(f"exited with {proc.returncode} before listening:\n{tail}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-def get_json(url: str) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
 
 
 def python_env() -> dict[str, str]:
@@ -189,7 +150,7 @@ def peers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Peers]:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
         )  # fmt: skip
-        wait_port(upstream_port, procs[1], tmp_path / "none.log")
+        wait_port(upstream_port, procs[1], log=tmp_path / "none.log")
         pem = public_key_pem(key).decode()
         yield Peers(tmp_path, pem, grpc_port, http_port, upstream_port, ca_pem)
     finally:
@@ -310,7 +271,7 @@ async def test_the_injected_sidecar_joins_the_distributor_becomes_ready_and_deci
     log_path = peers.tmp / "sidecar.log"
     proc = run_as_the_kubelet_would(palisade, args, env, log_path)
     try:
-        wait_port(port, proc, log_path)
+        wait_port(port, proc, log=log_path)
         deadline = time.monotonic() + 30
         while True:
             status, doc = await asyncio.to_thread(get_json, f"http://127.0.0.1:{port}/readyz")
@@ -398,7 +359,7 @@ async def test_without_a_distributor_the_sidecar_runs_on_the_signed_bundle_confi
     log_path = peers.tmp / "sidecar-cm.log"
     proc = run_as_the_kubelet_would(palisade, args, env, log_path)
     try:
-        wait_port(port, proc, log_path)
+        wait_port(port, proc, log=log_path)
         deadline = time.monotonic() + 30
         while True:
             status, doc = await asyncio.to_thread(get_json, f"http://127.0.0.1:{port}/readyz")

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from tests.harness.peers import free_port
 from tests.sidecar.identity.issuer import Issuer
 
 HERE = Path(__file__).parent
@@ -41,12 +41,6 @@ AGENT_SUBJECT = "conformance-client"
 
 class PeerMissing(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:

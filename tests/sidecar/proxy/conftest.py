@@ -13,10 +13,8 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ from sidecar.intake import snapshot_of
 from sidecar.policy import PolicyHolder
 from sidecar.settings import Limits, SidecarSettings
 from sidecar.upstream import Upstream
+from tests.harness.peers import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[3]
 BUNDLE = Path(__file__).with_name("bundle.yaml")
@@ -48,25 +47,6 @@ TOKENS = {
     "busy-token": DevAgent("busy-agent", "payments"),
     "search-token": DevAgent("search-agent", "search"),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(
-    port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 20.0
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
