@@ -15,7 +15,6 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from distributor.store_postgres import (
 from palisade.v1 import audit_pb2, policy_pb2
 from tests.distributor.conftest import Fleet
 from tests.distributor.helpers import acli, ahttp, cli, eventually, make_client
+from tests.harness.process import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -58,12 +58,6 @@ def _pg_bindir() -> Path:
         if (c / "initdb").is_file() and (c / "pg_ctl").is_file():
             return c
     pytest.fail("no PostgreSQL server binaries (initdb, pg_ctl); run `make setup`")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PgCluster:
@@ -117,7 +111,7 @@ class PgCluster:
         )  # fmt: skip
         assert out.returncode == 0, f"initdb failed: {out.stderr}"
         for _ in range(5):
-            self.port = _free_port()
+            self.port = free_port()
             if self.serve().returncode == 0:
                 return
         raise AssertionError(f"pg_ctl start failed: {self.log.read_text()[-2000:]}")
@@ -313,7 +307,7 @@ class TestThePostgresStore:
             a.close()
 
     def test_an_unreachable_server_is_a_clear_error_without_the_password(self) -> None:
-        port = _free_port()
+        port = free_port()
         with pytest.raises(StoreError) as err:
             PostgresAuditStore(f"postgresql://u:hunter2-secret@127.0.0.1:{port}/audit")
         text = str(err.value)
@@ -403,7 +397,7 @@ async def test_a_distributor_with_a_postgres_audit_store_takes_records_and_the_c
 async def test_a_distributor_whose_audit_store_is_down_refuses_to_start_without_the_password(
     fleet: Fleet,
 ) -> None:
-    dsn = f"postgresql://u:hunter2-secret@127.0.0.1:{_free_port()}/audit"
+    dsn = f"postgresql://u:hunter2-secret@127.0.0.1:{free_port()}/audit"
     with pytest.raises(RuntimeError) as err:
         fleet.start("r0", extra=["--audit-store", dsn])
     assert "audit store postgresql://127.0.0.1" in str(err.value)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,14 +17,10 @@ from typing import Any
 import pynvml
 import pytest
 
+from tests.harness.process import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "gpu-sim"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -38,7 +33,7 @@ def _get(url: str) -> tuple[int, bytes]:
 
 class Daemon:
     def __init__(self, tmp: Path, *args: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (tmp / "agent.log").open("wb")
         self.proc = subprocess.Popen(
@@ -176,7 +171,7 @@ def test_a_simulated_node_serves_health_status_metrics_and_a_status_table(
 
 
 def test_status_against_nothing_fails_with_one_clear_line() -> None:
-    port = _free_port()
+    port = free_port()
     out = subprocess.run(
         [
             sys.executable,
@@ -236,7 +231,7 @@ def test_a_bad_scenario_file_fails_at_startup_with_a_clear_message(tmp_path: Pat
             "--state-dir",
             str(tmp_path / "s"),
             "--listen",
-            f"127.0.0.1:{_free_port()}",
+            f"127.0.0.1:{free_port()}",
         ],
         capture_output=True,
         text=True,
@@ -268,7 +263,7 @@ def test_a_bad_bundle_file_fails_at_startup_naming_file_line_and_field(tmp_path:
             "--state-dir",
             str(tmp_path / "s"),
             "--listen",
-            f"127.0.0.1:{_free_port()}",
+            f"127.0.0.1:{free_port()}",
         ],
         capture_output=True,
         text=True,

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 
 from prometheus_client import CollectorRegistry
 
 from palisade.runtime.metrics import DecisionMetrics, serve_metrics
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.harness.process import free_port
 
 
 def test_observations_count_by_labels_and_fill_the_histogram() -> None:
@@ -32,7 +26,7 @@ def test_metrics_are_served_over_http() -> None:
     registry = CollectorRegistry()
     m = DecisionMetrics(registry)
     m.observe(decision="deny", rule="default", server="s", tool="t", seconds=0.001)
-    port = _free_port()
+    port = free_port()
     serve_metrics(port, registry=registry)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert (

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,14 +21,9 @@ import pytest
 
 from palisade.audit import Signer, verify_files
 from palisade.v1 import policy_pb2, policy_pb2_grpc
+from tests.harness.process import free_port
 
 BUNDLE = Path(__file__).parent / "data" / "payments.yaml"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -66,7 +60,7 @@ def _start(tmp: Path, bundle: Path) -> Proc:
     signer = Signer.generate()
     key = tmp / "audit.pem"
     key.write_bytes(signer.private_pem())
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable, "-m", "palisade.cli.main", "check-server",
         "--bundle", str(bundle), "--socket", sock,
