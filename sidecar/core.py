@@ -10,7 +10,7 @@ marked), and tell the upstream when a client went away. The transports in
 Errors: identity raises :class:`~sidecar.identity.AuthError`, bounds and
 headers raise :class:`~sidecar.jsonrpc.BadMessage`, the upstream raises
 :class:`~sidecar.upstream.UpstreamError`; each transport turns them into HTTP
-answers at its edge with :func:`error_http`.
+answers at its edge with :func:`sidecar.http.error_http`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from palisade.audit.record import Entry
 from palisade.policy.types import Call, Decision, Verdict
 from sidecar import gate, jsonrpc
 from sidecar.audit import AuditSink
+from sidecar.http import error_http, forward_headers
 from sidecar.identity import Authenticator, AuthError, Principal
 from sidecar.jsonrpc import BadMessage, Message
 from sidecar.metrics import SidecarMetrics
@@ -41,37 +42,10 @@ from sidecar.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
-#: Request headers passed to the upstream (plus every ``Mcp-Param-*``).
-FORWARD_REQUEST_HEADERS = frozenset(
-    {
-        "accept",
-        "content-type",
-        "mcp-session-id",
-        "mcp-protocol-version",
-        "last-event-id",
-        "mcp-method",
-        "mcp-name",
-        "traceparent",
-        "tracestate",
-        "baggage",
-    }
-)
-#: Response headers passed back to the client.
-FORWARD_RESPONSE_HEADERS = frozenset(
-    {
-        "content-type",
-        "mcp-session-id",
-        "mcp-protocol-version",
-        "cache-control",
-        "allow",
-        "retry-after",
-    }
-)
-
-#: Methods whose answers the proxy inspects.
 #: Requests whose answers reach the model as a tool's output does: audited before
 #: they are forwarded (not decided), and their answers redacted.
 CONTENT_METHODS = frozenset({"resources/read", "prompts/get"})
+#: Methods whose answers the proxy inspects (``tools/call`` is watched per call).
 _INSPECTED = frozenset({"tools/list", "initialize", "server/discover"}) | CONTENT_METHODS
 
 
@@ -114,56 +88,6 @@ def _json_messages(text: str) -> list[dict[str, Any]]:
             if isinstance(doc, dict):
                 out.append(doc)
     return out
-
-
-def forward_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The request headers the upstream may see: never ``Authorization`` or cookies."""
-    return {
-        k: v
-        for k, v in headers.items()
-        if (lk := k.lower()) in FORWARD_REQUEST_HEADERS or lk.startswith("mcp-param-")
-    }
-
-
-def response_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in headers.items() if k.lower() in FORWARD_RESPONSE_HEADERS}
-
-
-class _WholeAnswer(web.StreamResponse):
-    # Headers wait for the body and leave in one write, as web.Response's do: sent
-    # apart, they cost a second send(2) and wake the client twice (aiohttp's
-    # class-level switch; were it gone, headers would only go out on their own).
-    _send_headers_immediately = False
-
-
-async def send_body(
-    request: web.Request, status: int, body: bytes, headers: Mapping[str, str]
-) -> web.StreamResponse:
-    """Answer with a complete body, keeping no reference to it once sent.
-
-    aiohttp's connection loop holds the last response of every keep-alive
-    connection until the next request arrives, and a ``web.Response`` holds its
-    body: each idle connection would keep its last answer alive (64 connections
-    that each fetched a 128 KiB result pin 8 MB). A ``StreamResponse`` written
-    here lets the body go as soon as the transport has sent it.
-    """
-    resp = _WholeAnswer(status=status, headers=headers)
-    resp.content_length = len(body)
-    await resp.prepare(request)
-    await resp.write(body)
-    await resp.write_eof()
-    return resp
-
-
-def error_http(
-    status: int,
-    doc: dict[str, Any],
-    *,
-    headers: Mapping[str, str] | None = None,
-) -> web.Response:
-    return web.Response(
-        status=status, body=jsonrpc.dumps(doc), content_type="application/json", headers=headers
-    )
 
 
 class ApprovalDesk(Protocol):

@@ -18,7 +18,8 @@ import aiohttp
 from aiohttp import web
 
 from sidecar import gate, jsonrpc
-from sidecar.core import CONTENT_METHODS, ProxyCore, error_http, forward_headers, response_headers
+from sidecar.core import CONTENT_METHODS, ProxyCore
+from sidecar.http import error_http, forward_headers, response_headers
 from sidecar.identity import AuthError, Principal
 from sidecar.jsonrpc import BadMessage
 from sidecar.sse import Event, EventSplitter, EventTooLarge, encode_event, parse_event

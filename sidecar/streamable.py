@@ -19,14 +19,8 @@ from aiohttp import web
 
 from palisade.policy.types import Decision
 from sidecar import gate, jsonrpc
-from sidecar.core import (
-    CONTENT_METHODS,
-    ProxyCore,
-    error_http,
-    forward_headers,
-    response_headers,
-    send_body,
-)
+from sidecar.core import CONTENT_METHODS, ProxyCore
+from sidecar.http import error_http, forward_headers, response_headers, send_body
 from sidecar.identity import AuthError, Principal
 from sidecar.jsonrpc import BadMessage, Message
 from sidecar.sessions import Pending

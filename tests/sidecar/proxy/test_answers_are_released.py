@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sidecar.core import send_body
+from sidecar.http import send_body
 
 
 async def test_the_body_is_released_while_the_connection_stays_open() -> None:
