@@ -295,7 +295,7 @@ class ProxyCore:
         The record is committed (on disk, in a signed batch) before this returns,
         so nothing is forwarded unaudited; concurrent calls share the write.
         """
-        name = str(msg.params.get("name", ""))
+        name = str(msg.params.get("name", "")) if msg.method == "tools/call" else ""
         known = session.tools.get(name) or self.sessions.get("").tools.get(name)
         call = gate.tool_call(
             msg,
@@ -367,19 +367,36 @@ class ProxyCore:
                 },
             )
         pending = Pending(
-            "tools/call",
+            msg.method or "tools/call",
             tool=call.tool,
             untrusted=bool(facts and facts.untrusted_output),
             agent=principal.agent,
         )
         return verdict, pending
 
+    def decides(self, msg: Message) -> bool:
+        """Whether ``msg`` is decided by the policy: every ``tools/call``, and a
+        ``resources/read`` or ``prompts/get`` when the bundle registers that method as
+        a tool of this server (``{name: resources/read, risk: read}``), so rules and
+        budgets apply to it as to any tool, with ``args.uri`` or ``args.name``."""
+        if not msg.is_request:
+            return False
+        if msg.method == "tools/call":
+            return True
+        if msg.method not in CONTENT_METHODS:
+            return False
+        snap = self.policy.snapshot
+        if snap is None or snap.compiled is None:
+            return False
+        return snap.compiled.tool(self.settings.server_name, msg.method) is not None
+
     async def audit_read(self, msg: Message, principal: Principal, session_id: str) -> None:
         """Record a ``resources/read`` or ``prompts/get`` before it is forwarded.
 
-        The policy decides only ``tools/call``; these pass, but not unaudited: the
-        record (kind ``read``, rule ``not-governed``) is committed first, and when it
-        cannot be, the request is refused (:class:`BadMessage`, fail closed).
+        Unless the bundle registers the method (:meth:`decides`) these pass without a
+        decision, but not unaudited: the record (kind ``read``, rule ``not-governed``)
+        is committed first, and when it cannot be, the request is refused
+        (:class:`BadMessage`, fail closed).
         """
         params = msg.params
         if msg.method == "resources/read":
@@ -396,7 +413,7 @@ class ProxyCore:
             arguments=arguments,
             decision="allow",
             rule_id="not-governed",
-            reason=f"{msg.method} is forwarded without a policy decision (only tools/call is)",
+            reason=f"{msg.method} is not registered for this server: forwarded undecided",
             request_id=str(msg.id),
             dev_identity=principal.dev_mode,
             kind="read",

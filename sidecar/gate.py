@@ -132,19 +132,14 @@ def tool_call(
     labels: Mapping[str, str],
     declared_risk: Risk | None,
 ) -> Call:
-    """The engine's view of a ``tools/call``; bad params raise :class:`BadMessage` (-32602)."""
-    name = msg.params.get("name")
-    if not isinstance(name, str) or not name:
-        raise BadMessage(
-            jsonrpc.INVALID_PARAMS, "Invalid params: tools/call needs a tool name", 400, msg.id
-        )
-    args = msg.params.get("arguments", {})
-    if args is None:
-        args = {}
-    if not isinstance(args, dict):
-        raise BadMessage(
-            jsonrpc.INVALID_PARAMS, "Invalid params: arguments must be an object", 400, msg.id
-        )
+    """The engine's view of a decided request; bad params raise :class:`BadMessage` (-32602).
+
+    A ``tools/call`` is a call of its tool with its arguments. ``resources/read`` and
+    ``prompts/get`` (decided when the bundle registers them as tools of the server,
+    see :func:`decided_target`) are calls of a tool named after the method, with
+    ``{"uri": ...}`` or ``{"name": ..., "arguments": {...}}`` as arguments.
+    """
+    name, args = decided_target(msg)
     return Call(
         agent=agent,
         server=server,
@@ -157,6 +152,31 @@ def tool_call(
         server_declared_risk=declared_risk,
         request_id="" if msg.id is None else str(msg.id),
     )
+
+
+def _invalid(msg: Message, what: str) -> BadMessage:
+    return BadMessage(jsonrpc.INVALID_PARAMS, f"Invalid params: {what}", 400, msg.id)
+
+
+def decided_target(msg: Message) -> tuple[str, dict[str, Any]]:
+    """The tool name and arguments the engine decides for ``msg`` (see :func:`tool_call`)."""
+    params = msg.params
+    if msg.method == "resources/read":
+        uri = params.get("uri")
+        if not isinstance(uri, str) or not uri:
+            raise _invalid(msg, "resources/read needs a uri")
+        return msg.method, {"uri": uri}
+    args = params.get("arguments", {})
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise _invalid(msg, "arguments must be an object")
+    name = params.get("name")
+    if not isinstance(name, str) or not name:
+        raise _invalid(msg, f"{msg.method} needs a name")
+    if msg.method == "prompts/get":
+        return msg.method, {"name": name, "arguments": args}
+    return name, args
 
 
 def verdict_data(verdict: Verdict) -> dict[str, Any]:

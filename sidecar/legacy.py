@@ -148,10 +148,10 @@ class LegacyHandlers:
             core.check_headers(msg, request, session)
             if msg.method in ("tools/call", "tools/list") and not session.server_version:
                 await core.ensure_server_version()
-            if msg.method == "tools/call" and msg.is_request:
+            if core.decides(msg):
                 verdict, pending = await core.decide(msg, principal, key, session)
                 if not verdict.allowed:
-                    core.metrics.count_request("tools/call", str(verdict.decision))
+                    core.metrics.count_request(msg.method, str(verdict.decision))
                     await existing.inject.put(
                         _event_bytes(gate.verdict_error(msg.id, verdict, pending.tool))
                     )

@@ -59,10 +59,10 @@ class StreamableHandlers:
             if msg.method in _NEEDS_VERSION and not session.server_version:
                 await core.ensure_server_version()
             expect: tuple[object, Pending] | None = None
-            if msg.method == "tools/call" and msg.is_request:
+            if core.decides(msg):
                 verdict, pending = await core.decide(msg, principal, session_id, session)
                 if not verdict.allowed:
-                    core.metrics.count_request("tools/call", str(verdict.decision))
+                    core.metrics.count_request(msg.method, str(verdict.decision))
                     retry = {"Retry-After": str(max(1, math.ceil(verdict.retry_after_s)))}
                     return error_http(
                         200,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from .conftest import SidecarProc, World, mcp_client, stop, until
+from tests.harness.peers import stop
+
+from .conftest import SidecarProc, World, mcp_client, until
 
 pytestmark = pytest.mark.e2e
 

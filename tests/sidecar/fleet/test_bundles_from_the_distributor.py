@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from .conftest import FREEZE_READS, World, mcp_client, policy, stop, until, write_keypair
+from tests.harness.peers import stop
+
+from .conftest import FREEZE_READS, World, mcp_client, policy, until, write_keypair
 
 pytestmark = pytest.mark.e2e
 

@@ -19,14 +19,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from tests.sidecar.conformance.peers import (
-    Sidecar,
-    free_port,
-    issuer_thread,
-    process,
-    sidecar,
-    wait_http,
-)
+from tests.harness.peers import free_port
+from tests.sidecar.conformance.peers import Sidecar, issuer_thread, process, sidecar, wait_http
 from tests.sidecar.identity.issuer import Issuer, new_key
 
 pytestmark = pytest.mark.e2e

@@ -31,7 +31,8 @@ from sidecar.intake import snapshot_of
 from sidecar.policy import PolicyHolder
 from sidecar.settings import SidecarSettings
 from sidecar.upstream import Upstream
-from tests.sidecar.conformance.peers import free_port, process, wait_http
+from tests.harness.peers import free_port
+from tests.sidecar.conformance.peers import process, wait_http
 from tests.sidecar.identity.conftest import settings_for
 from tests.sidecar.identity.issuer import Issuer
 

@@ -18,16 +18,9 @@ import pytest
 from palisade.bundle.load import load_file
 from palisade.bundle.signing import generate_key, public_key_pem, sign_bundle, to_bytes
 from palisade.v1 import policy_pb2, policy_pb2_grpc
+from tests.harness.peers import free_port, wait_port
 
-from .conftest import (
-    BUNDLE,
-    UpstreamProc,
-    free_port,
-    raw_session,
-    session_headers,
-    stop_process,
-    wait_port,
-)
+from .conftest import BUNDLE, UpstreamProc, raw_session, session_headers, stop_process
 from .test_streams_and_sessions import call, events, list_tools
 
 pytestmark = pytest.mark.e2e

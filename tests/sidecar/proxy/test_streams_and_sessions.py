@@ -14,6 +14,7 @@ import pytest
 from sidecar import jsonrpc
 from sidecar.gate import UNTRUSTED_META_KEY
 from sidecar.settings import Limits
+from tests.harness.peers import free_port
 
 from .conftest import (
     MCP_ACCEPT,
@@ -21,7 +22,6 @@ from .conftest import (
     UpstreamProc,
     answer_of,
     auth,
-    free_port,
     raw_session,
     run_sidecar,
     session_headers,

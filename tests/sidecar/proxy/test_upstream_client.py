@@ -8,8 +8,7 @@ import pytest
 from aiohttp import web
 
 from sidecar.upstream import Upstream
-
-from .conftest import free_port
+from tests.harness.peers import free_port
 
 JSON = {"Content-Type": "application/json"}
 

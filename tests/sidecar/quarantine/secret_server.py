@@ -101,6 +101,11 @@ def build_server() -> MCPServer:
         """The kubeconfig in use, as a resource."""
         return KUBECONFIG
 
+    @mcp.resource("k8s://pods/payments", mime_type="text/plain")
+    def payments_pods() -> str:
+        """The payments namespace's pods, as a resource."""
+        return "payments-api-07f9c  Running"
+
     @mcp.prompt()
     def db_debug(pod: str) -> str:
         """A prompt that quotes the pod's database settings."""

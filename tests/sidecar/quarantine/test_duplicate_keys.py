@@ -19,7 +19,8 @@ import pytest
 from aiohttp import web
 
 from sidecar.jsonrpc import dumps_answer, loads_answer
-from tests.sidecar.proxy.conftest import free_port, raw_session, session_headers
+from tests.harness.peers import free_port
+from tests.sidecar.proxy.conftest import raw_session, session_headers
 
 from .test_through_the_sidecar import guarded
 

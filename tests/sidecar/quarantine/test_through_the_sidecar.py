@@ -24,22 +24,23 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
 
+from sidecar import jsonrpc
 from sidecar.quarantine import QUARANTINE_META_KEY, REDACTED_META_KEY, OutputGuard
 from sidecar.quarantine.guard import QUARANTINED_OUTPUT_SCHEMA, WITHHELD_LOG_DATA
 from sidecar.quarantine.store import HandleRefused
+from tests.harness.peers import free_port, wait_port
 from tests.sidecar.proxy.conftest import (
     Sidecar,
     UpstreamProc,
     answer_of,
     auth,
-    free_port,
     raw_session,
     run_sidecar,
     session_headers,
     start_example_server,
     stop_process,
-    wait_port,
 )
 
 from .model_server import model_server
@@ -256,6 +257,56 @@ class TestSecretsAreRedacted:
         assert reads[0]["arguments"] == {"uri": "k8s://config/kubeconfig"}
         prompt_args = {"name": "db_debug", "arguments": {"pod": "payments-api-0"}}
         assert reads[1]["arguments"] == prompt_args
+
+    async def test_registered_reads_are_decided_by_the_rules(
+        self, secret_upstream: UpstreamProc, tmp_path: Path
+    ) -> None:
+        """With ``resources/read`` and ``prompts/get`` in the registry, a rule can refuse a
+        URI or a prompt as it would a tool, and every read is a decision in the audit."""
+        bundle = tmp_path / "governed.yaml"
+        bundle.write_text(
+            BUNDLE.read_text()
+            .replace(
+                "        - {name: db_check, risk: read}\n",
+                "        - {name: db_check, risk: read}\n"
+                "        - {name: resources/read, risk: read}\n"
+                "        - {name: prompts/get, risk: read}\n",
+            )
+            .replace(
+                "  rules:\n",
+                "  rules:\n"
+                "    - id: no-kubeconfig\n"
+                "      match: {tools: [resources/read]}\n"
+                "      when: args.uri.startsWith('k8s://config/')\n"
+                "      decision: deny\n"
+                "      reason: the kubeconfig is not for agents\n"
+                "    - id: no-db-prompts\n"
+                "      match: {tools: [prompts/get]}\n"
+                "      when: args.name == 'db_debug'\n"
+                "      decision: require_approval\n"
+                "      reason: a human looks at database prompts first\n",
+            )
+        )
+        async with run_sidecar(secret_upstream.url, tmp_path, bundle=bundle) as sc:
+            sc.core.outputs = OutputGuard()
+            async with streamable(sc.url) as c:
+                pods = await c.read_resource("k8s://pods/payments")
+                with pytest.raises(MCPError) as denied:
+                    await c.read_resource("k8s://config/kubeconfig")
+                with pytest.raises(MCPError) as held:
+                    await c.get_prompt("db_debug", {"pod": "payments-api-0"})
+            records = [r for r in sc.audit() if r["tool"] in ("resources/read", "prompts/get")]
+        assert "payments-api-07f9c" in json.dumps(pods.model_dump(by_alias=True))
+        assert denied.value.error.code == jsonrpc.POLICY_DENIED
+        assert denied.value.error.data["rule"] == "no-kubeconfig"
+        assert SA_TOKEN not in json.dumps(denied.value.error.model_dump())
+        assert held.value.error.code == jsonrpc.APPROVAL_REQUIRED
+        assert [(r["kind"], r["decision"], r["rule_id"]) for r in records] == [
+            ("decision", "allow", "allow-reads"),
+            ("decision", "deny", "no-kubeconfig"),
+            ("decision", "require_approval", "no-db-prompts"),
+        ]
+        assert records[1]["arguments"] == {"uri": "k8s://config/kubeconfig"}
 
     async def test_a_tool_error_quoting_a_password_loses_it(
         self, secret_upstream: UpstreamProc, tmp_path: Path
