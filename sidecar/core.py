@@ -498,10 +498,16 @@ class ProxyCore:
         result = doc.get("result")
         if pending.method == "tools/call" and self.outputs is not None and "error" in doc:
             return self.outputs.rewrite_error(doc)
-        if pending.method in CONTENT_METHODS and self.outputs is not None:
-            if "error" in doc:
-                return self.outputs.rewrite_error(doc)
-            return self.outputs.redact_content(doc)
+        if pending.method in CONTENT_METHODS:
+            if self.outputs is not None:
+                if "error" in doc:
+                    return self.outputs.rewrite_error(doc)
+                doc = self.outputs.redact_content(doc)
+            # a read registered with untrustedOutput is flagged for the host, as a tool's
+            # output is (the quarantine's extractors know tool results only)
+            if pending.untrusted and isinstance(doc.get("result"), dict):
+                return {**doc, "result": gate.mark_untrusted(doc["result"])}
+            return doc
         if not isinstance(result, dict):
             return doc
         if pending.method in ("initialize", "server/discover"):

@@ -28,7 +28,11 @@ from mcp.shared.exceptions import MCPError
 
 from sidecar import jsonrpc
 from sidecar.quarantine import QUARANTINE_META_KEY, REDACTED_META_KEY, OutputGuard
-from sidecar.quarantine.guard import QUARANTINED_OUTPUT_SCHEMA, WITHHELD_LOG_DATA
+from sidecar.quarantine.guard import (
+    QUARANTINED_OUTPUT_SCHEMA,
+    UNTRUSTED_META_KEY,
+    WITHHELD_LOG_DATA,
+)
 from sidecar.quarantine.store import HandleRefused
 from tests.harness.peers import free_port, wait_port
 from tests.sidecar.proxy.conftest import (
@@ -269,7 +273,7 @@ class TestSecretsAreRedacted:
             .replace(
                 "        - {name: db_check, risk: read}\n",
                 "        - {name: db_check, risk: read}\n"
-                "        - {name: resources/read, risk: read}\n"
+                "        - {name: resources/read, risk: read, untrustedOutput: true}\n"
                 "        - {name: prompts/get, risk: read}\n",
             )
             .replace(
@@ -297,6 +301,7 @@ class TestSecretsAreRedacted:
                     await c.get_prompt("db_debug", {"pod": "payments-api-0"})
             records = [r for r in sc.audit() if r["tool"] in ("resources/read", "prompts/get")]
         assert "payments-api-07f9c" in json.dumps(pods.model_dump(by_alias=True))
+        assert pods.meta is not None and pods.meta[UNTRUSTED_META_KEY] is True
         assert denied.value.error.code == jsonrpc.POLICY_DENIED
         assert denied.value.error.data["rule"] == "no-kubeconfig"
         assert SA_TOKEN not in json.dumps(denied.value.error.model_dump())
