@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import json
 import os
 import signal
@@ -28,6 +26,7 @@ from palisade.distribution import (
     TrustedKeys,
 )
 from palisade.v1 import distribution_pb2
+from tests.harness.process import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,12 +65,6 @@ spec:
 
 def bundle_yaml(reason: str = "reads are fine", gpus: int = 2) -> str:
     return BUNDLE.format(reason=reason, gpus=gpus)
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the test process dies, even if it is killed itself."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def write_key(path: Path) -> Ed25519PrivateKey:
@@ -156,7 +149,7 @@ def start_replica(
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent
         )
     deadline = time.monotonic() + 30
     while not ready.exists():

@@ -26,10 +26,21 @@ _live: set[ManagedProcess] = set()
 _live_lock = threading.Lock()
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+# Resolved here, in the parent: between fork and exec the child may only make the
+# prctl call. find_library runs ldconfig in a subprocess, and doing that in the
+# forked child of a threaded test process (gRPC, asyncio) can kill the child
+# before it writes a line.
+_LIBC = (
+    ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if sys.platform.startswith("linux")
+    else None
+)
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: the kernel SIGKILLs the child when the test process dies."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -66,7 +77,7 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 env=self._env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         with _live_lock:
             _live.add(self)
