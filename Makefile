@@ -2,10 +2,13 @@
 PY      ?= .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: install setup proto check lint types test test-fast bench demo clean
+.PHONY: install setup venv proto check lint types test test-fast bench demo clean
 
 install setup: ## create .venv, install Python deps and the test peers (idempotent)
 	scripts/setup
+
+venv: ## only the Python virtualenv (what make demo needs)
+	bash scripts/setup.d/10-python.sh
 
 proto: setup ## regenerate palisade/v1 stubs from proto/
 	scripts/gen-proto
@@ -25,7 +28,7 @@ test-fast: setup ## unit tests only (no e2e peers)
 bench: setup ## benchmarks: prints tables, writes bench/results/*.json
 	$(PY) -m bench
 
-demo: setup ## the worked example end to end on embedded defaults
+demo: venv ## the worked example end to end on embedded defaults (needs only the virtualenv)
 	$(PY) examples/demo.py
 	$(PY) examples/mcp_servers/demo.py
 
