@@ -26,8 +26,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from injector import kube, tls, trust
+from injector.choices import check_template
+from injector.keysource import ConfigMapKeys
 from injector.settings import (
     InjectionSettings,
+    KeySourceSettings,
     ServerSettings,
     Settings,
     SidecarSettings,
@@ -43,6 +46,7 @@ _IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/name
 _DEFAULTS_SERVER = ServerSettings()
 _DEFAULTS_TLS = TLSSettings()
 _DEFAULTS_SIDECAR = SidecarSettings()
+_DEFAULTS_KEYS = KeySourceSettings()
 
 
 def _default_namespace(env: Mapping[str, str]) -> str:
@@ -188,6 +192,43 @@ def register(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = No
         "distributor's TLS certificate with; empty: plaintext gRPC",
     )
     opt(
+        "--sidecar-trusted-keys-configmap",
+        "PALISADE_SIDECAR_TRUSTED_KEYS_CONFIGMAP",
+        None,
+        "a ConfigMap in --namespace holding the bundle signing public key(s), watched: the "
+        "distributor publishes its key there at first start; until a key is known, MCP "
+        "server pods are refused with 'retry in a few seconds'",
+    )
+    opt(
+        "--sidecar-trusted-keys-configmap-key",
+        "PALISADE_SIDECAR_TRUSTED_KEYS_CONFIGMAP_KEY",
+        _DEFAULTS_KEYS.key,
+        "that ConfigMap's data key",
+    )
+    opt(
+        "--sidecar-identity",
+        "PALISADE_SIDECAR_IDENTITY",
+        _DEFAULTS_SIDECAR.identity,
+        "how sidecars verify callers: cluster-oidc (ServiceAccount tokens, the cluster's "
+        "OIDC keys; no RBAC), token-review (needs system:auth-delegator), none",
+        choices=["cluster-oidc", "token-review", "none"],
+    )
+    opt(
+        "--sidecar-audience-template",
+        "PALISADE_SIDECAR_AUDIENCE_TEMPLATE",
+        _DEFAULTS_SIDECAR.audience_template,
+        "token audience per MCP server ({namespace}, {server}); pods may override it with "
+        "the annotation palisade.dev/audience",
+    )
+    opt(
+        "--pod-firewall",
+        "PALISADE_POD_FIREWALL",
+        "enabled",
+        "enabled: add the palisade-init packet filter (NET_ADMIN) so only the sidecar "
+        "reaches the MCP container's port; disabled: rely on NetworkPolicy",
+        choices=["enabled", "disabled"],
+    )
+    opt(
         "--sidecar-cpu-request",
         "PALISADE_SIDECAR_CPU_REQUEST",
         _DEFAULTS_SIDECAR.cpu_request,
@@ -261,16 +302,19 @@ def trusted_keys_from(ns: argparse.Namespace) -> tuple[str, ...]:
         keys = trust.normalize(_key_texts(list(ns.sidecar_trusted_key)))
     except trust.TrustError as exc:
         raise SystemExit(f"palisade injector: {exc}") from None
-    if ns.sidecar_bundle_configmap and not ns.distributor and not keys:
+    if keys or ns.sidecar_trusted_keys_configmap:
+        return keys  # with a ConfigMap, keys may appear later: pods wait for them
+    if ns.sidecar_bundle_configmap and not ns.distributor:
         raise SystemExit(
             "palisade injector: --sidecar-bundle-configmap needs --sidecar-trusted-key (env "
             "PALISADE_SIDECAR_TRUSTED_KEYS): sidecars accept only bundles signed by a trusted key"
         )
-    if ns.distributor and not keys:
+    if ns.distributor:
         raise SystemExit(
             "palisade injector: --distributor needs --sidecar-trusted-key (env "
-            "PALISADE_SIDECAR_TRUSTED_KEYS): injected sidecars verify every bundle with "
-            "the distributor's public signing key(s) and refuse to start without one"
+            "PALISADE_SIDECAR_TRUSTED_KEYS) or --sidecar-trusted-keys-configmap: injected "
+            "sidecars verify every bundle with the distributor's public signing key(s) and "
+            "refuse to start without one"
         )
     return keys
 
@@ -290,6 +334,13 @@ def distributor_ca_from(ns: argparse.Namespace) -> str:
             "palisade injector: --sidecar-distributor-ca is not a PEM certificate"
         ) from None
     return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
+
+
+def _template(template: str) -> str:
+    try:
+        return check_template(template)
+    except ValueError as exc:
+        raise SystemExit(f"palisade injector: --sidecar-audience-template: {exc}") from None
 
 
 def settings_from(ns: argparse.Namespace) -> Settings:
@@ -316,7 +367,14 @@ def settings_from(ns: argparse.Namespace) -> Settings:
                 cpu_limit=ns.sidecar_cpu_limit,
                 memory_limit=ns.sidecar_memory_limit,
                 extra_args=tuple(ns.sidecar_extra_arg),
+                identity=ns.sidecar_identity,
+                audience_template=_template(ns.sidecar_audience_template),
+                pod_firewall=ns.pod_firewall == "enabled",
             ),
+        ),
+        keys=KeySourceSettings(
+            configmap=ns.sidecar_trusted_keys_configmap or None,
+            key=ns.sidecar_trusted_keys_configmap_key,
         ),
         tls=TLSSettings(
             mode=ns.tls_mode,
@@ -361,11 +419,24 @@ async def serve(
             manager = tls.SelfSignedTLS(settings.tls, injection.own_namespace, api, serving)
         if not await _first_reconcile(manager, stop):
             return
+        keys: ConfigMapKeys | None = None
+        tasks: list[asyncio.Task[None]] = []
+        if settings.keys.configmap:
+            keys = ConfigMapKeys(
+                api,
+                injection.own_namespace,
+                settings.keys.configmap,
+                settings.keys.key,
+                static=injection.sidecar.trusted_keys,
+                min_refresh_seconds=settings.keys.min_refresh_seconds,
+            )
+            tasks.append(asyncio.create_task(keys.run(stop)))
         webhook = Webhook(
             injection,
             kube.KubeNamespaces(api, ttl=settings.server.namespace_cache_seconds),
             ready=lambda: serving.ready,
             max_body_bytes=settings.server.max_body_bytes,
+            keys=keys,
         )
         runner = web.AppRunner(
             webhook.app(),
@@ -381,16 +452,17 @@ async def serve(
         log.info(
             "injector listening", extra={"host": settings.server.host, "port": settings.server.port}
         )
-        tls_task = asyncio.create_task(manager.run(stop))
+        tasks.append(asyncio.create_task(manager.run(stop)))
         if started is not None:
             started.set()
         try:
             await stop.wait()
         finally:
             await runner.cleanup()
-            tls_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await tls_task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     finally:
         await api.close()
 
@@ -429,6 +501,7 @@ def run(ns: argparse.Namespace) -> int:
             extra={
                 "distributor": sidecar.distributor,
                 "key_ids": trust.key_ids(sidecar.trusted_keys),
+                "keys_configmap": settings.keys.configmap,
             },
         )
         if sidecar.bundle_configmap:
@@ -441,7 +514,7 @@ def run(ns: argparse.Namespace) -> int:
                 "key_ids": trust.key_ids(sidecar.trusted_keys),
             },
         )
-    elif sidecar.trusted_keys:
+    elif sidecar.trusted_keys or settings.keys.configmap:
         log.warning("trusted keys given without a distributor or bundle ConfigMap: unused")
     else:
         log.warning("no distributor and no bundle ConfigMap: injected sidecars deny every call")

@@ -16,7 +16,15 @@ Selection, in order:
    or Refuse in a ``required`` namespace.
 7. ``hostNetwork`` -> Skip with a reason recorded in the status annotation and a
    warning, or Refuse in a ``required`` namespace (it cannot be governed there).
-8. Otherwise Inject.
+8. Sidecars need trusted bundle keys (a distributor or a bundle ConfigMap is
+   configured) and none is known yet (the distributor publishes its key at first
+   start) -> Refuse with "retry in a few seconds": a sidecar that cannot verify
+   bundles must not be injected, and the ReplicaSet controller retries.
+9. Otherwise Inject: the sidecar, and (unless ``--pod-firewall disabled`` or the
+   pod opts out with ``palisade.dev/pod-firewall: "false"``, refused in a
+   ``required`` namespace) the ``palisade-init`` packet filter, with the MCP
+   container's probes of the protected port rerouted through the sidecar
+   (injector/probes.py).
 
 Port takeover (see docs/injector.md, "Ports"): the MCP container's port named
 ``mcp`` (or the ``palisade.dev/port`` annotation) loses its name, the sidecar
@@ -33,6 +41,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from injector import choices, probes
+from injector.choices import OFF_VALUES, Unacceptable
+from injector.probes import ProbeRewrite
 from injector.settings import SYSTEM_NAMESPACES, InjectionSettings
 
 LABEL_INJECT = "palisade.dev/inject"
@@ -108,6 +119,14 @@ class Plan:
     has_init_containers: bool
     status: str
     warnings: tuple[str, ...] = field(default=())
+    audience: str = ""
+    """The token audience the sidecar accepts (per server; see docs/identity.md)."""
+    firewall_ports: tuple[int, ...] = ()
+    """Ports the ``palisade-init`` packet filter protects; empty: no init container."""
+    probe_rewrites: tuple[ProbeRewrite, ...] = ()
+    """MCP container probes and hooks rerouted through the sidecar."""
+    has_firewall_init: bool = False
+    """Our ``palisade-init`` is already there (added by an earlier review): not again."""
 
 
 Decision = Plan | Skip | Refuse
@@ -237,6 +256,13 @@ def decide(
     # Idempotency rests on the container, not on the annotation alone: a pod
     # could carry a copied or forged status annotation and no sidecar.
     present = existing_sidecar(spec, sidecar.container_name)
+    init = existing_sidecar(spec, sidecar.init_container_name)
+    if init is not None and init.get("image") != sidecar.image:
+        return Refuse(
+            f"pod {label} has a container named {sidecar.init_container_name!r} that is not "
+            f"Palisade's (image {init.get('image')!r}, expected {sidecar.image!r}); "
+            "rename that container"
+        )
     if present is not None:
         if present.get("image") != sidecar.image:
             return Refuse(
@@ -252,7 +278,7 @@ def decide(
         )
     required = mode == "required"
     opt_out = str(annotations.get(ANNOTATION_INJECT, "")).strip().lower()
-    if opt_out in ("false", "no", "off", "0", "disabled"):
+    if opt_out in OFF_VALUES:
         if required:
             return Refuse(
                 f"namespace {namespace} requires the Palisade sidecar on MCP servers "
@@ -278,6 +304,8 @@ def decide(
             warnings=(f"palisade: pod {label} not injected: {reason}",),
             status=status_value("skipped", reason=reason),
         )
+    if choices.needs_trusted_keys(sidecar) and not sidecar.trusted_keys:
+        return Refuse(choices.missing_keys_message(label, sidecar, settings.trusted_keys_problem))
     return _plan(
         pod, meta, spec, annotations, namespace, label, server_name, ns_labels, settings, warnings
     )
@@ -324,6 +352,7 @@ def _plan(
         app_index = takeover.container if takeover else 0
     app = containers[app_index]
     explicit_upstream = annotations.get(ANNOTATION_UPSTREAM_PORT)
+    hostport = False
     if takeover is not None:
         port = containers[takeover.container]["ports"][takeover.port]
         upstream = _port_number(port.get("containerPort"))
@@ -331,11 +360,7 @@ def _plan(
             return Refuse(f"pod {label}: port {port_name!r} has no valid containerPort")
         if str(port.get("protocol") or "TCP") != "TCP":
             return Refuse(f"pod {label}: port {port_name!r} is not TCP; MCP runs over HTTP")
-        if port.get("hostPort"):
-            warnings.append(
-                f"palisade: port {port_name!r} of pod {label} has a hostPort, which still "
-                "reaches the MCP server directly"
-            )
+        hostport = bool(port.get("hostPort"))
     elif explicit_upstream is not None:
         number = _port_number(explicit_upstream)
         if number is None:
@@ -367,6 +392,38 @@ def _plan(
         while sidecar_port in used or sidecar_port == upstream:
             sidecar_port += 1
     rewrites = _rewrites(app, app_index, port_name, upstream) if takeover else []
+    try:
+        audience = choices.audience(sidecar.audience_template, namespace, server_name, annotations)
+        firewall, firewall_state = choices.firewall(
+            annotations, ns_labels, label, upstream, sidecar_port, sidecar.pod_firewall
+        )
+    except Unacceptable as exc:
+        return Refuse(str(exc))
+    probe_rewrites: tuple[ProbeRewrite, ...] = ()
+    if firewall:
+        probe_rewrites, probe_warnings = probes.plan(app, app_index, firewall)
+        warnings += probe_warnings
+        # A probe rerouted through the sidecar is replaced whole: no port rewrite in it.
+        moved = tuple(f"{r.parent}/{r.kind}/" for r in probe_rewrites)
+        rewrites = [(path, n) for path, n in rewrites if not path.startswith(moved)]
+    elif hostport:
+        warnings.append(
+            f"palisade: port {port_name!r} of pod {label} has a hostPort, which still "
+            "reaches the MCP server directly (the packet filter is off)"
+        )
+    if firewall_state == "opted-out":
+        warnings.append(
+            f"palisade: pod {label} opts out of the packet filter "
+            f"({choices.ANNOTATION_FIREWALL}: false); other pods can reach the MCP server's "
+            "own port around the sidecar"
+        )
+    elif firewall_state.startswith("pod-security-"):
+        warnings.append(
+            f"palisade: namespace {namespace} enforces the {firewall_state[13:]} Pod Security "
+            "Standard, which forbids the packet filter's NET_ADMIN: pod "
+            f"{label} gets the sidecar without it; only a NetworkPolicy keeps other pods from "
+            "the MCP server's own port"
+        )
     token_mount = None
     for mount in _as_list(app.get("volumeMounts")):
         if _as_dict(mount).get("mountPath") == SA_TOKEN_PATH:
@@ -382,6 +439,8 @@ def _plan(
         port=sidecar_port,
         portName=port_name,
         upstream=upstream,
+        audience=audience,
+        podFirewall=firewall_state,
     )
     return Plan(
         pod_label=label,
@@ -407,4 +466,8 @@ def _plan(
         has_init_containers=isinstance(spec.get("initContainers"), list),
         status=status,
         warnings=tuple(warnings),
+        audience=audience,
+        firewall_ports=firewall,
+        probe_rewrites=probe_rewrites,
+        has_firewall_init=existing_sidecar(spec, sidecar.init_container_name) is not None,
     )

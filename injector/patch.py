@@ -8,13 +8,19 @@ the plan (indices, which lists exist). Conventions, as in vault-k8s:
 - map keys in paths are escaped per RFC 6901 (``~`` -> ``~0``, ``/`` -> ``~1``),
   which matters for annotation keys such as ``palisade.dev/status``;
 - operations refer to the pod exactly as received; nothing is removed except
-  the name of the port the sidecar takes over.
+  the name of the port the sidecar takes over, and the ``tcpSocket`` of a probe
+  rerouted through the sidecar (it becomes an ``httpGet``).
+
+Init containers, in the order they run: ``palisade-init`` (the packet filter)
+first, then the native sidecar, then the pod's own; so the filter is in place
+before anything listens, and the sidecar is up before the MCP server starts.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from injector import probes
 from injector.model import (
     ANNOTATION_STATUS,
     AUDIT_DIR,
@@ -30,6 +36,14 @@ from injector.settings import SidecarSettings
 from injector.trust import sidecar_env_value
 
 SOCKET_FILE = f"{SOCKET_DIR}/check.sock"
+#: The sidecar's own view of the API server (token + CA), whatever the pod's
+#: automountServiceAccountToken says: a projected volume mounted only in the sidecar.
+VOLUME_KUBE_API = "palisade-kube-api"
+KUBE_API_DIR = "/var/run/secrets/palisade.dev/kube-api"
+IN_CLUSTER_API = "https://kubernetes.default.svc"
+#: iptables-legacy takes its lock in /run/xtables.lock; the init container's root
+#: filesystem is read-only, so /run is a small emptyDir.
+VOLUME_INIT_RUN = "palisade-init-run"
 #: Without a distributor, the bundle ConfigMap (``--sidecar-bundle-configmap``) is here.
 VOLUME_BUNDLE_SOURCE = "palisade-bundle"
 BUNDLE_SOURCE_DIR = "/etc/palisade/bundle"
@@ -54,8 +68,13 @@ def bundle_configmap(sidecar: SidecarSettings) -> str | None:
     return None if sidecar.distributor else sidecar.bundle_configmap
 
 
-def volumes(sidecar: SidecarSettings | None = None) -> list[dict[str, Any]]:
-    """The volumes the sidecar needs, in the order they are added."""
+def uses_kube_api(sidecar: SidecarSettings) -> bool:
+    """Whether the sidecar talks to the API server for identity (needs the token volume)."""
+    return sidecar.identity != "none"
+
+
+def volumes(sidecar: SidecarSettings | None = None, firewall: bool = False) -> list[dict[str, Any]]:
+    """The volumes the sidecar (and the packet filter) need, in the order they are added."""
     found: list[dict[str, Any]] = [
         {"name": VOLUME_SOCKET, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
         {"name": VOLUME_BUNDLES, "emptyDir": {"sizeLimit": "64Mi"}},
@@ -66,7 +85,43 @@ def volumes(sidecar: SidecarSettings | None = None) -> list[dict[str, Any]]:
         # Not optional: a pod whose namespace lacks the ConfigMap stays Pending
         # (the kubelet says why) rather than running with no policy.
         found.append({"name": VOLUME_BUNDLE_SOURCE, "configMap": {"name": name}})
+    if sidecar is not None and uses_kube_api(sidecar):
+        # What the kubelet mounts as kube-api-access-*: a bound token of the pod's
+        # ServiceAccount (API server audience, rotated by the kubelet) and the
+        # cluster CA from the kube-root-ca.crt ConfigMap every namespace has.
+        found.append(
+            {
+                "name": VOLUME_KUBE_API,
+                "projected": {
+                    "defaultMode": 0o444,
+                    "sources": [
+                        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                        {
+                            "configMap": {
+                                "name": "kube-root-ca.crt",
+                                "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                            }
+                        },
+                    ],
+                },
+            }
+        )
+    if firewall:
+        found.append(
+            {"name": VOLUME_INIT_RUN, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
+        )
     return found
+
+
+def identity_args(plan: Plan, sidecar: SidecarSettings) -> list[str]:
+    """How the sidecar verifies callers: bound to this server's audience, never --dev-auth."""
+    args = ["--audience", plan.audience]
+    api = ["--kube-token-file", f"{KUBE_API_DIR}/token", "--kube-ca-file", f"{KUBE_API_DIR}/ca.crt"]
+    if sidecar.identity == "cluster-oidc":
+        args += ["--cluster-issuer", "discover", "--kube-api-server", IN_CLUSTER_API, *api]
+    elif sidecar.identity == "token-review":
+        args += ["--token-review-api", IN_CLUSTER_API, *api]
+    return args
 
 
 def sidecar_args(plan: Plan, sidecar: SidecarSettings) -> list[str]:
@@ -94,7 +149,8 @@ def sidecar_args(plan: Plan, sidecar: SidecarSettings) -> list[str]:
     ]
     if bundle_configmap(sidecar):
         args += ["--bundle", BUNDLE_SOURCE_DIR]
-    return args + list(sidecar.extra_args)
+    # Extra arguments last: a later flag wins, so the chart can override any of these.
+    return args + identity_args(plan, sidecar) + list(sidecar.extra_args)
 
 
 def _probe(path: str, port: int, period: int, failures: int) -> dict[str, Any]:
@@ -144,6 +200,12 @@ def sidecar_container(plan: Plan, sidecar: SidecarSettings) -> dict[str, Any]:
         mounts.append(
             {"name": VOLUME_BUNDLE_SOURCE, "mountPath": BUNDLE_SOURCE_DIR, "readOnly": True}
         )
+    if uses_kube_api(sidecar):
+        mounts.append({"name": VOLUME_KUBE_API, "mountPath": KUBE_API_DIR, "readOnly": True})
+    if plan.probe_rewrites:
+        env.append(
+            {"name": "PALISADE_APP_PROBES", "value": probes.sidecar_table(plan.probe_rewrites)}
+        )
     if plan.token_mount is not None:
         # Containers added by a webhook miss the ServiceAccount token mount (the
         # ServiceAccount admission plugin ran before us): reuse the app's.
@@ -181,6 +243,54 @@ def sidecar_container(plan: Plan, sidecar: SidecarSettings) -> dict[str, Any]:
     return container
 
 
+def init_container(plan: Plan, sidecar: SidecarSettings) -> dict[str, Any]:
+    """``palisade-init``: installs the pod's packet filter (injector/firewall.py), then exits.
+
+    Root only for iptables (in the pod's own network namespace), with NET_ADMIN and
+    no other capability: the nft backend needs nothing more (the legacy one would
+    need NET_RAW too, which is not granted).
+    """
+    args = ["pod-firewall"]
+    for port in plan.firewall_ports:
+        args += ["--protect-port", str(port)]
+    return {
+        "name": sidecar.init_container_name,
+        "image": sidecar.image,
+        "imagePullPolicy": sidecar.pull_policy,
+        "command": ["palisade"],
+        "args": args,
+        "volumeMounts": [{"name": VOLUME_INIT_RUN, "mountPath": "/run"}],
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "32Mi"},
+            "limits": {"cpu": "500m", "memory": "64Mi"},
+        },
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "runAsNonRoot": False,
+            "privileged": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def probe_ops(plan: Plan) -> list[PatchOp]:
+    """Point each rerouted probe at the sidecar's ``/palisade/app-health/...`` route."""
+    ops: list[PatchOp] = []
+    for rewrite in plan.probe_rewrites:
+        handler = rewrite.handler(plan.sidecar_port)
+        if rewrite.kind == "httpGet":
+            ops.append({"op": "replace", "path": f"{rewrite.parent}/httpGet", "value": handler})
+        else:
+            ops.append({"op": "remove", "path": f"{rewrite.parent}/{rewrite.kind}"})
+            ops.append({"op": "add", "path": f"{rewrite.parent}/httpGet", "value": handler})
+    return ops
+
+
 def build(plan: Plan, sidecar: SidecarSettings) -> list[PatchOp]:
     """All operations for one injection, in an order valid against the received pod."""
     ops: list[PatchOp] = []
@@ -192,6 +302,7 @@ def build(plan: Plan, sidecar: SidecarSettings) -> list[PatchOp]:
         )
     for path, number in plan.port_rewrites:
         ops.append({"op": "replace", "path": path, "value": number})
+    ops += probe_ops(plan)
     socket_mount = {"name": VOLUME_SOCKET, "mountPath": SOCKET_DIR, "readOnly": True}
     if not plan.app_needs_socket_mount:
         pass  # the MCP container already mounts something there: leave it be
@@ -199,18 +310,24 @@ def build(plan: Plan, sidecar: SidecarSettings) -> list[PatchOp]:
         ops.append({"op": "add", "path": f"{app}/volumeMounts/-", "value": socket_mount})
     else:
         ops.append({"op": "add", "path": f"{app}/volumeMounts", "value": [socket_mount]})
-    missing = [v for v in volumes(sidecar) if v["name"] not in plan.existing_volumes]
+    firewall = bool(plan.firewall_ports) and not plan.has_firewall_init
+    missing = [v for v in volumes(sidecar, firewall) if v["name"] not in plan.existing_volumes]
     if not plan.has_volumes:
         ops.append({"op": "add", "path": "/spec/volumes", "value": missing})
     else:
         ops += [{"op": "add", "path": "/spec/volumes/-", "value": v} for v in missing]
     container = sidecar_container(plan, sidecar)
+    # Init containers run in list order: the filter, then the native sidecar, then the pod's.
+    first = [init_container(plan, sidecar)] if firewall else []
     if plan.native:
-        if plan.has_init_containers:
-            ops.append({"op": "add", "path": "/spec/initContainers/0", "value": container})
-        else:
-            ops.append({"op": "add", "path": "/spec/initContainers", "value": [container]})
-    else:
+        first.append(container)
+    if plan.has_init_containers:
+        ops += [
+            {"op": "add", "path": "/spec/initContainers/0", "value": c} for c in reversed(first)
+        ]
+    elif first:
+        ops.append({"op": "add", "path": "/spec/initContainers", "value": first})
+    if not plan.native:
         ops.append({"op": "add", "path": "/spec/containers/-", "value": container})
     ops.append(annotation_op(plan.has_annotations, ANNOTATION_STATUS, plan.status))
     return ops

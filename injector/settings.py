@@ -12,6 +12,13 @@ from typing import Literal
 
 NativeMode = Literal["auto", "always", "never"]
 TLSMode = Literal["self-signed", "mounted"]
+#: How injected sidecars verify callers' tokens: the cluster's OIDC keys (issuer
+#: discovered from the API server), Kubernetes TokenReview, or only what
+#: ``--sidecar-extra-arg`` says.
+IdentityMode = Literal["cluster-oidc", "token-review", "none"]
+
+#: The default per-server token audience (``{namespace}``, ``{server}`` filled in).
+DEFAULT_AUDIENCE_TEMPLATE = "palisade.dev/mcp/{namespace}/{server}"
 
 #: Namespaces never injected, whatever their labels say.
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
@@ -78,6 +85,24 @@ class SidecarSettings:
     extra_args: tuple[str, ...] = ()
     """More arguments appended to ``palisade sidecar ...``."""
 
+    identity: IdentityMode = "cluster-oidc"
+    """cluster-oidc: ServiceAccount tokens verified with the cluster's OIDC keys, the
+    issuer discovered from the API server (no RBAC beyond the default); token-review:
+    the TokenReview API (the pod's ServiceAccount then needs system:auth-delegator);
+    none: identity only from ``extra_args``."""
+
+    audience_template: str = DEFAULT_AUDIENCE_TEMPLATE
+    """The audience tokens must carry, per server: ``{namespace}`` and ``{server}``
+    (the ``palisade.dev/mcp-server`` label) are filled in; a pod may override it
+    with the annotation ``palisade.dev/audience``."""
+
+    pod_firewall: bool = True
+    """Add the ``palisade-init`` init container whose packet filter refuses
+    connections to the MCP container's port from outside the pod."""
+
+    init_container_name: str = "palisade-init"
+    """Name of the injected packet-filter init container."""
+
 
 @dataclass(frozen=True)
 class InjectionSettings:
@@ -94,6 +119,10 @@ class InjectionSettings:
 
     sidecar: SidecarSettings = field(default_factory=SidecarSettings)
     """The injected container."""
+
+    trusted_keys_problem: str = ""
+    """Why the trusted bundle keys are missing (the keys ConfigMap is absent or holds
+    no usable key), filled per review from the key source; "" when nothing is wrong."""
 
     @property
     def native(self) -> bool:
@@ -141,6 +170,23 @@ class TLSSettings:
 
 
 @dataclass(frozen=True)
+class KeySourceSettings:
+    """Where the sidecars' trusted bundle keys come from, besides the flags."""
+
+    configmap: str | None = None
+    """A ConfigMap in the injector's own namespace holding the PEM public key(s)
+    (the distributor publishes its key there at first start); watched, so pods
+    created after the key appears get it. None: only ``--sidecar-trusted-key``."""
+
+    key: str = "keys.pem"
+    """The ConfigMap's data key holding the PEM text."""
+
+    min_refresh_seconds: float = 1.0
+    """While no key is known, a review may read the ConfigMap directly (the watch
+    may lag), at most this often."""
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     """The HTTPS listener."""
 
@@ -167,5 +213,6 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     injection: InjectionSettings = field(default_factory=InjectionSettings)
     tls: TLSSettings = field(default_factory=TLSSettings)
+    keys: KeySourceSettings = field(default_factory=KeySourceSettings)
     kubeconfig: str | None = None
     """Out-of-cluster kubeconfig; None: in-cluster configuration."""

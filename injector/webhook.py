@@ -14,6 +14,7 @@ Routes: ``POST /mutate``, ``GET /healthz`` (the process answers), ``GET /readyz`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -26,6 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from injector import admission
+from injector.keysource import KeySource, KeyState
 from injector.review import Review, ReviewError, deny, parse_review
 from injector.settings import SYSTEM_NAMESPACES, InjectionSettings
 
@@ -89,9 +91,13 @@ class Webhook:
         namespaces: NamespaceLabels,
         ready: Callable[[], bool] = lambda: True,
         max_body_bytes: int = 8 * 2**20,
+        keys: KeySource | None = None,
     ) -> None:
         self.settings = settings
         self.namespaces = namespaces
+        #: The current trusted bundle keys (a watched ConfigMap); None: those in settings.
+        self.keys = keys
+        self._keyed: tuple[InjectionSettings, KeyState, InjectionSettings] | None = None
         self.ready = ready
         self.max_body_bytes = max_body_bytes
         self.metrics = Metrics()
@@ -122,7 +128,20 @@ class Webhook:
                     code=500,
                     reason="InternalError",
                 )
-        return admission.respond(request, labels, self.settings)
+        settings = self.settings
+        if self.keys is not None and labels and labels.get("palisade.dev/inject"):
+            settings = self._with_keys(settings, await self.keys.current())
+        return admission.respond(request, labels, settings)
+
+    def _with_keys(self, settings: InjectionSettings, state: KeyState) -> InjectionSettings:
+        """``settings`` with the current keys; rebuilt only when they (or settings) change."""
+        cached = self._keyed
+        if cached is not None and cached[0] is settings and cached[1] == state:
+            return cached[2]
+        sidecar = dataclasses.replace(settings.sidecar, trusted_keys=state.keys)
+        keyed = dataclasses.replace(settings, sidecar=sidecar, trusted_keys_problem=state.problem)
+        self._keyed = (settings, state, keyed)
+        return keyed
 
     async def mutate(self, http: web.Request) -> web.Response:
         started = time.perf_counter()

@@ -10,6 +10,8 @@
 ``GET /readyz``                       a verified bundle is active and the upstream answers
                                       (and, with a distributor, its client is ``OK``)
 ``GET /metrics``                      Prometheus text format
+``GET /palisade/app-health/<c>/<p>``  the MCP container's declared kubelet probe ``p``
+                                      of container ``c``, run on 127.0.0.1 (app_health.py)
 ``GET /.well-known/oauth-protected-resource``  RFC 9728 metadata (from identity)
 ====================================  =============================================
 """
@@ -22,6 +24,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from sidecar.app_health import AppHealth, add_routes
 from sidecar.core import ProxyCore
 from sidecar.legacy import LegacyHandlers
 from sidecar.streamable import StreamableHandlers
@@ -33,7 +36,12 @@ CORE_KEY: web.AppKey[ProxyCore] = web.AppKey("palisade_core", ProxyCore)
 Readiness = Callable[[], tuple[list[str], dict[str, Any]]]
 
 
-def build_app(core: ProxyCore, *, readiness: Readiness | None = None) -> web.Application:
+def build_app(
+    core: ProxyCore,
+    *,
+    readiness: Readiness | None = None,
+    app_health: AppHealth | None = None,
+) -> web.Application:
     s = core.settings
     app = web.Application(client_max_size=s.limits.max_body_bytes + 1)
     app[CORE_KEY] = core
@@ -83,6 +91,8 @@ def build_app(core: ProxyCore, *, readiness: Readiness | None = None) -> web.App
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/.well-known/oauth-protected-resource", resource_metadata)
     app.router.add_get("/.well-known/oauth-protected-resource" + s.mcp_path, resource_metadata)
+    if app_health is not None and app_health.checks:
+        add_routes(app, app_health)
 
     async def on_startup(_: web.Application) -> None:
         await core.upstream.start()

@@ -25,6 +25,8 @@ from palisade.runtime.lifecycle import run_daemon
 from palisade.runtime.logs import setup_logging
 from palisade.runtime.metrics import DecisionMetrics
 from sidecar.app import build_app
+from sidecar.app_health import AppHealth, ProbeConfigError
+from sidecar.app_health import parse as app_health_parse
 from sidecar.audit import AuditSink, LogSink, WriterSink
 from sidecar.core import ProxyCore
 from sidecar.credentials import FileCredential
@@ -32,10 +34,13 @@ from sidecar.identity import DevAgent
 from sidecar.identity.jwks import IssuerConfig
 from sidecar.identity.mapping import IdentityMap
 from sidecar.identity.stack import (
+    IN_CLUSTER_API,
+    SA_CA_FILE,
     SA_TOKEN_FILE,
     IdentitySettings,
     IdentityStack,
     TokenReviewSettings,
+    discovered_cluster_issuer,
 )
 from sidecar.intake import BundleIntake
 from sidecar.metrics import SidecarMetrics
@@ -114,10 +119,40 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     a("--label", action="append", default=_list_env("label"), help="k=v label for rules")
     a("--resource", default=_env("resource"), help="this server's OAuth resource URI (audience)")
+    a(
+        "--audience",
+        action="append",
+        default=_list_env("audience"),
+        help="token audience accepted instead of --resource (repeat); in a pod the injector "
+        "sets palisade.dev/mcp/<namespace>/<server>",
+    )
     a("--issuer", action="append", default=_list_env("issuer"), help="trusted token issuer URL")
-    a("--cluster-issuer", default=_env("cluster-issuer"), help="the cluster's OIDC issuer")
+    a(
+        "--cluster-issuer",
+        default=_env("cluster-issuer"),
+        help="the cluster's ServiceAccount token issuer (its iss), or 'discover' to read it "
+        "from the API server (--kube-api-server) at run time",
+    )
     a("--cluster-jwks-uri", default=_env("cluster-jwks-uri", ""), help="its JWKS URI")
     a("--token-review-api", default=_env("token-review-api"), help="API server for TokenReview")
+    a(
+        "--kube-api-server",
+        default=_env("kube-api-server", IN_CLUSTER_API),
+        help="the API server for --cluster-issuer discover and its keys",
+    )
+    a(
+        "--kube-token-file",
+        default=_env("kube-token-file", SA_TOKEN_FILE),
+        help="this pod's ServiceAccount token, sent to the API server (discovery, keys, "
+        "TokenReview)",
+    )
+    a("--kube-ca-file", default=_env("kube-ca-file", SA_CA_FILE), help="the API server's CA")
+    a(
+        "--app-probes",
+        default=_env("app-probes", ""),
+        help="JSON: the MCP container's probes the sidecar answers for at "
+        "/palisade/app-health/<container>/<probe> (set by the injector)",
+    )
     a("--required-scope", action="append", default=_list_env("required-scope"))
     a(
         "--dev-auth",
@@ -275,12 +310,35 @@ def identity_from(ns: argparse.Namespace, s: SidecarSettings) -> IdentitySetting
             raise SystemExit(f"palisade sidecar: bad --dev-token {spec!r} (TOKEN=AGENT[:TENANT])")
         dev[token] = DevAgent(agent, tenant, obo)
     issuers = [IssuerConfig(issuer=i) for i in ns.issuer]
-    if ns.cluster_issuer:
-        issuers.append(IssuerConfig(ns.cluster_issuer, jwks_uri=ns.cluster_jwks_uri, cluster=True))
+    api = str(ns.kube_api_server).rstrip("/")
+    if ns.cluster_issuer == "discover":
+        issuers.append(
+            discovered_cluster_issuer(api, token_file=ns.kube_token_file, ca_file=ns.kube_ca_file)
+        )
+    elif ns.cluster_issuer:
+        jwks_uri = ns.cluster_jwks_uri
+        on_api = bool(jwks_uri) and (jwks_uri == api or jwks_uri.startswith(api + "/"))
+        issuers.append(
+            IssuerConfig(
+                ns.cluster_issuer,
+                jwks_uri=jwks_uri,
+                cluster=True,
+                # keys served by the API server: fetched with the pod's CA and token
+                ca_file=ns.kube_ca_file if on_api else "",
+                fetch_token_file=ns.kube_token_file if on_api else "",
+            )
+        )
+    review = None
+    if ns.token_review_api:
+        review = TokenReviewSettings(
+            ns.token_review_api, token_file=ns.kube_token_file, ca_file=ns.kube_ca_file
+        )
+    audiences = (*([ns.resource] if ns.resource else []), *ns.audience) if ns.audience else ()
     return IdentitySettings(
         resource=resource,
+        audiences=audiences,
         issuers=tuple(issuers),
-        token_review=TokenReviewSettings(ns.token_review_api) if ns.token_review_api else None,
+        token_review=review,
         required_scopes=tuple(ns.required_scope),
         dev_mode=bool(ns.dev_auth),
         dev_tokens=dev,
@@ -370,6 +428,10 @@ def _signer(ns: argparse.Namespace, audit_dir: Path) -> Signer:
 
 async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
     s = settings_from(ns)
+    try:
+        app_health = AppHealth(app_health_parse(ns.app_probes or ""))
+    except ProbeConfigError as exc:
+        raise SystemExit(f"palisade sidecar: {exc}") from None
     metrics = SidecarMetrics()
     policy = PolicyHolder()
     # gRPC (about 9 MB resident) is loaded only when it is used: a Check socket, a fleet
@@ -481,7 +543,11 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
             approvals=link.approvals if link is not None else None,
         )
         runner = web.AppRunner(
-            build_app(core, readiness=link.readiness if link is not None else None),
+            build_app(
+                core,
+                readiness=link.readiness if link is not None else None,
+                app_health=app_health,
+            ),
             handle_signals=False,
             handler_cancellation=True,
             access_log=None,

@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("palisade.cli.keys", "generate Ed25519 signing keys"),
     "sidecar": ("sidecar.main", "run the MCP governance sidecar"),
     "injector": ("injector.main", "run the mutating admission webhook"),
+    "pod-firewall": (
+        "injector.firewall_cmd",
+        "install the pod's packet filter (the injected init container runs it)",
+    ),
     "distributor": ("distributor.main", "run the policy distributor"),
     "nodeagent": ("nodeagent.main", "run the GPU node agent, or show its status"),
     "fleet": ("palisade.cli.fleet", "show sidecars, nodes and bundles known to the distributor"),

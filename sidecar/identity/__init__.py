@@ -13,6 +13,7 @@ Public surface (the proxy uses only these names):
 - :class:`IdentityMap`: bundle ``spec.agents[].identities`` -> agents.
 - :func:`metadata_paths`: where to serve ``/.well-known/oauth-protected-resource``.
 - :func:`in_cluster_issuer`: the cluster's own ServiceAccount issuer, seen from a pod.
+- :func:`discovered_cluster_issuer`: the same, its ``iss`` discovered from the API server.
 """
 
 from sidecar.identity.challenge import metadata_paths, metadata_url
@@ -32,6 +33,7 @@ from sidecar.identity.stack import (
     IdentitySettings,
     IdentityStack,
     TokenReviewSettings,
+    discovered_cluster_issuer,
     in_cluster_issuer,
 )
 
@@ -51,6 +53,7 @@ __all__ = [
     "TokenReviewSettings",
     "Unauthenticated",
     "bearer_token",
+    "discovered_cluster_issuer",
     "in_cluster_issuer",
     "metadata_paths",
     "metadata_url",

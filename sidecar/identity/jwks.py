@@ -8,6 +8,15 @@ one (RFC 8414 section 3.3), then from its ``jwks_uri``. Keys are cached for
 rotation), but at most once per ``min_refresh_s`` so forged kids cannot make us
 hammer the issuer. When a refresh fails the last good keys stay in use for up to
 ``max_stale_s``; with no keys at all the verifier fails closed.
+
+The cluster's own issuer need not be known in advance (``discover_from``): it is
+read from the API server's ``/.well-known/openid-configuration``, fetched over TLS
+verified with the pod's CA and authenticated with the pod's own token (every
+ServiceAccount may read it: the default ClusterRoleBinding
+``system:service-account-issuer-discovery``). That document is trusted for its
+``issuer`` only because of where it came from; the keys still come from the
+configured ``jwks_uri`` (the API server's ``/openid/v1/jwks``), never from a URL
+the document names, which in managed clusters is often outside the cluster.
 """
 
 from __future__ import annotations
@@ -48,6 +57,27 @@ class IssuerConfig:
     #: A file holding a bearer token for fetching metadata and keys (some API
     #: servers do not serve discovery anonymously). Re-read at every fetch.
     fetch_token_file: str = ""
+    #: The issuer is not known in advance: read it from this OpenID configuration
+    #: document (the API server's ``/.well-known/openid-configuration``) and trust
+    #: the ``issuer`` it names. ``issuer`` stays empty; ``jwks_uri`` is required.
+    discover_from: str = ""
+
+    def __post_init__(self) -> None:
+        if self.discover_from and (self.issuer or not self.jwks_uri):
+            raise ValueError("a discovered issuer needs a jwks_uri and no fixed issuer")
+        if not self.discover_from and not self.issuer:
+            raise ValueError("an issuer needs its iss value or a discovery document")
+
+
+def issuer_from_configuration(doc: Mapping[str, Any]) -> str:
+    """The ``issuer`` an OpenID configuration document names (checked, not trusted blindly:
+    only a document fetched from the authenticated API server is given to this)."""
+    issuer = doc.get("issuer")
+    if not isinstance(issuer, str) or not issuer or len(issuer) > 2048:
+        raise ValueError("the OpenID configuration names no issuer")
+    if any(c.isspace() for c in issuer) or not issuer.isprintable():
+        raise ValueError("the OpenID configuration names a malformed issuer")
+    return issuer
 
 
 def discovery_urls(issuer: str) -> list[str]:
@@ -96,6 +126,9 @@ class JwksCache:
         self._jwks_uri = config.jwks_uri
         self._fetched_at: float | None = None
         self._last_attempt: float | None = None
+        self._last_discovery: float | None = None
+        #: The ``iss`` this cache verifies: configured, or discovered (empty until then).
+        self.issuer = config.issuer
         self._lock = asyncio.Lock()
         self._ssl: ssl.SSLContext | bool = True
         if config.ca_file:
@@ -116,6 +149,37 @@ class JwksCache:
                 raise VerifierUnavailable("the issuer's signing keys are unavailable")
             raise VerifierUnavailable("the token's signing key is not one of the issuer's keys")
         return found
+
+    async def resolve_issuer(self) -> str:
+        """The issuer, discovering it first when needed; "" while it cannot be read.
+
+        At most one discovery per ``min_refresh_s``, like key fetches, so tokens of
+        unknown issuers cannot make the sidecar hammer the API server.
+        """
+        if self.issuer or not self.config.discover_from:
+            return self.issuer
+        async with self._lock:
+            now = self._clock()
+            if self.issuer or (
+                self._last_discovery is not None and now - self._last_discovery < self._min_refresh
+            ):
+                return self.issuer
+            self._last_discovery = now
+            url = self.config.discover_from
+            try:
+                self.issuer = issuer_from_configuration(await self._get_json(url))
+            except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
+                status = getattr(exc, "status", None)
+                log.warning(
+                    "cannot discover the cluster's token issuer from %s (%s%s); retrying later",
+                    url,
+                    type(exc).__name__,
+                    f" {status}" if status else "",
+                    extra={"url": url, "error": str(exc), "status": status},
+                )
+                return ""
+        log.info("cluster token issuer discovered", extra={"issuer": self.issuer, "url": url})
+        return self.issuer
 
     def _find(self, kid: str | None) -> jwt.PyJWK | None:
         if self._fetched_at is None or self._clock() - self._fetched_at > self._max_stale:
@@ -141,9 +205,9 @@ class JwksCache:
             except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
                 log.warning(
                     "jwks refresh for %s failed (%s); keeping the last good keys while fresh",
-                    self.config.issuer,
+                    self.issuer,
                     exc,
-                    extra={"issuer": self.config.issuer, "error": str(exc)},
+                    extra={"issuer": self.issuer, "error": str(exc)},
                 )
 
     def _install(self, document: Mapping[str, Any]) -> None:
@@ -171,7 +235,7 @@ class JwksCache:
         self.fetches += 1
         log.info(
             "jwks loaded",
-            extra={"issuer": self.config.issuer, "kids": sorted(keys), "count": len(keys)},
+            extra={"issuer": self.issuer, "kids": sorted(keys), "count": len(keys)},
         )
 
     async def _discover(self) -> str:

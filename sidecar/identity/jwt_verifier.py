@@ -6,6 +6,9 @@ configured issuer (exact match); the signature verifies with one of that issuer'
 keys; ``aud`` contains this server's resource URI (RFC 8707 / MCP: a token minted
 for another server is refused); ``exp``, ``nbf`` and ``iat`` with a small leeway;
 ``exp``, ``iss``, ``aud`` and ``sub`` are present.
+
+An issuer discovered at run time (the cluster's, ``IssuerConfig.discover_from``)
+joins the trusted set once its discovery document has been read.
 """
 
 from __future__ import annotations
@@ -16,7 +19,12 @@ from typing import Any
 import jwt
 
 from sidecar.identity.jwks import JwksCache
-from sidecar.identity.verified import TokenRejected, VerifiedToken, scopes_of
+from sidecar.identity.verified import (
+    TokenRejected,
+    VerifiedToken,
+    VerifierUnavailable,
+    scopes_of,
+)
 
 #: Asymmetric algorithms only; HS* would let anyone holding the public key forge tokens.
 DEFAULT_ALGORITHMS: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
@@ -50,7 +58,8 @@ class JwtVerifier:
             raise ValueError(f"algorithms not allowed for bearer tokens: {sorted(bad)}")
         if not algorithms:
             raise ValueError("at least one algorithm must be allowed")
-        self._caches = {c.config.issuer: c for c in caches}
+        self._caches = {c.issuer: c for c in caches if c.issuer}
+        self._pending = [c for c in caches if not c.issuer]
         self._audience = [audience] if isinstance(audience, str) else list(audience)
         if not self._audience:
             raise ValueError("at least one audience is needed")
@@ -60,7 +69,29 @@ class JwtVerifier:
 
     @property
     def issuers(self) -> frozenset[str]:
+        """The issuers trusted so far (a discovered one appears once it is discovered)."""
         return frozenset(self._caches)
+
+    async def discover(self) -> None:
+        """Try to discover every issuer not yet known (rate-limited by each cache)."""
+        for cache in list(self._pending):
+            issuer = await cache.resolve_issuer()
+            if issuer:
+                self._caches.setdefault(issuer, cache)
+                self._pending.remove(cache)
+
+    async def trusts(self, issuer: str | None) -> bool:
+        """Whether ``issuer`` is trusted, discovering pending issuers when it is not known."""
+        return await self._cache_for(issuer) is not None
+
+    async def _cache_for(self, issuer: str | None) -> JwksCache | None:
+        if not issuer:
+            return None
+        found = self._caches.get(issuer)
+        if found is None and self._pending:
+            await self.discover()
+            found = self._caches.get(issuer)
+        return found
 
     @property
     def algorithms(self) -> tuple[str, ...]:
@@ -77,12 +108,17 @@ class JwtVerifier:
         if self._typ and str(header.get("typ", "")).lower() != self._typ.lower():
             raise TokenRejected(f"the token type must be {self._typ}")
         issuer = unverified_issuer(token)
-        cache = self._caches.get(issuer or "")
+        cache = await self._cache_for(issuer)
         if cache is None:
+            if self._pending:
+                raise VerifierUnavailable(
+                    "the token's issuer is not trusted by this server (the cluster's "
+                    "issuer is not discovered yet)"
+                )
             raise TokenRejected("the token's issuer is not trusted by this server")
         kid = header.get("kid")
         key = await cache.key(kid if isinstance(kid, str) else None)
-        claims = self._decode(token, key, str(alg), cache.config.issuer)
+        claims = self._decode(token, key, str(alg), cache.issuer)
         exp = claims.get("exp")
         return VerifiedToken(
             claims=claims,

@@ -77,14 +77,8 @@ class ResourceServer:
         self._cache_size = cache_size
         self._wall = wall_clock
         self._challenge = ChallengeBuilder(self._metadata_url, scopes=self._required)
-        servers = list(authorization_servers) or sorted(jwt.issuers if jwt else ())
-        self._metadata = protected_resource_metadata(
-            resource,
-            servers,
-            scopes=self._required,
-            algorithms=jwt.algorithms if jwt else (),
-            resource_name=resource_name,
-        )
+        self._servers = tuple(authorization_servers)
+        self._resource_name = resource_name
 
     @property
     def metadata_url(self) -> str:
@@ -95,7 +89,15 @@ class ResourceServer:
         self._identities = identities
 
     def protected_resource_metadata(self) -> dict[str, Any]:
-        return dict(self._metadata)
+        # Built per request: a discovered cluster issuer joins the trusted set later.
+        jwt = self._jwt
+        return protected_resource_metadata(
+            self.resource,
+            list(self._servers) or sorted(jwt.issuers if jwt else ()),
+            scopes=self._required,
+            algorithms=jwt.algorithms if jwt else (),
+            resource_name=self._resource_name,
+        )
 
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
         origin = header(headers, "Origin")
@@ -154,7 +156,7 @@ class ResourceServer:
 
     async def _verify_uncached(self, token: str) -> VerifiedToken:
         verifier: Verifier | None
-        if self._jwt is not None and unverified_issuer(token) in self._jwt.issuers:
+        if self._jwt is not None and await self._jwt.trusts(unverified_issuer(token)):
             verifier = self._jwt
         else:
             verifier = self._review or self._jwt

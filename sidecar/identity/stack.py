@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 SA_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 (a path)
 SA_CA_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+#: The API server as every pod reaches it.
+IN_CLUSTER_API = "https://kubernetes.default.svc"
 
 
 def in_cluster_issuer(issuer: str, jwks_uri: str = "") -> IssuerConfig:
@@ -40,6 +42,30 @@ def in_cluster_issuer(issuer: str, jwks_uri: str = "") -> IssuerConfig:
         cluster=True,
         ca_file=SA_CA_FILE,
         fetch_token_file=SA_TOKEN_FILE,
+    )
+
+
+def discovered_cluster_issuer(
+    api_server: str = IN_CLUSTER_API,
+    *,
+    token_file: str = SA_TOKEN_FILE,
+    ca_file: str = SA_CA_FILE,
+) -> IssuerConfig:
+    """The cluster's own ServiceAccount issuer, whatever its ``iss`` is.
+
+    The issuer is read at run time from ``<api>/.well-known/openid-configuration``
+    and the keys from ``<api>/openid/v1/jwks``, both with the pod's CA and token:
+    the default ClusterRoleBinding ``system:service-account-issuer-discovery``
+    grants every ServiceAccount ``get`` on exactly those URLs, so no RBAC is added.
+    """
+    base = api_server.rstrip("/")
+    return IssuerConfig(
+        issuer="",
+        jwks_uri=base + "/openid/v1/jwks",
+        cluster=True,
+        ca_file=ca_file,
+        fetch_token_file=token_file,
+        discover_from=base + "/.well-known/openid-configuration",
     )
 
 
@@ -66,6 +92,10 @@ class IdentitySettings:
     #: Other URIs this same server is reached by (e.g. its in-cluster Service URL as
     #: well as its public one); a token for any of them is accepted.
     extra_audiences: tuple[str, ...] = ()
+    #: When set, the audiences accepted instead of ``resource`` (with ``extra_audiences``):
+    #: in a pod the injector gives a per-server value such as
+    #: ``palisade.dev/mcp/<namespace>/<server>``, which no other server accepts.
+    audiences: tuple[str, ...] = ()
     #: Trusted issuers whose JWTs are verified with their published keys.
     issuers: tuple[IssuerConfig, ...] = ()
     #: ServiceAccount tokens verified by TokenReview, or None.
@@ -91,6 +121,11 @@ class IdentitySettings:
     #: Development mode: static tokens, NOT verified. Must be set explicitly.
     dev_mode: bool = False
     dev_tokens: Mapping[str, DevAgent] = field(default_factory=dict)
+
+
+def accepted_audiences(s: IdentitySettings) -> tuple[str, ...]:
+    """The ``aud`` values a token may carry for this server."""
+    return (*(s.audiences or (s.resource,)), *s.extra_audiences)
 
 
 class IdentityStack:
@@ -129,7 +164,7 @@ class IdentityStack:
             ]
             jwt_verifier = JwtVerifier(
                 caches,
-                audience=(s.resource, *s.extra_audiences),
+                audience=accepted_audiences(s),
                 algorithms=s.algorithms,
                 leeway_s=s.leeway_s,
                 required_typ=s.required_typ,
@@ -140,7 +175,7 @@ class IdentityStack:
             reviewer = TokenReviewer(
                 self._session,
                 api_server=tr.api_server,
-                audience=(s.resource, *s.extra_audiences),
+                audience=accepted_audiences(s),
                 credential=file_credential(tr.token_file),
                 ca_file=tr.ca_file,
                 timeout_s=s.http_timeout_s,
@@ -155,6 +190,10 @@ class IdentityStack:
             required_scopes=s.required_scopes,
             allowed_origins=s.allowed_origins,
         )
+        if jwt_verifier is not None:
+            # Best effort, so the log shows the cluster's issuer at start; a failure is
+            # retried on the first token that names an unknown issuer.
+            await jwt_verifier.discover()
         return self
 
     def update_identities(self, identities: IdentityMap) -> None:

@@ -287,13 +287,22 @@ def test_an_mcp_pod_in_an_enabled_namespace_gets_a_native_sidecar(
 ) -> None:
     pod = create(kube, namespace(kube, "enabled"), mcp_pod())
     (side,) = sidecars(pod)
-    assert pod["spec"]["initContainers"][0]["name"] == SIDECAR
+    inits = [c["name"] for c in pod["spec"]["initContainers"]]
+    assert inits == ["palisade-init", SIDECAR], "the packet filter first, then the sidecar"
     assert side["restartPolicy"] == "Always"
     assert side["ports"][0]["name"] == "mcp"
     assert "http://127.0.0.1:8080" in side["args"]
     server = pod["spec"]["containers"][0]
     assert server["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
-    assert server["readinessProbe"]["httpGet"]["port"] == 8080
+    # the kubelet's probe of the protected port now goes through the sidecar
+    assert server["readinessProbe"]["httpGet"] == {
+        "path": "/palisade/app-health/server/readinessProbe",
+        "port": side["ports"][0]["containerPort"],
+        "scheme": "HTTP",
+    }
+    firewall = pod["spec"]["initContainers"][0]
+    assert firewall["args"] == ["pod-firewall", "--protect-port", "8080"]
+    assert firewall["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
     assert side["securityContext"]["readOnlyRootFilesystem"] is True
     assert side["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert {"palisade-socket", "palisade-bundle-cache"} <= {
@@ -362,7 +371,8 @@ def test_an_existing_native_sidecar_and_init_containers_are_kept(
         {"name": "migrate", "image": "migrate:1"},
     ]
     pod = create(kube, namespace(kube, "enabled"), mcp_pod(initContainers=inits))
-    assert [c["name"] for c in pod["spec"]["initContainers"]] == [SIDECAR, "mesh-proxy", "migrate"]
+    names = [c["name"] for c in pod["spec"]["initContainers"]]
+    assert names == ["palisade-init", SIDECAR, "mesh-proxy", "migrate"]
 
 
 def test_multiple_containers_and_ports(kube: ControlPlane, injector: Injector) -> None:
@@ -419,6 +429,19 @@ def test_the_injected_pod_passes_the_restricted_pod_security_standard(
     }
     pod = create(kube, ns, body)
     assert len(sidecars(pod)) == 1
+    # The packet filter needs NET_ADMIN and root, which the standard forbids: left out,
+    # and said so, rather than having the API server refuse the pod.
+    assert "palisade-init" not in [c["name"] for c in pod["spec"]["initContainers"]]
+    assert status(pod)["podFirewall"] == "pod-security-restricted"
+
+
+def test_the_packet_filter_is_accepted_where_pod_security_is_privileged(
+    kube: ControlPlane, injector: Injector
+) -> None:
+    ns = namespace(kube, "required", **{"pod-security.kubernetes.io/enforce": "privileged"})
+    pod = create(kube, ns, mcp_pod())
+    assert pod["spec"]["initContainers"][0]["name"] == "palisade-init"
+    assert status(pod)["podFirewall"] == "enabled"
 
 
 @pytest.fixture(scope="module")
@@ -444,7 +467,7 @@ def test_never_native_mode_adds_a_regular_container_the_api_server_accepts(
     inits = [{"name": "migrate", "image": "migrate:1"}]
     pod = create(kube, namespace(kube, "enabled", "regular"), mcp_pod(initContainers=inits))
     assert [c["name"] for c in pod["spec"]["containers"]] == ["server", SIDECAR]
-    assert [c["name"] for c in pod["spec"]["initContainers"]] == ["migrate"]
+    assert [c["name"] for c in pod["spec"]["initContainers"]] == ["palisade-init", "migrate"]
     assert "restartPolicy" not in pod["spec"]["containers"][1]
     assert status(pod)["mode"] == "container"
 
@@ -708,7 +731,7 @@ def test_beside_another_injector_the_reinvocation_adds_nothing_twice(
         kube.request("DELETE", f"{path}/zz-other-injector-e2e")
         other.close()
     names = [c["name"] for c in pod["spec"]["containers"] + pod["spec"]["initContainers"]]
-    assert sorted(names) == sorted(["server", "other-agent", SIDECAR])
+    assert sorted(names) == sorted(["server", "other-agent", "palisade-init", SIDECAR])
     assert other.calls == 1
     assert after["injected"] - before["injected"] == 1
     assert after["allowed"] - before["allowed"] == 1, "ours was reinvoked and changed nothing"

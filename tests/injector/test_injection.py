@@ -10,7 +10,10 @@ import pytest
 from injector import admission
 from injector.review import decode_patch
 from injector.settings import InjectionSettings, SidecarSettings
+from palisade.bundle.signing import generate_key, public_key_pem
 from tests.injector.pods import ENABLED, apply_patch, container, pod, review
+
+PUBLIC_KEY = public_key_pem(generate_key()).decode().strip()
 
 
 def inject(obj: dict[str, Any], settings: InjectionSettings | None = None) -> dict[str, Any]:
@@ -78,8 +81,9 @@ def test_native_mode_adds_an_init_container_with_restart_policy_always() -> None
         InjectionSettings(native_sidecar="always"),
     )
     inits = patched["spec"]["initContainers"]
-    assert [c["name"] for c in inits] == ["palisade-sidecar", "migrate"]
-    assert inits[0]["restartPolicy"] == "Always"
+    assert [c["name"] for c in inits] == ["palisade-init", "palisade-sidecar", "migrate"]
+    assert inits[1]["restartPolicy"] == "Always"
+    assert "restartPolicy" not in inits[0], "the packet filter runs once, before the sidecar"
     assert [c["name"] for c in patched["spec"]["containers"]] == ["app"]
 
 
@@ -176,6 +180,8 @@ def test_the_status_annotation_says_what_was_injected() -> None:
         "port": 9400,
         "portName": "mcp",
         "upstream": 8080,
+        "audience": "palisade.dev/mcp/payments/kubernetes-mcp",
+        "podFirewall": "enabled",
     }
 
 
@@ -183,7 +189,9 @@ def test_a_distributor_and_extra_arguments_are_passed_to_the_sidecar() -> None:
     settings = InjectionSettings(
         native_sidecar="never",
         sidecar=SidecarSettings(
-            distributor="palisade-distributor.palisade:7070", extra_args=("--log-level", "debug")
+            distributor="palisade-distributor.palisade:7070",
+            trusted_keys=(PUBLIC_KEY,),
+            extra_args=("--log-level", "debug"),
         ),
     )
     side = sidecar_of(inject(pod(), settings))

@@ -87,7 +87,7 @@ def test_the_injected_command_line_is_accepted_by_the_real_sidecar() -> None:
     )
     answer = admission.serve(review(pod()), ENABLED, settings)
     patched = apply_patch(pod(), decode_patch(answer))
-    container = patched["spec"]["initContainers"][0]
+    (container,) = [c for c in patched["spec"]["initContainers"] if c["name"] == "palisade-sidecar"]
     assert container["command"] == ["palisade"]
     args = container["args"]
     assert args[0] == "sidecar"
@@ -101,3 +101,73 @@ def test_the_injected_command_line_is_accepted_by_the_real_sidecar() -> None:
     assert str(s.check_socket) == "/var/run/palisade/check.sock"
     assert str(s.state_dir) == "/var/lib/palisade/bundles"
     assert str(s.audit_dir) == "/var/lib/palisade/audit"
+    # Identity by default: the cluster's OIDC keys, the issuer discovered, this server's
+    # audience only; never development mode.
+    identity = sidecar_main.identity_from(ns, s)
+    assert identity.dev_mode is False
+    assert identity.audiences == ("palisade.dev/mcp/payments/kubernetes-mcp",)
+    (issuer,) = identity.issuers
+    assert issuer.cluster and issuer.issuer == ""
+    assert issuer.discover_from == "https://kubernetes.default.svc/.well-known/openid-configuration"
+    assert issuer.jwks_uri == "https://kubernetes.default.svc/openid/v1/jwks"
+    assert issuer.fetch_token_file == "/var/run/secrets/palisade.dev/kube-api/token"
+    assert issuer.ca_file == "/var/run/secrets/palisade.dev/kube-api/ca.crt"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts["/var/run/secrets/palisade.dev/kube-api"] == "palisade-kube-api"
+
+
+def test_token_review_mode_gives_the_sidecar_the_token_review_api() -> None:
+    sidecar_main = pytest.importorskip("sidecar.main")
+    settings = InjectionSettings(
+        native_sidecar="always", sidecar=SidecarSettings(identity="token-review")
+    )
+    patched = apply_patch(pod(), decode_patch(admission.serve(review(pod()), ENABLED, settings)))
+    (container,) = [c for c in patched["spec"]["initContainers"] if c["name"] == "palisade-sidecar"]
+    parser = argparse.ArgumentParser()
+    sidecar_main.register(parser)
+    ns = parser.parse_args(container["args"][1:])
+    identity = sidecar_main.identity_from(ns, sidecar_main.settings_from(ns))
+    assert identity.issuers == ()
+    assert identity.token_review is not None
+    assert identity.token_review.api_server == "https://kubernetes.default.svc"
+    assert identity.token_review.token_file == "/var/run/secrets/palisade.dev/kube-api/token"
+
+
+def test_new_flags_and_their_environment() -> None:
+    env = {
+        "PALISADE_SIDECAR_IDENTITY": "token-review",
+        "PALISADE_SIDECAR_AUDIENCE_TEMPLATE": "https://{server}.{namespace}.mcp.example",
+        "PALISADE_POD_FIREWALL": "disabled",
+        "PALISADE_SIDECAR_TRUSTED_KEYS_CONFIGMAP": "palisade-distributor-keys",
+        "PALISADE_DISTRIBUTOR": "palisade-distributor.palisade:7070",
+    }
+    s = settings_from(parse([], env))
+    sidecar = s.injection.sidecar
+    assert sidecar.identity == "token-review"
+    assert sidecar.audience_template == "https://{server}.{namespace}.mcp.example"
+    assert sidecar.pod_firewall is False
+    assert sidecar.trusted_keys == ()  # a distributor without keys is fine: they come later
+    assert (s.keys.configmap, s.keys.key) == ("palisade-distributor-keys", "keys.pem")
+    s = settings_from(parse(["--pod-firewall", "enabled", "--sidecar-identity", "none"], env))
+    assert s.injection.sidecar.pod_firewall is True
+    assert s.injection.sidecar.identity == "none"
+
+
+def test_the_defaults_protect_the_pod_and_verify_cluster_tokens() -> None:
+    sidecar = settings_from(parse([])).injection.sidecar
+    assert sidecar.identity == "cluster-oidc"
+    assert sidecar.pod_firewall is True
+    assert sidecar.audience_template == "palisade.dev/mcp/{namespace}/{server}"
+
+
+@pytest.mark.parametrize(
+    "template", ["{namespace}/{pod}", "", "{server} {namespace}", "{0}", "a,{server}"]
+)
+def test_a_bad_audience_template_stops_the_injector(template: str) -> None:
+    with pytest.raises(SystemExit, match="audience-template"):
+        settings_from(parse(["--sidecar-audience-template", template]))
+
+
+def test_a_distributor_without_any_key_source_still_stops_the_injector() -> None:
+    with pytest.raises(SystemExit, match="--sidecar-trusted-keys-configmap"):
+        settings_from(parse(["--distributor", "d:7070"]))

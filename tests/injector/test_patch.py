@@ -15,19 +15,24 @@ import pytest
 from injector import admission
 from injector.patch import escape
 from injector.review import decode_patch
-from injector.settings import InjectionSettings
+from injector.settings import InjectionSettings, SidecarSettings
 from tests.injector.pods import ENABLED, apply_patch, container, pod, review
 
 NATIVE = InjectionSettings(native_sidecar="always")
 REGULAR = InjectionSettings(native_sidecar="never")
+NO_FIREWALL = InjectionSettings(native_sidecar="never", sidecar=SidecarSettings(pod_firewall=False))
 
 STATUS = "/metadata/annotations/palisade.dev~1status"
 ANNOTATIONS = "/metadata/annotations"
 SIDECAR_REGULAR = ("add", "/spec/containers/-")
-SIDECAR_NATIVE_NEW = ("add", "/spec/initContainers")
-SIDECAR_NATIVE_FIRST = ("add", "/spec/initContainers/0")
+SIDECAR_NATIVE_NEW = ("add", "/spec/initContainers")  # [palisade-init, palisade-sidecar]
+INIT_NEW = ("add", "/spec/initContainers")  # [palisade-init]
+INIT_FIRST = ("add", "/spec/initContainers/0")
 VOLUMES_NEW = [("add", "/spec/volumes")]
-VOLUMES_APPEND = [("add", "/spec/volumes/-")] * 3
+#: socket, bundle cache, audit, the sidecar's API token, the packet filter's /run
+VOLUMES_APPEND = [("add", "/spec/volumes/-")] * 5
+#: without the packet filter: no /run volume
+VOLUMES_APPEND_NO_FIREWALL = [("add", "/spec/volumes/-")] * 4
 
 
 def mounts(index: int = 0, present: bool = False) -> tuple[str, str]:
@@ -36,6 +41,16 @@ def mounts(index: int = 0, present: bool = False) -> tuple[str, str]:
 
 def unname(c: int = 0, p: int = 0) -> tuple[str, str]:
     return ("remove", f"/spec/containers/{c}/ports/{p}/name")
+
+
+def via_sidecar(probe: str, c: int = 0) -> tuple[str, str]:
+    """An httpGet probe of the protected port, now aimed at the sidecar."""
+    return ("replace", f"/spec/containers/{c}/{probe}/httpGet")
+
+
+def regular(*head: tuple[str, str], status: str = ANNOTATIONS) -> list[tuple[str, str]]:
+    """The usual tail: volumes added whole, the filter, the sidecar, the status."""
+    return [*head, *VOLUMES_NEW, INIT_NEW, SIDECAR_REGULAR, ("add", status)]
 
 
 @dataclass
@@ -53,15 +68,13 @@ native_peer = {"name": "mesh-proxy", "image": "mesh:1", "restartPolicy": "Always
 init_step = {"name": "migrate", "image": "migrate:1"}
 probe_by_name = {"httpGet": {"path": "/health", "port": "mcp"}}
 probe_by_number = {"httpGet": {"path": "/health", "port": 8080}}
+probe_of_metrics = {"httpGet": {"path": "/metrics", "port": 9090}}
+our_init = {"name": "palisade-init", "image": "palisade:0.1.0"}
 
 CASES = [
+    Case("minimal pod, regular container", pod(), regular(unname(), mounts())),
     Case(
-        "minimal pod, regular container",
-        pod(),
-        [unname(), mounts(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", ANNOTATIONS)],
-    ),
-    Case(
-        "minimal pod, native sidecar",
+        "minimal pod, native sidecar after the filter",
         pod(),
         [unname(), mounts(), *VOLUMES_NEW, SIDECAR_NATIVE_NEW, ("add", ANNOTATIONS)],
         NATIVE,
@@ -73,52 +86,75 @@ CASES = [
             annotations={"team": "sre"},
             volumes=[existing_volume],
         ),
-        [unname(), mounts(present=True), *VOLUMES_APPEND, SIDECAR_REGULAR, ("add", STATUS)],
+        [
+            unname(),
+            mounts(present=True),
+            *VOLUMES_APPEND,
+            INIT_NEW,
+            SIDECAR_REGULAR,
+            ("add", STATUS),
+        ],
     ),
     Case(
         "empty annotation map gets a key, not a new map",
         pod(annotations={}),
-        [unname(), mounts(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", STATUS)],
+        regular(unname(), mounts(), status=STATUS),
     ),
     Case(
-        "init containers present, native sidecar goes first",
+        "init containers present, filter then native sidecar go first",
         pod(initContainers=[init_step]),
-        [unname(), mounts(), *VOLUMES_NEW, SIDECAR_NATIVE_FIRST, ("add", ANNOTATIONS)],
+        [unname(), mounts(), *VOLUMES_NEW, INIT_FIRST, INIT_FIRST, ("add", ANNOTATIONS)],
         NATIVE,
     ),
     Case(
         "init containers present, regular sidecar stays among containers",
         pod(initContainers=[init_step]),
-        [unname(), mounts(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", ANNOTATIONS)],
+        [unname(), mounts(), *VOLUMES_NEW, INIT_FIRST, SIDECAR_REGULAR, ("add", ANNOTATIONS)],
     ),
     Case(
         "another injector's native sidecar present",
         pod(initContainers=[native_peer]),
-        [unname(), mounts(), *VOLUMES_NEW, SIDECAR_NATIVE_FIRST, ("add", ANNOTATIONS)],
+        [unname(), mounts(), *VOLUMES_NEW, INIT_FIRST, INIT_FIRST, ("add", ANNOTATIONS)],
         NATIVE,
     ),
     Case(
         "MCP port on the second container",
         pod(container("log-shipper"), container("server", ("mcp", 3000))),
-        [unname(1, 0), mounts(1), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", ANNOTATIONS)],
+        regular(unname(1, 0), mounts(1)),
     ),
     Case(
         "several ports, the MCP one second",
         pod(container("app", ("metrics", 9090), ("mcp", 8080))),
-        [unname(0, 1), mounts(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", ANNOTATIONS)],
+        regular(unname(0, 1), mounts()),
     ),
-    Case(
-        "no ports at all: nothing to take over",
-        pod(container("app")),
-        [mounts(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", ANNOTATIONS)],
-    ),
+    Case("no ports at all: nothing to take over", pod(container("app")), regular(mounts())),
     Case(
         "an unnamed port only: nothing to take over",
         pod(container("app", (None, 8080))),
-        [mounts(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", ANNOTATIONS)],
+        regular(mounts()),
     ),
     Case(
-        "probes on the named port are rewritten to the number",
+        "probes of the protected port go through the sidecar",
+        pod(
+            container(
+                "app",
+                ("mcp", 8080),
+                livenessProbe=probe_by_name,
+                readinessProbe=probe_by_number,
+                startupProbe={"tcpSocket": {"port": "mcp"}},
+            )
+        ),
+        regular(
+            unname(),
+            via_sidecar("livenessProbe"),
+            via_sidecar("readinessProbe"),
+            ("remove", "/spec/containers/0/startupProbe/tcpSocket"),
+            ("add", "/spec/containers/0/startupProbe/httpGet"),
+            mounts(),
+        ),
+    ),
+    Case(
+        "without the filter, probes on the named port are rewritten to the number",
         pod(
             container(
                 "app",
@@ -138,23 +174,52 @@ CASES = [
             SIDECAR_REGULAR,
             ("add", ANNOTATIONS),
         ],
+        NO_FIREWALL,
     ),
     Case(
-        "lifecycle hook on the named port is rewritten",
+        "lifecycle hook on the protected port goes through the sidecar",
         pod(container("app", ("mcp", 8080), lifecycle={"preStop": {"httpGet": {"port": "mcp"}}})),
-        [
-            unname(),
-            ("replace", "/spec/containers/0/lifecycle/preStop/httpGet/port"),
-            mounts(),
-            *VOLUMES_NEW,
-            SIDECAR_REGULAR,
-            ("add", ANNOTATIONS),
-        ],
+        regular(unname(), via_sidecar("lifecycle/preStop"), mounts()),
     ),
     Case(
-        "probes by number are left alone",
+        "without the filter, probes by number are left alone",
         pod(container("app", ("mcp", 8080), livenessProbe=probe_by_number)),
         [unname(), mounts(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", ANNOTATIONS)],
+        NO_FIREWALL,
+    ),
+    Case(
+        "a probe of another port (metrics) is left alone",
+        pod(container("app", ("mcp", 8080), ("metrics", 9090), livenessProbe=probe_of_metrics)),
+        regular(unname(), mounts()),
+    ),
+    Case(
+        "a probe with an explicit host is left alone",
+        pod(
+            container(
+                "app",
+                ("mcp", 8080),
+                livenessProbe={"httpGet": {"port": 8080, "host": "example.com"}},
+            )
+        ),
+        regular(unname(), mounts()),
+    ),
+    Case(
+        "an exec probe is left alone",
+        pod(container("app", ("mcp", 8080), livenessProbe={"exec": {"command": ["true"]}})),
+        regular(unname(), mounts()),
+    ),
+    Case(
+        "a probe of a port named by palisade.dev/protect-ports goes through the sidecar",
+        pod(
+            container(
+                "app",
+                ("mcp", 8080),
+                ("admin", 8081),
+                livenessProbe={"httpGet": {"port": "admin", "path": "/live"}},
+            ),
+            annotations={"palisade.dev/protect-ports": "8081"},
+        ),
+        regular(unname(), via_sidecar("livenessProbe"), mounts(), status=STATUS),
     ),
     Case(
         "port name chosen by annotation",
@@ -162,7 +227,7 @@ CASES = [
             container("app", ("http", 8000), ("mcp", 8080)),
             annotations={"palisade.dev/port": "http"},
         ),
-        [unname(0, 0), mounts(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", STATUS)],
+        regular(unname(0, 0), mounts(), status=STATUS),
     ),
     Case(
         "MCP container chosen by annotation, without ports",
@@ -174,7 +239,7 @@ CASES = [
                 "palisade.dev/upstream-port": "3000",
             },
         ),
-        [mounts(1), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", STATUS)],
+        regular(mounts(1), status=STATUS),
     ),
     Case(
         "one of our volumes already present is not added twice",
@@ -182,8 +247,8 @@ CASES = [
         [
             unname(),
             mounts(),
-            ("add", "/spec/volumes/-"),
-            ("add", "/spec/volumes/-"),
+            *[("add", "/spec/volumes/-")] * 4,
+            INIT_NEW,
             SIDECAR_REGULAR,
             ("add", ANNOTATIONS),
         ],
@@ -197,7 +262,23 @@ CASES = [
                 volumeMounts=[{"name": "run", "mountPath": "/var/run/palisade"}],
             )
         ),
-        [unname(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", ANNOTATIONS)],
+        regular(unname()),
+    ),
+    Case(
+        "packet filter opted out in an enabled namespace",
+        pod(annotations={"palisade.dev/pod-firewall": "false"}, volumes=[existing_volume]),
+        [unname(), mounts(), *VOLUMES_APPEND_NO_FIREWALL, SIDECAR_REGULAR, ("add", STATUS)],
+    ),
+    Case(
+        "packet filter disabled by the injector",
+        pod(),
+        [unname(), mounts(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", ANNOTATIONS)],
+        NO_FIREWALL,
+    ),
+    Case(
+        "our packet filter already there (an earlier review) is not added twice",
+        pod(initContainers=[our_init], volumes=[existing_volume]),
+        [unname(), mounts(), *VOLUMES_APPEND_NO_FIREWALL, SIDECAR_REGULAR, ("add", ANNOTATIONS)],
     ),
     Case(
         "hostNetwork pod: only the skip reason is recorded",
@@ -215,7 +296,7 @@ CASES = [
     Case(
         "a status annotation without the sidecar is not trusted",
         pod(annotations={"palisade.dev/status": '{"state":"injected","version":1}'}),
-        [unname(), mounts(), *VOLUMES_NEW, SIDECAR_REGULAR, ("add", STATUS)],
+        regular(unname(), mounts(), status=STATUS),
     ),
     Case(
         "already injected (our container, our image)",
@@ -226,7 +307,8 @@ CASES = [
         "already injected as a native sidecar",
         pod(
             initContainers=[
-                {"name": "palisade-sidecar", "image": "palisade:0.1.0", "restartPolicy": "Always"}
+                our_init,
+                {"name": "palisade-sidecar", "image": "palisade:0.1.0", "restartPolicy": "Always"},
             ]
         ),
         [],
@@ -260,8 +342,17 @@ def test_patch_operations_for_each_pod_shape(case: Case) -> None:
     assert len(names) == len(set(names)), "port names must stay unique in the pod"
     sidecars = [c for c in everything if c["name"] == "palisade-sidecar"]
     assert len(sidecars) <= 1
+    container_names = [c["name"] for c in everything]
+    assert len(container_names) == len(set(container_names)), "container names stay unique"
+    volume_names = [v["name"] for v in spec.get("volumes", [])]
+    assert len(volume_names) == len(set(volume_names)), "volume names stay unique"
     if ops:
         assert "palisade.dev/status" in patched["metadata"]["annotations"]
+    inits = [c["name"] for c in spec.get("initContainers", [])]
+    if "palisade-init" in inits:
+        assert inits[0] == "palisade-init", "the packet filter runs before anything else"
+        if "palisade-sidecar" in inits:
+            assert inits[1] == "palisade-sidecar", "then the native sidecar, then the pod's own"
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.ops], ids=lambda c: c.id)
@@ -273,7 +364,7 @@ def test_patching_twice_changes_nothing_more(case: Case) -> None:
 
 
 def test_there_are_at_least_twenty_pod_shapes() -> None:
-    assert len(CASES) >= 20
+    assert len(CASES) >= 30
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ def test_the_public_surface_is_pinned() -> None:
         "TokenReviewSettings",
         "Unauthenticated",
         "bearer_token",
+        "discovered_cluster_issuer",
         "in_cluster_issuer",
         "metadata_paths",
         "metadata_url",
