@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nodeagent import attribution, energy, quota
-from nodeagent.attribution import Attributed
-from nodeagent.cgroup import CgroupReader
+from nodeagent.attribution import Attributed, Owner
+from nodeagent.cgroup import HOST, CgroupReader, Namespace
 from nodeagent.enforce import ActionRecord, Enforcer
 from nodeagent.gpu import BackendMode, GpuBackend, NodeSnapshot
 from nodeagent.pods import AllocationSource, PodIndex
@@ -67,8 +67,11 @@ class Agent:
         enforcer: Enforcer,
         *,
         clock: Callable[[], float] = time.time,
+        cgroup_ns: Namespace = HOST,
     ) -> None:
         self.settings = settings
+        #: the reader's cgroup namespace: shapes the paths read from /proc
+        self.cgroup_ns = cgroup_ns
         self.backend = backend
         self.cgroups = cgroups
         self.pods = pods
@@ -135,7 +138,7 @@ class Agent:
                 self.allocations_error = ""
             except Exception as exc:
                 self.allocations_error = str(exc)
-        procs = attribution.attribute(snap, texts, self.pods, allocated)
+        procs = attribution.attribute(snap, texts, self.pods, allocated, self.cgroup_ns)
         power = self.ledger.add(snap, procs)
         usages = quota.usage(procs, power)
         violations = quota.evaluate(usages, self.config.quotas)
@@ -180,6 +183,10 @@ class Agent:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
     # -- views ------------------------------------------------------------------
+    def owner_of(self, pid: int, text: str | None) -> Owner:
+        """Who ``pid`` belongs to now (its cgroup file's ``text``), from the live pod list."""
+        return attribution.owner_of(pid, text, self.pods, self.cgroup_ns)
+
     def summary(self) -> dict[str, Any]:
         """The node summary carried by heartbeats (small; the full view is /status)."""
         snap = self.snapshot

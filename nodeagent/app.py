@@ -21,7 +21,7 @@ from typing import Any
 
 from nodeagent import quota
 from nodeagent.agent import Agent, AgentSettings, QuotaConfig
-from nodeagent.cgroup import CgroupReader, ProcCgroupReader
+from nodeagent.cgroup import HOST, CgroupReader, Namespace, ProcCgroupReader
 from nodeagent.enforce import Enforcer, KubeApi
 from nodeagent.gpu import BackendUnavailable, GpuBackend, NoGpuBackend
 from nodeagent.pods import AllocationSource, PodIndex
@@ -51,6 +51,9 @@ class Options:
     kill_grace_s: float = 10.0
     heartbeat_interval_s: float = 10.0
     system_namespaces: frozenset[str] = field(default=quota.DEFAULT_SYSTEM_NAMESPACES)
+    pod_uid: str = ""
+    """The agent's own pod UID (downward API): names its own pod's processes, which
+    under a private cgroup namespace carry no pod UID in their cgroup paths."""
 
 
 def load_bundle_file(path: Path) -> QuotaConfig:
@@ -96,6 +99,13 @@ def make_backend(opts: Options) -> tuple[GpuBackend, CgroupReader, PodIndex, Any
             raise
         log.warning("no NVIDIA driver: running in no-GPU mode", extra={"reason": str(exc)})
         return NoGpuBackend(f"no NVIDIA driver on this node: {exc}"), cgroups, PodIndex(), None
+
+
+def cgroup_namespace(opts: Options, cgroups: CgroupReader) -> Namespace:
+    """The agent's cgroup namespace as seen through the ``/proc`` it reads."""
+    if not isinstance(cgroups, ProcCgroupReader):
+        return HOST  # a scenario's texts are written as the host sees them
+    return Namespace.detect(cgroups.root, opts.pod_uid)
 
 
 async def _kube_client(opts: Options) -> Any:
@@ -159,12 +169,14 @@ async def serve(opts: Options) -> int:
     writer = AuditWriter(opts.state_dir / "audit" / "nodeagent.jsonl", signer, source=opts.node)
     await writer.start()
     agent_box: list[Agent] = []
+    ns = cgroup_namespace(opts, cgroups)
     enforcer = Enforcer(
         audit=_ShippingAudit(writer, None),
         kube=kube,
         cgroups=cgroups,
         kill_grace_s=opts.kill_grace_s,
         bundle_revision=lambda: agent_box[0].config.revision if agent_box else 0,
+        cgroup_ns=ns,
     )
     agent = Agent(
         AgentSettings(
@@ -178,6 +190,7 @@ async def serve(opts: Options) -> int:
         pods,
         allocations,
         enforcer,
+        cgroup_ns=ns,
     )
     agent_box.append(agent)
     dist = _distribution_client(opts, agent_box)
@@ -186,7 +199,10 @@ async def serve(opts: Options) -> int:
     if initial is not None:
         agent.set_quotas(initial)
     runner, port = await server.start(agent, opts.listen_host, opts.listen_port)
-    log.info("node agent serving", extra={"port": port, "mode": backend.mode.value})
+    log.info(
+        "node agent serving",
+        extra={"port": port, "mode": backend.mode.value, "cgroup_ns_private": ns.private},
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

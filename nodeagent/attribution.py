@@ -4,12 +4,16 @@ Pure: the agent reads ``/proc/<pid>/cgroup`` files, the kubelet's allocations an
 the pod index, and this module joins them. A process is *attributed* only when
 its cgroup names a pod this node knows; otherwise it is reported unattributed,
 with the reason, and nothing downstream (quotas, actions) ever guesses an owner.
+
+:func:`owner_of` is the rule for one PID (also behind ``GET /attribution``);
+:func:`attribute` applies it to every GPU process of a sample.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from nodeagent import cgroup
 from nodeagent.gpu import GpuSample, NodeSnapshot
@@ -79,12 +83,14 @@ def attribute(
     cgroups: Mapping[int, str | None],
     pods: PodIndex,
     allocations: Mapping[str, set[str]] | None,
+    ns: cgroup.Namespace = cgroup.HOST,
 ) -> list[Attributed]:
     """Join every process in ``snapshot`` with its owner.
 
     ``cgroups`` holds the text of ``/proc/<pid>/cgroup`` per PID (``None`` when
     the process is gone or unreadable); ``allocations`` is from
-    :func:`allocations_by_pod`, or ``None`` when the kubelet could not be asked.
+    :func:`allocations_by_pod`, or ``None`` when the kubelet could not be asked;
+    ``ns`` is the reader's cgroup namespace (:class:`nodeagent.cgroup.Namespace`).
     """
     out: list[Attributed] = []
     for gpu in snapshot.gpus:
@@ -100,8 +106,115 @@ def attribute(
                 profile=profiles.get(p.gi_id, "") if p.gi_id is not None else "",
                 used_memory_bytes=p.used_memory_bytes or 0,
             )
-            out.append(_owner(base, gpu, cgroups.get(p.pid), pods, allocations))
+            out.append(_owner(base, gpu, cgroups.get(p.pid), pods, allocations, ns))
     return out
+
+
+UNREADABLE = "process cgroup unreadable (exited or no access)"
+NOT_A_POD = "process is not in a pod cgroup"
+OWN_POD_UNNAMED = "process is in this agent's own pod, whose UID it was not given (POD_UID)"
+UNKNOWN_POD = "pod is not known on this node"
+NOT_SYNCED = "pod list not yet synced"
+NO_TENANT = "namespace has no tenant"
+UNLISTED_CONTAINER = (
+    "container id is not among the pod's containers: the pod sandbox (pause), "
+    "or a container that has since been replaced"
+)
+
+#: ``pod``: a pod this node knows; ``unknown-pod``: a pod cgroup whose pod is not
+#: in the pod list; ``own-pod``: the agent's own pod, UID not given; ``host``: no pod.
+OwnerKind = Literal["pod", "unknown-pod", "own-pod", "host"]
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who one host PID belongs to, from its cgroup file and this node's pod list."""
+
+    pid: int
+    kind: OwnerKind
+    pod_uid: str = ""
+    namespace: str = ""
+    pod: str = ""
+    #: The container's name; "" for the sandbox, a pod-level process or an unknown id.
+    container: str = ""
+    container_id: str = ""
+    tenant: str = ""
+    runtime: str = ""
+    cgroup_version: int | None = None
+    cgroup_driver: str = ""
+    #: The cgroup path the verdict was read from.
+    cgroup_path: str = ""
+    #: Why the process has no tenant ("" when it has one).
+    reason: str = ""
+    #: Anything else worth knowing (e.g. the id is the pod's sandbox's).
+    note: str = ""
+
+    @property
+    def attributed(self) -> bool:
+        return not self.reason
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "kind": self.kind,
+            "attributed": self.attributed,
+            "namespace": self.namespace,
+            "pod": self.pod,
+            "container": self.container,
+            "tenant": self.tenant,
+            "podUID": self.pod_uid,
+            "containerID": self.container_id,
+            "runtime": self.runtime,
+            "cgroupVersion": self.cgroup_version,
+            "cgroupDriver": self.cgroup_driver,
+            "cgroupPath": self.cgroup_path,
+            "reason": self.reason,
+            "note": self.note,
+        }
+
+
+def owner_of(
+    pid: int, text: str | None, pods: PodIndex, ns: cgroup.Namespace = cgroup.HOST
+) -> Owner:
+    """Who ``pid`` belongs to, given the text of its ``/proc/<pid>/cgroup``.
+
+    Only a pod UID that the node's pod list knows gives a pod name; a cgroup that
+    names no pod is a host process. When a path names several pods (a kubelet
+    nested in another cluster's pod), the one this node knows is the owner.
+    """
+    if text is None:
+        return Owner(pid, "host", reason=UNREADABLE)
+    where = cgroup.locate(text, ns)
+    if where.kind == "host":
+        return Owner(pid, "host", cgroup_path=where.path, reason=NOT_A_POD)
+    if not where.pods:
+        return Owner(pid, "own-pod", cgroup_path=where.path, reason=OWN_POD_UNNAMED)
+    known = [(i, pods.get(i.pod_uid)) for i in where.pods]
+    ident, pod = next(((i, p) for i, p in known if p is not None), (where.pods[0], None))
+    base = Owner(
+        pid,
+        "unknown-pod",
+        pod_uid=ident.pod_uid,
+        container_id=ident.container_id,
+        runtime=ident.runtime,
+        cgroup_version=ident.cgroup_version,
+        cgroup_driver=ident.driver,
+        cgroup_path=where.path,
+    )
+    if pod is None:
+        return replace(base, reason=UNKNOWN_POD if pods.synced else NOT_SYNCED)
+    container = pod.containers.get(ident.container_id, "")
+    tenant = pods.tenant_of(pod.namespace)
+    return replace(
+        base,
+        kind="pod",
+        namespace=pod.namespace,
+        pod=pod.name,
+        container=container,
+        tenant=tenant,
+        reason="" if tenant else NO_TENANT,
+        note=UNLISTED_CONTAINER if ident.container_id and not container else "",
+    )
 
 
 def _owner(
@@ -110,29 +223,21 @@ def _owner(
     text: str | None,
     pods: PodIndex,
     allocations: Mapping[str, set[str]] | None,
+    ns: cgroup.Namespace,
 ) -> Attributed:
-    from dataclasses import replace
-
-    if text is None:
-        return replace(base, unattributed_reason="process cgroup unreadable (exited or no access)")
-    ident = cgroup.parse(text)
-    if ident is None:
-        return replace(base, unattributed_reason="process is not in a pod cgroup")
-    pod = pods.get(ident.pod_uid)
-    if pod is None:
-        reason = "pod is not known on this node" if pods.synced else "pod list not yet synced"
-        return replace(base, pod_uid=ident.pod_uid, unattributed_reason=reason)
+    owner = owner_of(base.pid, text, pods, ns)
+    if owner.kind != "pod":
+        return replace(base, pod_uid=owner.pod_uid, unattributed_reason=owner.reason)
     allocated: bool | None = None
     if allocations is not None:
-        allocated = bool(_device_ids(gpu, base.gi_id) & allocations.get(pod.uid, set()))
-    tenant = pods.tenant_of(pod.namespace)
+        allocated = bool(_device_ids(gpu, base.gi_id) & allocations.get(owner.pod_uid, set()))
     return replace(
         base,
-        pod_uid=pod.uid,
-        pod=pod.name,
-        namespace=pod.namespace,
-        container=pod.containers.get(ident.container_id, ""),
-        tenant=tenant,
+        pod_uid=owner.pod_uid,
+        pod=owner.pod,
+        namespace=owner.namespace,
+        container=owner.container,
+        tenant=owner.tenant,
         allocated=allocated,
-        unattributed_reason="" if tenant else "namespace has no tenant",
+        unattributed_reason=owner.reason,
     )

@@ -93,8 +93,10 @@ class Enforcer:
         send_signal: Signal = os.kill,
         clock: Callable[[], float] = time.time,
         bundle_revision: Callable[[], int] = lambda: 0,
+        cgroup_ns: cgroup.Namespace = cgroup.HOST,
     ) -> None:
         self._audit = audit
+        self._ns = cgroup_ns
         self._kube = kube
         self._cgroups = cgroups
         self._kill_grace = kill_grace_s
@@ -169,8 +171,8 @@ class Enforcer:
         return "; ".join(parts)
 
     def _same_pod(self, pid: int, uid: str) -> bool:
-        ident = cgroup.parse(self._cgroups.read(pid) or "")
-        return ident is not None and ident.pod_uid == uid
+        where = cgroup.locate(self._cgroups.read(pid) or "", self._ns)
+        return bool(uid) and any(i.pod_uid == uid for i in where.pods)
 
     def _terminate(self, action: Action) -> str:
         t = action.target

@@ -1,4 +1,5 @@
-"""``palisade nodeagent``: ``run`` the GPU node agent, or show a running agent's ``status``.
+"""``palisade nodeagent``: ``run`` the GPU node agent; a running agent's ``status``;
+``attribute PID`` (which pod is this host process?).
 
 The only place that reads flags and the environment (``NODE_NAME`` from the
 downward API, ``PALISADE_NODEAGENT_*`` for the chart).
@@ -29,6 +30,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     run = sub.add_parser("run", help="run the agent (DaemonSet entry point)")
     run.add_argument("--node", default=os.environ.get("NODE_NAME", socket.gethostname()))
+    run.add_argument(
+        "--pod-uid",
+        default=os.environ.get("POD_UID", ""),
+        help="this agent's own pod UID (downward API metadata.uid; env POD_UID)",
+    )
     run.add_argument("--listen", default=_env("LISTEN", "0.0.0.0:9400"), help="HOST:PORT")
     run.add_argument(
         "--backend",
@@ -91,6 +97,24 @@ def register(parser: argparse.ArgumentParser) -> None:
     status.add_argument("--json", action="store_true", help="print the raw /status JSON")
     status.set_defaults(func=_status)
 
+    attr = sub.add_parser(
+        "attribute",
+        help="which pod is this host PID? (asks a running agent's /attribution)",
+        description="Print the namespace, pod, container, tenant and pod UID of a host "
+        "PID, as the node agent attributes it from /proc/PID/cgroup and its live pod list. "
+        "Exit 0 when the PID was found (a pod's or a host process), 1 otherwise.",
+    )
+    attr.add_argument("pid", type=_pid_arg, help="host PID (as ps on the node shows it)")
+    attr.add_argument("--url", default=_env("URL", "http://127.0.0.1:9400"))
+    attr.add_argument("--json", action="store_true", help="print the raw /attribution JSON")
+    attr.add_argument(
+        "--local",
+        action="store_true",
+        help="read /proc here instead of asking an agent (pod UID and container id only)",
+    )
+    attr.add_argument("--proc-root", type=Path, default=Path(_env("PROC_ROOT", "/proc")))
+    attr.set_defaults(func=_attribute)
+
 
 def _run(ns: argparse.Namespace) -> int:
     from nodeagent.app import Options, serve
@@ -118,6 +142,7 @@ def _run(ns: argparse.Namespace) -> int:
         kill_grace_s=ns.kill_grace,
         heartbeat_interval_s=ns.heartbeat_interval,
         system_namespaces=frozenset(s for s in ns.system_namespaces.split(",") if s),
+        pod_uid=ns.pod_uid,
     )
     try:
         return asyncio.run(serve(opts))
@@ -149,3 +174,79 @@ def _status(ns: argparse.Namespace) -> int:
     else:
         render(doc, Console(width=160))
     return 0
+
+
+def _pid_arg(raw: str) -> int:
+    from nodeagent.server import BadPid, parse_pid
+
+    try:
+        return parse_pid([raw])
+    except BadPid as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def fetch_attribution(url: str, pid: int, timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
+    """``(HTTP status, body)`` of a running agent's ``/attribution?pid=N``."""
+    target = f"{url.rstrip('/')}/attribution?pid={pid}"
+    try:
+        with urllib.request.urlopen(target, timeout=timeout) as resp:  # noqa: S310
+            status, raw = int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = int(exc.code), exc.read()
+    doc = json.loads(raw)
+    if not isinstance(doc, dict):
+        raise ValueError("attribution is not a JSON object")
+    return status, doc
+
+
+def describe_owner(doc: dict[str, Any]) -> str:
+    """One line for an operator, from an ``/attribution`` document."""
+    pid = doc.get("pid")
+    if doc.get("kind") == "pod":
+        container = doc.get("container") or f"(id {str(doc.get('containerID', ''))[:12]})"
+        tenant = doc.get("tenant") or "none"
+        line = (
+            f"pid {pid}: pod {doc.get('namespace')}/{doc.get('pod')} container {container} "
+            f"tenant {tenant} uid {doc.get('podUID')}"
+        )
+    elif doc.get("kind") in ("unknown-pod", "own-pod") and doc.get("podUID"):
+        line = f"pid {pid}: pod uid {doc.get('podUID')} container id {doc.get('containerID')}"
+    elif doc.get("kind") == "own-pod":
+        line = f"pid {pid}: in this agent's own pod"
+    else:
+        line = f"pid {pid}: host process (cgroup {doc.get('cgroupPath') or '?'})"
+    keys = ("note",) if doc.get("kind") == "host" else ("reason", "note")
+    details = [str(doc[k]) for k in keys if doc.get(k)]
+    return line + "".join(f"\n  {d}" for d in details)
+
+
+def _attribute(ns: argparse.Namespace) -> int:
+    pid: int = ns.pid
+    if ns.local:
+        from nodeagent.attribution import owner_of
+        from nodeagent.cgroup import Namespace, ProcCgroupReader
+        from nodeagent.pods import PodIndex
+
+        reader = ProcCgroupReader(ns.proc_root)
+        text = reader.read(pid)
+        if text is None:
+            print(f"palisade nodeagent attribute: no process {pid} here", file=sys.stderr)
+            return 1
+        owner = owner_of(pid, text, PodIndex(), Namespace.detect(ns.proc_root))
+        doc = owner.to_json()
+        if owner.kind == "unknown-pod":
+            doc["reason"] = "no pod list here (--local): only the pod UID is known"
+        status = 200
+    else:
+        try:
+            status, doc = fetch_attribution(ns.url, pid)
+        except (OSError, ValueError, urllib.error.URLError) as exc:
+            print(f"palisade nodeagent attribute: cannot ask {ns.url}: {exc}", file=sys.stderr)
+            return 1
+    if ns.json:
+        print(json.dumps(doc, indent=2))
+    elif status == 200:
+        print(describe_owner(doc))
+    else:
+        print(f"palisade nodeagent attribute: {doc.get('error', status)}", file=sys.stderr)
+    return 0 if status == 200 else 1

@@ -70,7 +70,9 @@ def pod_from_object(obj: Mapping[str, object]) -> PodInfo | None:
         return None
     containers: dict[str, str] = {}
     if isinstance(status, Mapping):
-        for key in ("containerStatuses", "initContainerStatuses"):
+        # Native sidecars (restartPolicy: Always) are init containers; debug
+        # containers are ephemeral ones: their processes are the pod's too.
+        for key in ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses"):
             for cs in status.get(key) or []:
                 if isinstance(cs, Mapping) and isinstance(cs.get("containerID"), str):
                     containers[strip_runtime(str(cs["containerID"]))] = str(cs.get("name", ""))

@@ -271,3 +271,97 @@ def test_a_bad_bundle_file_fails_at_startup_naming_file_line_and_field(tmp_path:
     )
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert f"{bad}:7:" in out.stderr and "gpuQuota.gpus" in out.stderr
+
+
+INFERENCE_UID = "0b7e8a1c-1d2e-4f3a-9b8c-7d6e5f4a3b2c"  # examples/gpu-sim/node.yaml
+INFERENCE_CID = "1" * 64
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "palisade.cli.main", "nodeagent", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_attribution_names_a_pids_pod_from_the_live_pod_list_and_refuses_bad_pids(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    proc = tmp_path / "proc"
+    # A cgroup v1 host with the unified hierarchy (kubelet cgroupfs, containerd):
+    # every controller names the container.
+    path = f"/kubepods/besteffort/pod{INFERENCE_UID}/{INFERENCE_CID}"
+    texts = {
+        4101: "".join(f"{c}:{path}\n" for c in ("9:name=systemd", "4:memory", "1:cpu")) + "0::/\n",
+        4300: "9:name=systemd:/\n4:memory:/system.slice/host.service\n0::/\n",
+        1: "0::/init.scope\n",
+    }
+    for pid, text in texts.items():
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "cgroup").write_text(text)
+    d = Daemon(
+        tmp_path,
+        "--backend",
+        "sim",
+        "--scenario",
+        str(EXAMPLE / "node.yaml"),
+        "--proc-root",
+        str(proc),
+        "--interval",
+        "0.2",
+    )
+    daemons.append(d)
+    d.wait_ready()
+    code, body = _get(d.url + "/attribution?pid=4101")
+    doc = json.loads(body)
+    assert code == 200, doc
+    assert (doc["kind"], doc["namespace"], doc["pod"], doc["container"], doc["tenant"]) == (
+        "pod",
+        "payments",
+        "inference-0",
+        "server",
+        "payments",
+    )
+    assert doc["podUID"] == INFERENCE_UID and doc["containerID"] == INFERENCE_CID
+    assert doc["cgroupDriver"] == "cgroupfs" and doc["node"] == "test-node"
+    assert [g["uuid"][:12] for g in doc["gpu"]] == ["GPU-11111111"]
+    code, body = _get(d.url + "/attribution?pid=4300")
+    host = json.loads(body)
+    assert code == 200 and host["kind"] == "host" and not host["attributed"]
+    assert host["pod"] == "" and host["tenant"] == ""
+    assert host["reason"] == "process is not in a pod cgroup"
+    for query, status, needle in [
+        ("pid=abc", 400, "decimal integer"),
+        ("pid=-1", 400, "decimal integer"),
+        ("pid=0", 400, "from 1 to"),
+        ("pid=99999999", 400, "decimal integer"),
+        ("pid=4194305", 400, "from 1 to"),
+        ("pid=1&pid=2", 400, "one pid"),
+        ("", 400, "missing"),
+        ("pid=4999", 404, "no process 4999"),
+    ]:
+        code, body = _get(d.url + "/attribution?" + query)
+        assert code == status, (query, body)
+        assert needle in json.loads(body)["error"], (query, body)
+
+    out = _cli("attribute", "4101", "--url", d.url)
+    assert out.returncode == 0, out.stderr
+    assert "pod payments/inference-0 container server tenant payments" in out.stdout
+    assert INFERENCE_UID in out.stdout
+    out = _cli("attribute", "4300", "--url", d.url)
+    assert out.returncode == 0 and "host process" in out.stdout
+    out = _cli("attribute", "4101", "--url", d.url, "--json")
+    assert json.loads(out.stdout)["pod"] == "inference-0"
+    out = _cli("attribute", "4999", "--url", d.url)
+    assert out.returncode == 1 and "no process 4999" in out.stderr
+    out = _cli("attribute", "abc", "--url", d.url)
+    assert out.returncode == 2 and "decimal integer" in out.stderr
+    out = _cli("attribute", "4101", "--local", "--proc-root", str(proc))
+    assert out.returncode == 0 and INFERENCE_UID in out.stdout and "no pod list" in out.stdout
+
+
+def test_attribute_against_nothing_fails_with_one_clear_line() -> None:
+    out = _cli("attribute", "1", "--url", f"http://127.0.0.1:{free_port()}")
+    assert out.returncode == 1 and "cannot ask" in out.stderr and "Traceback" not in out.stderr
