@@ -2,7 +2,7 @@
 PY      ?= .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: install setup venv proto check lint types test test-fast bench demo clean
+.PHONY: install setup venv proto check lint types test test-fast bench demo images cluster cluster-down clean
 
 install setup: ## create .venv, install Python deps and the test peers (idempotent)
 	scripts/setup
@@ -31,6 +31,15 @@ bench: setup ## benchmarks: prints tables, writes bench/results/*.json
 demo: venv ## the worked example end to end on embedded defaults (needs only the virtualenv)
 	$(PY) examples/demo.py
 	$(PY) examples/mcp_servers/demo.py
+
+images: venv ## the images, built without Docker (build/images/*.oci.tar)
+	scripts/build-images
+
+cluster: setup ## a single-node cluster here (Linux, root): images, chart, example MCP server
+	$(PY) -m tests.harness.quickstart up
+
+cluster-down: ## remove that cluster and everything it left on the machine
+	$(PY) -m tests.harness.quickstart down
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-out

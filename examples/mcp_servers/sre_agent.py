@@ -8,13 +8,20 @@ it; the agent never crashes on a refusal, it reads the reason and moves on.
 Run it against a sidecar::
 
     python examples/mcp_servers/sre_agent.py http://127.0.0.1:9000/mcp --token sre-token
+
+In a pod, with a projected ServiceAccount token bound to the sidecar's audience::
+
+    python examples/mcp_servers/sre_agent.py http://k8s-mcp.payments.svc/mcp \
+        --token-file /var/run/secrets/palisade/token --json
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from mcp import Client
@@ -126,8 +133,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url")
     parser.add_argument("--token", default="sre-token")
+    parser.add_argument("--token-file", type=Path, help="read the bearer token from this file")
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = parser.parse_args()
-    shown, steps = asyncio.run(triage(args.url, args.token))
+    token = args.token_file.read_text().strip() if args.token_file else args.token
+    shown, steps = asyncio.run(triage(args.url, token))
+    if args.json:
+        print(json.dumps({"tools": shown, "steps": [asdict(s) for s in steps]}))
+        return
     print("tools shown:", ", ".join(shown))
     for s in steps:
         print(f"{s.decision:>16}  {s.tool:<28} {s.rule:<28} {s.detail}")

@@ -317,12 +317,13 @@ class RealNode(ControlPlane):
             b.containerd,
         )
         self._wait(
-            proc, lambda: self._ctr("version", check=False).returncode == 0, "containerd socket"
+            proc, lambda: self.ctr("version", check=False).returncode == 0, "containerd socket"
         )
 
-    def _ctr(
+    def ctr(
         self, *args: str, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
+        """The real ``ctr`` against the node's containerd, in its ``k8s.io`` namespace."""
         argv = [
             str(self.node_binaries.ctr),
             f"--address={self.paths.containerd_socket}",
@@ -336,7 +337,7 @@ class RealNode(ControlPlane):
 
     def import_image(self, tar_path: Path | str) -> str:
         """Import an OCI/Docker image archive into the node's containerd; returns ctr's output."""
-        return self._ctr("images", "import", str(tar_path)).stdout
+        return self.ctr("images", "import", str(tar_path)).stdout
 
     def _import_images(self) -> None:
         i = self.node_binaries.images
