@@ -2,7 +2,14 @@
 
 The only place of this daemon that reads the environment
 (``PALISADE_ADMIN_TOKEN`` as an alternative to ``--admin-token-file``,
-``PALISADE_AUDIT_STORE`` as an alternative to ``--audit-store``).
+``PALISADE_AUDIT_STORE`` as an alternative to ``--audit-store``, ``POD_NAMESPACE``
+as the default of ``--key-namespace``).
+
+Signing keys come from files (``--signing-key``) or from a Secret
+(``--signing-key-secret``: generated and written there when it holds none,
+distributor/signing_bootstrap.py); with ``--trust-configmap`` their public halves
+are published for the injector and the node agents. Both need the Kubernetes API,
+as does ``--crd``: one client serves all three.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from distributor.server import Distributor, Settings, Source
+from distributor.signing_keys import SigningKeyError
 from distributor.sources import FileSource
 from distributor.store import StoreError
 from palisade.bundle import BundleError, load_private_key
@@ -44,6 +52,33 @@ def register(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="Ed25519 private key (PEM); repeat to sign with several",
+    )
+    parser.add_argument(
+        "--signing-key-secret",
+        default="",
+        metavar="NAME",
+        help="instead of --signing-key: a Secret in --key-namespace holding the key(s) (*.pem);"
+        " when it holds none, a key is generated and written there (get/update on it)",
+    )
+    parser.add_argument(
+        "--trust-configmap",
+        default="",
+        metavar="NAME",
+        help="publish the signing keys' public halves (PEM) in this ConfigMap of"
+        " --key-namespace, for the injector and the node agents (get/update on it)",
+    )
+    parser.add_argument("--trust-configmap-key", default="keys.pem", help="its data key")
+    parser.add_argument(
+        "--key-namespace",
+        default="",
+        help="namespace of --signing-key-secret and --trust-configmap (default: env"
+        " POD_NAMESPACE, else the pod's own namespace)",
+    )
+    parser.add_argument(
+        "--key-check-interval",
+        type=float,
+        default=60.0,
+        help="seconds between re-checks of the Secret and the ConfigMap",
     )
     parser.add_argument("--grpc-listen", default="0.0.0.0:8443")
     parser.add_argument("--http-listen", default="0.0.0.0:8080")
@@ -106,25 +141,93 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
+_IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def key_namespace(args: argparse.Namespace) -> str:
+    """Where the signing-key Secret and the trust ConfigMap live."""
+    if args.key_namespace:
+        return str(args.key_namespace)
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    with contextlib.suppress(OSError):
+        return _IN_CLUSTER_NAMESPACE.read_text().strip()
+    return "default"
+
+
+async def _api_client(args: argparse.Namespace) -> Any:
+    from kubernetes_asyncio import client, config
+
+    if args.kubeconfig:
+        await config.load_kube_config(config_file=args.kubeconfig)
+    else:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+async def _until_stopped(stop: asyncio.Event, work: Any) -> Any:
+    """``await work``, or None as soon as ``stop`` is set (the work is cancelled)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopper), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
 async def _serve(args: argparse.Namespace) -> None:
     settings = settings_from(args)
-    keys = [load_private_key(p) for p in args.signing_key]
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    api_client: Any = None
+    if args.crd or args.signing_key_secret or args.trust_configmap:
+        api_client = await _api_client(args)
+    try:
+        await _serve_with(args, settings, stop, api_client)
+    finally:
+        if api_client is not None:
+            await api_client.close()
+
+
+async def _serve_with(
+    args: argparse.Namespace, settings: Settings, stop: asyncio.Event, api_client: Any
+) -> None:
     source: Source | None = None
     reporter: Any = None
-    api_client: Any = None
+    bootstrap: Any = None
+    keys = [load_private_key(p) for p in args.signing_key]
+    if args.signing_key_secret or args.trust_configmap:
+        from distributor.signing_bootstrap import SigningBootstrap
+
+        bootstrap = SigningBootstrap(
+            api_client,
+            key_namespace(args),
+            secret=args.signing_key_secret or None,
+            configmap=args.trust_configmap or None,
+            configmap_key=args.trust_configmap_key,
+            interval_s=args.key_check_interval,
+        )
+        if args.signing_key_secret:
+            loaded = await _until_stopped(stop, bootstrap.load_keys())
+            if loaded is None:
+                return
+            keys = list(loaded)
     if args.policy_dir:
         source = FileSource(args.policy_dir)
     elif args.crd:
-        from kubernetes_asyncio import client, config
-
         from distributor.crd import CrdStatusReporter
         from distributor.sources import CrdSource
 
-        if args.kubeconfig:
-            await config.load_kube_config(config_file=args.kubeconfig)
-        else:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-        api_client = client.ApiClient()
         crd_source = CrdSource(api_client, namespace=args.namespace)
         reporter = CrdStatusReporter(crd_source)
         source = crd_source
@@ -136,24 +239,21 @@ async def _serve(args: argparse.Namespace) -> None:
             settings.http_listen,
         )
     dist = Distributor(settings, keys, source, status_writer=reporter.write if reporter else None)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    import signal
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await dist.start()
-    extra: asyncio.Task[None] | None = None
+    extras: list[asyncio.Task[None]] = []
     if reporter is not None:
         reporter.dist = dist
-        extra = asyncio.create_task(reporter.run())
+        extras.append(asyncio.create_task(reporter.run()))
+    if bootstrap is not None:
+        # Publishing never holds up serving: running sidecars already trust the keys.
+        extras.append(asyncio.create_task(bootstrap.keep(keys)))
     if args.ready_file:
         atomic_write(
             args.ready_file,
             json.dumps({"grpc_port": dist.grpc_port, "http_port": dist.http_port}).encode(),
         )
     await stop.wait()
-    if extra is not None:
+    for extra in extras:
         extra.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await extra
@@ -161,16 +261,17 @@ async def _serve(args: argparse.Namespace) -> None:
         await asyncio.wait_for(dist.stop(), 10)
     except TimeoutError:
         log.error("shutdown deadline passed")
-    if api_client is not None:
-        await api_client.close()
 
 
 def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    if not args.signing_key:
-        log.error("at least one --signing-key is required")
+    if not args.signing_key and not args.signing_key_secret:
+        log.error("at least one --signing-key is required (or --signing-key-secret NAME)")
+        return 2
+    if args.signing_key and args.signing_key_secret:
+        log.error("--signing-key and --signing-key-secret are alternatives; give one")
         return 2
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
         log.error("--tls-cert and --tls-key go together (and --tls-client-ca needs them)")
@@ -181,7 +282,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         asyncio.run(_serve(args))
-    except (OSError, ValueError, BundleError, StoreError) as exc:
+    except (OSError, ValueError, BundleError, StoreError, SigningKeyError) as exc:
         log.error("distributor failed: %s", exc)
         return 1
     return 0

@@ -75,3 +75,35 @@ def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> di
 def container_env(deployment: dict[str, Any]) -> dict[str, Any]:
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+CRD_NAME = "policybundles.palisade.dev"
+
+
+def ensure_crds(kube: Any, timeout: float = 60) -> None:
+    """The chart's CRDs applied and Established on ``kube`` (a tests.harness ControlPlane).
+
+    Another test may just have deleted them with ``--wait=false``: wait until that
+    deletion finished before applying again, or the apply lands on a dying object.
+    """
+    import time
+
+    from tests.harness import ApiError
+
+    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if not kube.request("GET", path)["metadata"].get("deletionTimestamp"):
+                break
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            break
+        assert time.monotonic() < deadline, f"{CRD_NAME} never finished deleting"
+        time.sleep(0.5)
+    for f in sorted((CHART / "crds").glob("*.yaml")):
+        kube.kubectl("apply", "--server-side", "--field-manager=chart-test", "-f", str(f))
+    kube.kubectl(
+        "wait", "--for=condition=Established", f"--timeout={int(timeout)}s", f"crd/{CRD_NAME}"
+    )

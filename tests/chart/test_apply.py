@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.render import CHART, render_text
+from tests.chart.render import CHART, ensure_crds, render_text
 from tests.chart.test_render import NON_DEFAULT
 from tests.harness import ApiError, ControlPlane
 
@@ -44,9 +44,16 @@ def _dry_run(kube: ControlPlane, manifest: str) -> str:
 
 class TestServerSideValidation:
     def test_the_default_rendering_is_accepted_by_the_api_server(self, kube: ControlPlane) -> None:
+        ensure_crds(kube)  # the starter PolicyBundle
         kube.create_namespace("chart-dry")
         out = _dry_run(kube, render_text(namespace="chart-dry", release="dry"))
         for kind in (
+            "deployment.apps/dry-palisade-distributor",
+            "daemonset.apps/dry-palisade-nodeagent",
+            "secret/dry-palisade-distributor-signing",
+            "configmap/dry-palisade-trust",
+            "role.rbac.authorization.k8s.io/dry-palisade-distributor-keys",
+            "policybundle.palisade.dev/dry-palisade-starter",
             "deployment.apps/dry-palisade-injector",
             "mutatingwebhookconfiguration.admissionregistration.k8s.io/dry-palisade-injector",
             "poddisruptionbudget.policy/dry-palisade-injector",
@@ -68,6 +75,7 @@ class TestServerSideValidation:
         assert "deployment.apps/gov-injector" in out
 
     def test_a_broken_object_is_refused_by_the_same_validation(self, kube: ControlPlane) -> None:
+        ensure_crds(kube)
         kube.create_namespace("chart-dry")
         text = render_text(namespace="chart-dry", release="dry").replace(
             "failurePolicy: Fail", "failurePolicy: Sometimes"
@@ -108,12 +116,15 @@ class TestCustomResourceDefinitions:
 def installed(kube: ControlPlane) -> Iterator[ControlPlane]:
     """The chart installed for real with helm; uninstalled afterwards so the
     fail-closed webhook does not linger for other tests."""
+    ensure_crds(kube)
     kube.create_namespace(NAMESPACE)
     try:
         kube.helm("install", RELEASE, str(CHART), "-n", NAMESPACE)
         yield kube
     finally:
-        kube.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", check=False)
+        # No --wait: without the PVC-protection controller here the distributor's
+        # claim stays Terminating.
+        kube.helm("uninstall", RELEASE, "-n", NAMESPACE, check=False)
         try:
             kube.request(
                 "DELETE",
@@ -154,6 +165,8 @@ class TestInstalledRelease:
             ("create", "secrets", "-n", NAMESPACE),
             ("get", f"secrets/{tls}", "-n", NAMESPACE),
             ("update", f"secrets/{tls}", "-n", NAMESPACE),
+            ("get", f"configmaps/{RELEASE}-palisade-trust", "-n", NAMESPACE),
+            ("watch", f"configmaps/{RELEASE}-palisade-trust", "-n", NAMESPACE),
         ]
         denied = [
             ("list", "namespaces"),
@@ -165,6 +178,8 @@ class TestInstalledRelease:
             ("get", f"secrets/{tls}", "-n", "default"),
             ("create", "secrets", "-n", "default"),
             ("create", "pods", "-n", NAMESPACE),
+            ("get", "configmaps/other", "-n", NAMESPACE),
+            ("update", f"configmaps/{RELEASE}-palisade-trust", "-n", NAMESPACE),
         ]
         assert [a for a in allowed if not _can(kube, *a)] == []
         assert [d for d in denied if _can(kube, *d)] == []
@@ -232,7 +247,11 @@ class TestPodSecurity:
             "chart-restricted", labels={"pod-security.kubernetes.io/enforce": "restricted"}
         )
         objects = [d for d in yaml.safe_load_all(render_text(namespace="chart-restricted")) if d]
-        dep = next(o for o in objects if o["kind"] == "Deployment")
+        dep = next(
+            o
+            for o in objects
+            if o["kind"] == "Deployment" and o["metadata"]["name"] == "palisade-injector"
+        )
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",

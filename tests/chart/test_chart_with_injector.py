@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from palisade.bundle.signing import generate_key, public_key_pem
 from tests.chart.render import CHART, container_env, one, render
 from tests.harness import (
     BASIC_CONTROLLERS,
@@ -99,7 +100,9 @@ def injector(
     kubeconfig = tmp / "kubeconfig"
     _service_account_kubeconfig(kube, kubeconfig)
     env = {
-        k: v for k, v in container_env(one(render(), "Deployment")).items() if isinstance(v, str)
+        k: v
+        for k, v in container_env(one(render(), "Deployment", NAME)).items()
+        if isinstance(v, str)
     }
     env.update(
         PATH="/usr/bin:/bin",
@@ -121,7 +124,7 @@ def injector(
         yield kube
     finally:
         proc.stop()
-        kube.helm("uninstall", "palisade", "-n", NS, check=False)
+        kube.helm("uninstall", "palisade", "-n", NS, check=False)  # no --wait: the PVC stays
 
 
 def _mcp_pod(name: str) -> dict[str, Any]:
@@ -155,25 +158,54 @@ class TestChartWithTheInjector:
         ca = injector.request("GET", MWC_PATH)["webhooks"][0]["clientConfig"]["caBundle"]
         assert base64.b64decode(ca).startswith(b"-----BEGIN CERTIFICATE-----")
 
-    def test_mcp_pods_in_a_labelled_namespace_get_the_sidecar_through_the_charts_webhook(
+    def test_mcp_pods_wait_for_the_published_key_then_get_the_sidecar_that_trusts_it(
         self, injector: ControlPlane
     ) -> None:
+        """The chart's trust ConfigMap starts empty: the injector (watching it with the
+        chart's RBAC) refuses MCP pods until the distributor publishes its key there."""
         kube = injector
         kube.create_namespace("chart-inj", labels={"palisade.dev/inject": "enabled"})
+
+        def create() -> dict[str, Any]:
+            pod: dict[str, Any] = kube.request(
+                "POST",
+                "/api/v1/namespaces/chart-inj/pods",
+                _mcp_pod(f"mcp-{int(time.monotonic() * 1000)}"),
+            )
+            return pod
+
         deadline = time.monotonic() + 30
         while True:
             try:
-                pod = kube.request(
-                    "POST",
-                    "/api/v1/namespaces/chart-inj/pods",
-                    _mcp_pod(f"mcp-{int(time.monotonic() * 1000)}"),
-                )
-                break
+                create()
+                raise AssertionError("an MCP pod was admitted before any key was published")
             except ApiError as e:  # the API server may still hold the old caBundle
+                if "signing key yet" in str(e):
+                    break
+                assert time.monotonic() < deadline, str(e)
+                time.sleep(0.5)
+        public = public_key_pem(generate_key()).decode()
+        kube.request(  # what the distributor does at first start
+            "PATCH",
+            f"/api/v1/namespaces/{NS}/configmaps/palisade-trust",
+            {"data": {"keys.pem": public}},
+            content_type="application/merge-patch+json",
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                pod = create()
+                break
+            except ApiError as e:
                 assert time.monotonic() < deadline, str(e)
                 time.sleep(0.5)
         assert "palisade-sidecar" in _container_names(pod)
         assert pod["metadata"]["annotations"].get("palisade.dev/status")
+        containers = pod["spec"]["containers"] + pod["spec"].get("initContainers", [])
+        (sidecar,) = [c for c in containers if c["name"] == "palisade-sidecar"]
+        env = {e["name"]: e.get("value") for e in sidecar["env"]}
+        assert env["PALISADE_TRUSTED_KEY"] == public.strip()
+        assert env["PALISADE_DISTRIBUTOR"] == f"palisade-distributor.{NS}.svc:9401"
 
     def test_pods_outside_labelled_namespaces_are_left_alone(self, injector: ControlPlane) -> None:
         kube = injector

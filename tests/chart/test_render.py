@@ -32,7 +32,13 @@ NON_DEFAULT: dict[str, Any] = {
     },
     "certManager": {"enabled": True},
     "networkPolicy": {"enabled": True, "namespaces": ["payments", "search"]},
-    "distributor": {"address": "dist.example.org:9401", "publicKeys": [PUBLIC_KEY]},
+    "distributor": {
+        "enabled": False,
+        "address": "dist.example.org:9401",
+        "publicKeys": [PUBLIC_KEY],
+    },
+    "nodeAgent": {"enabled": False},
+    "starterBundle": {"enabled": False},
     "sidecar": {"port": 9500, "extraArgs": ["--cluster-issuer", "https://kubernetes.default.svc"]},
     "commonLabels": {"team": "platform"},
 }
@@ -107,7 +113,7 @@ class TestDefaults:
 
     def test_a_disruption_budget_keeps_one_injector_up(self, objects: list[dict[str, Any]]) -> None:
         pdb = one(objects, "PodDisruptionBudget")
-        dep = one(objects, "Deployment")
+        dep = one(objects, "Deployment", "palisade-injector")
         assert pdb["spec"]["minAvailable"] == 1
         assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
 
@@ -158,7 +164,7 @@ class TestDefaults:
 
     def test_the_service_reaches_the_webhook_port(self, objects: list[dict[str, Any]]) -> None:
         svc = one(objects, "Service", "palisade-injector")
-        dep = one(objects, "Deployment")
+        dep = one(objects, "Deployment", "palisade-injector")
         assert svc["spec"]["ports"] == [
             {"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}
         ]
@@ -169,16 +175,20 @@ class TestDefaults:
         for role in by_kind(objects, "ClusterRole") + by_kind(objects, "Role"):
             for rule in role["rules"]:
                 assert "*" not in rule["verbs"] and "*" not in rule["resources"], role
-        cluster = one(objects, "ClusterRole")["rules"]
+        cluster = one(objects, "ClusterRole", "palisade-injector")["rules"]
         assert {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]} in cluster
         (mwc,) = [r for r in cluster if r["resources"] == ["mutatingwebhookconfigurations"]]
         assert mwc["resourceNames"] == ["palisade-injector"]
-        secrets = one(objects, "Role")["rules"]
-        named = [r for r in secrets if "resourceNames" in r]
-        unnamed = [r for r in secrets if "resourceNames" not in r]
-        assert [r["verbs"] for r in unnamed] == [["create"]]
-        assert named[0]["resourceNames"] == ["palisade-injector-tls"]
-        binding = one(objects, "RoleBinding")
+        rules = one(objects, "Role", "palisade-injector")["rules"]
+        named = [r for r in rules if "resourceNames" in r]
+        unnamed = [r for r in rules if "resourceNames" not in r]
+        assert unnamed == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}]
+        assert {(r["resources"][0], *r["resourceNames"], *r["verbs"]) for r in named} == {
+            ("secrets", "palisade-injector-tls", "get", "update"),
+            # the trust ConfigMap it watches by name (field selector metadata.name)
+            ("configmaps", "palisade-trust", "get", "list", "watch"),
+        }
+        binding = one(objects, "RoleBinding", "palisade-injector")
         assert binding["subjects"][0]["name"] == "palisade-injector"
 
     def test_no_network_policy_or_cert_manager_objects_by_default(
@@ -194,7 +204,9 @@ class TestDefaults:
         from injector.main import register, settings_from
 
         env = {
-            k: v for k, v in container_env(one(objects, "Deployment")).items() if isinstance(v, str)
+            k: v
+            for k, v in container_env(one(objects, "Deployment", "palisade-injector")).items()
+            if isinstance(v, str)
         }
         env["POD_NAMESPACE"] = "palisade"
         parser = argparse.ArgumentParser()
@@ -208,7 +220,11 @@ class TestDefaults:
         assert settings.injection.own_namespace == "palisade"
         assert settings.injection.sidecar.image == "palisade:0.1.0"
         assert settings.injection.sidecar.port == 9400
-        assert settings.injection.sidecar.distributor is None
+        assert settings.injection.sidecar.distributor == "palisade-distributor.palisade.svc:9401"
+        assert settings.keys.configmap == "palisade-trust"
+        assert settings.keys.key == "keys.pem"
+        assert settings.injection.sidecar.pod_firewall is True
+        assert settings.injection.sidecar.extra_args == ()
         known = {a.dest for a in parser._actions}
         assert {"listen", "tls_mode", "sidecar_image"} <= known
 

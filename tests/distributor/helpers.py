@@ -104,7 +104,17 @@ class Replica:
                 self.proc.wait(5)
 
 
-def start_replica(
+@dataclass
+class Launched:
+    """A replica process started but perhaps not serving yet (see :func:`wait_ready`)."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    ready: Path
+    log_path: Path
+
+
+def launch_replica(
     tmp: Path,
     name: str,
     *,
@@ -113,7 +123,10 @@ def start_replica(
     keys: list[Path],
     extra: list[str] | None = None,
     grpc_port: int = 0,
-) -> Replica:
+    env: dict[str, str] | None = None,
+) -> Launched:
+    """Start a replica process without waiting for it (from the test's own thread: the
+    child dies with the thread that started it)."""
     ready = tmp / f"{name}.ready"
     ready.unlink(missing_ok=True)
     log_path = tmp / f"{name}.log"
@@ -146,12 +159,18 @@ def start_replica(
     for k in keys:
         cmd += ["--signing-key", str(k)]
     cmd += extra or []
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, preexec_fn=die_with_parent
         )
-    deadline = time.monotonic() + 30
+    return Launched(name, proc, ready, log_path)
+
+
+def wait_ready(launched: Launched, timeout: float = 30) -> Replica:
+    """The replica once it serves; raises with its log if it exits or takes too long."""
+    name, proc, ready, log_path = launched.name, launched.proc, launched.ready, launched.log_path
+    deadline = time.monotonic() + timeout
     while not ready.exists():
         if proc.poll() is not None:
             raise RuntimeError(f"replica {name} exited: {log_path.read_text()[-3000:]}")
@@ -161,6 +180,30 @@ def start_replica(
         time.sleep(0.05)
     ports = json.loads(ready.read_text())
     return Replica(name, proc, ports["grpc_port"], ports["http_port"], log_path)
+
+
+def start_replica(
+    tmp: Path,
+    name: str,
+    *,
+    policy_dir: Path | None,
+    store: Path,
+    keys: list[Path],
+    extra: list[str] | None = None,
+    grpc_port: int = 0,
+    env: dict[str, str] | None = None,
+) -> Replica:
+    launched = launch_replica(
+        tmp,
+        name,
+        policy_dir=policy_dir,
+        store=store,
+        keys=keys,
+        extra=extra,
+        grpc_port=grpc_port,
+        env=env,
+    )
+    return wait_ready(launched)
 
 
 def http(method: str, url: str, body: Any = None, token: str = "") -> tuple[int, Any]:

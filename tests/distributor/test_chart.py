@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.chart.render import ensure_crds
 from tests.harness import ControlPlane
 
 pytestmark = pytest.mark.e2e
@@ -40,6 +41,7 @@ CHART = Path(__file__).resolve().parents[2] / "charts/palisade"
 def test_the_distributor_objects_are_accepted_by_the_api_server(
     kube: ControlPlane, values: list[str]
 ) -> None:
+    ensure_crds(kube)  # the starter PolicyBundle needs its kind
     out = kube.helm(
         "template",
         "t",
@@ -72,18 +74,26 @@ def test_the_distributor_objects_are_accepted_by_the_api_server(
     assert applied.returncode == 0, applied.stderr
 
 
-def test_the_chart_refuses_a_distributor_without_a_signing_key(kube: ControlPlane) -> None:
+def test_without_a_signing_key_secret_the_distributor_fills_the_charts_empty_one(
+    kube: ControlPlane,
+) -> None:
     out = kube.helm(
-        "template",
-        "t",
-        str(CHART),
-        "--set",
-        "distributor.enabled=true",
-        "--set",
-        "injector.enabled=false",
-        check=False,
-    )
-    assert out.returncode != 0 and "signingKeySecret is required" in out.stderr
+        "template", "t", str(CHART), "--namespace", "default",
+        "--set", "injector.enabled=false",
+    )  # fmt: skip
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--signing-key-secret=t-palisade-distributor-signing" in args
+    assert not [a for a in args if a.startswith("--signing-key=")]
+    (secret,) = [d for d in docs if d["metadata"]["name"] == "t-palisade-distributor-signing"]
+    assert "data" not in secret and "stringData" not in secret, "the distributor writes it"
+    (trust,) = [
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "t-palisade-trust"
+    ]
+    assert "data" not in trust
+    volumes = [v["name"] for v in deploy["spec"]["template"]["spec"]["volumes"]]
+    assert "signing" not in volumes, "read through the API, not mounted"
 
 
 def _rendered(kube: ControlPlane, *values: str) -> list[dict[str, Any]]:

@@ -338,7 +338,7 @@ async def test_without_a_distributor_the_sidecar_runs_on_the_signed_bundle_confi
     peers: Peers,
 ) -> None:
     values = {
-        "distributor": {"publicKeys": [peers.public_pem]},
+        "distributor": {"enabled": False, "publicKeys": [peers.public_pem]},
         "sidecar": {"bundleConfigMap": "palisade-bundle", "extraArgs": DEV_AUTH},
     }
     sidecar = injected_container(peers, values)

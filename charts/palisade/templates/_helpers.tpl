@@ -62,6 +62,48 @@ values, else the one this chart generates (templates/distributor-admin-token.yam
 {{- .Values.distributor.adminTokenSecret | default (printf "%s-admin" (include "palisade.distributor.name" .)) -}}
 {{- end -}}
 
+{{/* The Secret holding the bundle-signing key: the one named in values, else the
+empty one this chart creates and the distributor fills (templates/distributor-keys.yaml). */}}
+{{- define "palisade.distributor.signingSecret" -}}
+{{- .Values.distributor.signingKeySecret | default (printf "%s-signing" (include "palisade.distributor.name" .)) -}}
+{{- end -}}
+
+{{/* The ConfigMap the distributor publishes its public signing key(s) in (keys.pem). */}}
+{{- define "palisade.trustConfigMap" -}}
+{{- printf "%s-trust" (include "palisade.fullname" .) -}}
+{{- end -}}
+
+{{/* The ConfigMap the injector watches and the node agents mount for the bundle
+keys: distributor.publicKeysConfigMap.name, else the trust ConfigMap when the
+distributor runs here; empty when there is none. */}}
+{{- define "palisade.keysConfigMap" -}}
+{{- if .Values.distributor.publicKeysConfigMap.name -}}
+{{- .Values.distributor.publicKeysConfigMap.name -}}
+{{- else if .Values.distributor.enabled -}}
+{{- include "palisade.trustConfigMap" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* That ConfigMap's data key. */}}
+{{- define "palisade.keysConfigMapKey" -}}
+{{- if .Values.distributor.publicKeysConfigMap.name -}}
+{{- .Values.distributor.publicKeysConfigMap.key -}}
+{{- else -}}
+keys.pem
+{{- end -}}
+{{- end -}}
+
+{{/* The starter bundle (templates/starter-bundle.yaml, or a file in files mode). */}}
+{{- define "palisade.starterBundle.name" -}}
+{{- printf "%s-starter" (include "palisade.fullname" .) | replace "." "-" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "palisade.starterBundle.spec" -}}
+# No match: deny. No servers, no rules: every tools/call is denied until your own
+# bundles register servers and allow tools.
+defaultDecision: deny
+{{- end -}}
+
 {{- define "palisade.nodeagent.name" -}}
 {{- printf "%s-nodeagent" (include "palisade.fullname" .) -}}
 {{- end -}}
