@@ -261,6 +261,10 @@ class RealNode(ControlPlane):
         p.containerd_dir.mkdir()
         p.cni_conf_dir.mkdir()
         p.pv_dir.mkdir()
+        for i in range(len(self.node_config.pv_sizes_gi)):
+            # world-writable, as a local-path provisioner makes them: pods run as any user
+            (p.pv_dir / f"pv-{i}").mkdir()
+            (p.pv_dir / f"pv-{i}").chmod(0o777)
         pause = self.node_binaries.images.pause_name
         p.containerd_config.write_text(
             cfg.containerd_config(p, pause_image=pause, cni_bin_dir=self.node_binaries.cni_dir)

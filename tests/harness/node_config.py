@@ -49,7 +49,9 @@ class NodePaths:
 
     @property
     def kubelet_dir(self) -> Path:
-        return self.workdir / "kubelet"
+        """The kubelet's standard root: node agents find ``pod-resources`` where they would
+        on any node (the kubelet writes ``device-plugins`` there whatever its root)."""
+        return Path("/var/lib/kubelet")
 
     @property
     def kubelet_config(self) -> Path:
