@@ -97,6 +97,8 @@ class Agent:
         self.heartbeat: dict[str, Any] = {"lastSent": None, "sent": 0}
         #: live view of the distributor link, set when a distributor is configured
         self.link: Callable[[], dict[str, Any]] | None = None
+        #: the trusted signing keys (``TrustWatcher.document``), with a distributor
+        self.trust: Callable[[], dict[str, Any]] | None = None
 
     # -- configuration --------------------------------------------------------
     def set_quotas(self, config: QuotaConfig) -> None:

@@ -3,14 +3,16 @@
 :class:`Options` is every setting the command line gives; :func:`serve` builds
 the backend (NVML, falling back to no-GPU mode; or a simulated scenario), the
 cgroup reader, the pod index and its watcher, the kubelet PodResources client,
-the audit writer, the enforcer, the distributor client, the HTTP server, and
-runs until SIGTERM/SIGINT, then stops everything within a deadline.
+the audit writer, the enforcer, the distributor client and the watch on its
+trusted keys, the HTTP server, and runs until SIGTERM/SIGINT, then stops
+everything within a deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -24,7 +26,10 @@ from nodeagent.agent import Agent, AgentSettings, QuotaConfig
 from nodeagent.cgroup import HOST, CgroupReader, Namespace, ProcCgroupReader
 from nodeagent.enforce import Enforcer, KubeApi
 from nodeagent.gpu import BackendUnavailable, GpuBackend, NoGpuBackend
+from nodeagent.link import DistributorLink
 from nodeagent.pods import AllocationSource, PodIndex
+from nodeagent.trust import TrustWatcher
+from palisade.bundle import TrustedKeys
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,10 @@ class Options:
     bundle: Path | None = None
     distributors: tuple[str, ...] = ()
     trusted_keys: tuple[Path, ...] = ()
+    """Public key PEM files (several keys each) or directories of ``*.pem``; re-read while
+    running, so a key published after the agent started is taken up without a restart."""
+    trusted_key_poll_s: float = 5.0
+    """How often the trusted-key paths are read again (0: only at start)."""
     state_dir: Path = Path("/var/lib/palisade-nodeagent")
     audit_key: Path | None = None
     kill_grace_s: float = 10.0
@@ -193,7 +202,7 @@ async def serve(opts: Options) -> int:
         cgroup_ns=ns,
     )
     agent_box.append(agent)
-    dist = _distribution_client(opts, agent_box)
+    dist, trust = _distribution_link(opts, agent_box)
     if dist is not None:
         enforcer.set_audit(_ShippingAudit(writer, dist))
     if initial is not None:
@@ -209,12 +218,15 @@ async def serve(opts: Options) -> int:
         loop.add_signal_handler(sig, stop.set)
     if watcher is not None:
         await watcher.start()
-    if dist is not None:
+    if dist is not None and trust is not None:
         await dist.start()
+        await trust.start(dist.set_trusted)
     try:
         await agent.run(stop)
     finally:
         deadline = opts.kill_grace_s + 10  # pending SIGKILLs first, then the rest
+        if trust is not None:
+            await trust.stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(_shutdown(agent, watcher, dist, runner, writer, api), deadline)
         backend.close()
@@ -239,19 +251,13 @@ async def _shutdown(
         await agent.allocations.close()
 
 
-def _key_files(paths: tuple[Path, ...]) -> list[Path]:
-    """Files as given; directories (a mounted Secret) expand to their ``*.pem`` files."""
-    out: list[Path] = []
-    for p in paths:
-        out.extend(sorted(p.glob("*.pem")) if p.is_dir() else [p])
-    return out
-
-
-def _distribution_client(opts: Options, agent_box: list[Agent]) -> Any:
-    """The shared distributor client: quotas in (bundles), heartbeats out."""
+def _distribution_link(
+    opts: Options, agent_box: list[Agent]
+) -> tuple[DistributorLink | None, TrustWatcher | None]:
+    """The shared distributor client (quotas in, heartbeats out) and its key watch."""
     if not opts.distributors:
-        return None
-    from palisade.distribution import ActiveBundle, ClientSettings, DistributionClient, TrustedKeys
+        return None, None
+    from palisade.distribution import ActiveBundle, ClientSettings, DistributionClient
     from palisade.v1 import distribution_pb2
 
     def activate(bundle: ActiveBundle) -> None:
@@ -259,16 +265,6 @@ def _distribution_client(opts: Options, agent_box: list[Agent]) -> Any:
         config = QuotaConfig(quotas, namespaces, bundle.revision, bundle.digest, "distributor")
         if agent_box:
             agent_box[0].set_quotas(config)
-
-    def link() -> dict[str, Any]:
-        return {
-            "connected": client.status.connected,
-            "target": client.target,
-            "bundleAcks": client.acks,
-            "bundleNacks": client.nacks,
-            "state": client.status.state.value,
-            "lastError": client.status.last_error,
-        }
 
     def summary() -> dict[str, Any]:
         agent = agent_box[0]
@@ -279,20 +275,26 @@ def _distribution_client(opts: Options, agent_box: list[Agent]) -> Any:
     identity = distribution_pb2.ClientIdentity(
         kind=distribution_pb2.CLIENT_KIND_NODE_AGENT, id=opts.node, node=opts.node
     )
+    trust = TrustWatcher(opts.trusted_keys, poll_s=opts.trusted_key_poll_s)
     settings = ClientSettings(
         targets=opts.distributors,
         state_dir=opts.state_dir / "distribution",
-        trusted=TrustedKeys.from_files(_key_files(opts.trusted_keys)),
+        trusted=trust.load(),
         heartbeat_interval_s=opts.heartbeat_interval_s,
     )
-    client = DistributionClient(
-        settings,
-        identity,
-        activate,
-        summary=summary,
-        health=lambda: agent_box[0].health() if agent_box else "starting",
-        counters=lambda: agent_box[0].counters() if agent_box else {},
-    )
+
+    def make(keys: TrustedKeys) -> DistributionClient:
+        return DistributionClient(
+            dataclasses.replace(settings, trusted=keys),
+            identity,
+            activate,
+            summary=summary,
+            health=lambda: agent_box[0].health() if agent_box else "starting",
+            counters=lambda: agent_box[0].counters() if agent_box else {},
+        )
+
+    link = DistributorLink(make, settings.trusted)
     if agent_box:
-        agent_box[0].link = link
-    return client
+        agent_box[0].link = link.view
+        agent_box[0].trust = trust.document
+    return link, trust

@@ -66,7 +66,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         type=Path,
         action="append",
         default=[],
-        help="public key PEM trusted to sign bundles, or a directory of *.pem (repeatable)",
+        help="PEM file of public keys trusted to sign bundles (one or more), or a directory "
+        "of *.pem (repeatable); re-read while running",
+    )
+    run.add_argument(
+        "--trusted-key-poll",
+        type=float,
+        default=float(_env("TRUSTED_KEY_POLL", "5")),
+        help="seconds between re-reads of the --trusted-key files (0: only at start)",
     )
     run.add_argument(
         "--state-dir", type=Path, default=Path(_env("STATE_DIR", "/var/lib/palisade-nodeagent"))
@@ -137,6 +144,7 @@ def _run(ns: argparse.Namespace) -> int:
         bundle=ns.bundle,
         distributors=tuple(ns.distributor),
         trusted_keys=tuple(ns.trusted_key),
+        trusted_key_poll_s=ns.trusted_key_poll,
         state_dir=ns.state_dir,
         audit_key=ns.audit_key,
         kill_grace_s=ns.kill_grace,

@@ -147,6 +147,7 @@ def status_document(agent: Agent) -> dict[str, Any]:
             "source": agent.config.source,
         },
         "heartbeat": agent.heartbeat_status(),
+        "trust": agent.trust() if agent.trust else None,
     }
 
 
@@ -173,6 +174,12 @@ def render(doc: dict[str, Any], console: Console) -> None:
     )
     if doc.get("detail"):
         console.print(f"[yellow]{doc['detail']}[/]")
+    trust = doc.get("trust") or {}
+    if trust.get("message"):
+        console.print(f"[yellow]trusted keys: {trust['message']}[/]")
+    for source in trust.get("sources") or []:
+        if source.get("problem"):
+            console.print(f"[yellow]  {source['problem']}[/]")
     gpus = Table(title="GPUs", title_justify="left")
     for col in ("#", "name", "UUID", "state", "MIG", "util %", "mem GiB", "power W", "temp C"):
         gpus.add_column(col)

@@ -11,9 +11,11 @@ import grpc
 import grpc.aio
 import yaml
 
-from palisade.bundle import from_document, generate_key, public_key_pem, sign_bundle
+from palisade.bundle import from_document, generate_key, key_id, public_key_pem, sign_bundle
 from palisade.v1 import distribution_pb2, distribution_pb2_grpc
-from tests.nodeagent.test_daemon import Daemon, _get
+from tests.distributor.helpers import ahttp, bundle_yaml, start_replica, write_key
+from tests.nodeagent.test_daemon import EXAMPLE, Daemon, _get
+from tests.nodeagent.test_trust import kubelet_publish
 
 GIB = 2**30
 G0 = "GPU-00000000-0000-0000-0000-000000000000"
@@ -57,7 +59,8 @@ async def test_pushed_quotas_are_enforced_and_heartbeats_carry_the_node_summary(
     tmp_path: Path,
 ) -> None:
     key = generate_key()
-    (tmp_path / "trusted.pem").write_bytes(public_key_pem(key))
+    # Mid-rotation: the signing key is the second of two in the file; both are trusted.
+    (tmp_path / "trusted.pem").write_bytes(public_key_pem(generate_key()) + public_key_pem(key))
     doc = {
         "apiVersion": "palisade.dev/v1alpha1",
         "kind": "PolicyBundle",
@@ -124,6 +127,7 @@ async def test_pushed_quotas_are_enforced_and_heartbeats_carry_the_node_summary(
         assert status["tenants"]["payments"]["quota"]["gpuMemoryBytes"] == 8 * GIB
         (action,) = status["actions"]
         assert action["quota"] == "gpuMemoryBytes" and action["pod"] == "payments/api"
+        assert status["trust"]["waiting"] is False and len(status["trust"]["keyIds"]) == 2
         hb = status["heartbeat"]
         assert hb["connected"] is True and hb["sent"] >= 2 and hb["lastSent"]
         last = dist.heartbeats[-1]
@@ -138,3 +142,99 @@ async def test_pushed_quotas_are_enforced_and_heartbeats_carry_the_node_summary(
     finally:
         assert await asyncio.to_thread(d.stop) == 0
         await server.stop(None)
+
+
+async def test_a_signing_key_published_after_start_lets_the_refused_bundle_in_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A first install: the agent starts on an empty trust volume (the optional ConfigMap
+    is not there yet), refuses the real distributor's bundle, stays healthy and says it
+    waits; the kubelet then swaps the key in and the same revision is verified and ACKed."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "payments.yaml").write_text(bundle_yaml(gpus=3))
+    key = write_key(tmp_path / "signing.pem")
+    replica = start_replica(
+        tmp_path,
+        "r0",
+        policy_dir=policies,
+        store=tmp_path / "d.db",
+        keys=[tmp_path / "signing.pem"],
+    )
+    volume = tmp_path / "trusted"
+    volume.mkdir()
+    d = Daemon(
+        tmp_path,
+        "--backend",
+        "sim",
+        "--scenario",
+        str(EXAMPLE / "node.yaml"),
+        "--distributor",
+        replica.target,
+        "--trusted-key",
+        str(volume),
+        "--trusted-key-poll",
+        "0.2",
+        "--heartbeat-interval",
+        "0.3",
+        "--interval",
+        "0.2",
+    )
+
+    async def status() -> dict[str, Any]:
+        return dict(json.loads((await asyncio.to_thread(_get, d.url + "/status"))[1]))
+
+    async def fleet_row() -> dict[str, Any]:
+        _, body = await ahttp("GET", replica.url + "/v1/fleet?kind=node")
+        rows = body["clients"]
+        return dict(rows[0]) if rows else {}
+
+    try:
+        await asyncio.to_thread(d.wait_ready)
+        for _ in range(300):
+            doc = await status()
+            if doc["heartbeat"].get("bundleNacks", 0) >= 1:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the bundle was never refused")
+        assert doc["health"] == "ok" and doc["bundle"]["source"] == "none"
+        assert doc["trust"]["waiting"] is True
+        assert "waiting for the distributor's signing key" in doc["trust"]["message"]
+        assert "no trusted keys" in doc["heartbeat"]["lastError"]
+        assert (await asyncio.to_thread(_get, d.url + "/healthz"))[0] == 200
+        for _ in range(100):
+            row = await fleet_row()
+            if row.get("nack_revision") == 1:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the distributor never saw the NACK")
+        assert row["revision"] == 0
+
+        kubelet_publish(volume, {"keys.pem": public_key_pem(key)})
+        for _ in range(300):
+            doc = await status()
+            if doc["bundle"]["revision"] == 1:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the bundle was never taken after the key appeared")
+        assert doc["bundle"]["source"] == "distributor"
+        assert doc["tenants"]["payments"]["quota"]["gpus"] == 3
+        assert doc["trust"]["waiting"] is False
+        assert doc["trust"]["keyIds"] == [key_id(key)]
+        assert doc["heartbeat"]["resubscribes"] == 1
+        assert doc["heartbeat"]["state"] == "OK"
+        for _ in range(100):
+            row = await fleet_row()
+            if row.get("revision") == 1:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the distributor never saw the ACK")
+        assert row["nack_revision"] == 0, "the ACK cleared the NACK"
+        assert d.proc.poll() is None, "no restart"
+    finally:
+        assert await asyncio.to_thread(d.stop) == 0
+        replica.stop()
