@@ -8,22 +8,16 @@ REPO_ROOT="$(cd "$KIND_DIR/.." && pwd)"
 
 CLUSTER_NAME="${CLUSTER_NAME:-palisade}"
 KUBE_CONTEXT="${KUBE_CONTEXT:-kind-$CLUSTER_NAME}"
-IMAGE="${IMAGE:-palisade:0.1.0}"
-RELEASE="${RELEASE:-palisade}"
-PALISADE_NAMESPACE="${PALISADE_NAMESPACE:-palisade}"
-DEMO_NAMESPACE="${DEMO_NAMESPACE:-payments}"
-# WAIT=false skips waiting for rollouts (used by the tests, which have no nodes).
-WAIT="${WAIT:-true}"
+# How long `kind create cluster` waits for the control plane (a Go duration).
 TIMEOUT="${TIMEOUT:-180s}"
-# The bundle-signing key pair (kind/signing-key.sh): kept outside the repository and
-# reused on every run, so sidecars keep trusting the distributor across re-installs.
-PALISADE_CACHE="${PALISADE_CACHE:-${HOME:+$HOME/.cache/palisade}}"
-KEYS_DIR="${KEYS_DIR:-${PALISADE_CACHE:+$PALISADE_CACHE/kind-$CLUSTER_NAME/keys}}"
-KEY_NAME="${KEY_NAME:-bundle-signing}"
-# The Secret (in $PALISADE_NAMESPACE) the distributor signs bundles with.
-SIGNING_SECRET="${SIGNING_SECRET:-$RELEASE-signing}"
-# The policy the distributor serves (files mode: a ConfigMap of policy files).
-BUNDLE_FILE="${BUNDLE_FILE:-$REPO_ROOT/examples/payments-bundle.yaml}"
+# How long kind/agent-log.sh waits for the example agent's Job to finish (seconds).
+JOB_TIMEOUT="${JOB_TIMEOUT:-300}"
+
+# Not settings: the chart's default image is palisade:<appVersion> and the example
+# manifests (examples/cluster/) name palisade-example-mcp:<appVersion>; the README's
+# quick start uses both as they are. tests/kind checks that the three agree.
+PALISADE_IMAGE="palisade:0.1.0"
+EXAMPLE_IMAGE="palisade-example-mcp:0.1.0"
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -39,18 +33,27 @@ need() {
   done
 }
 
-# The key pair's directory, or a clear error when neither KEYS_DIR nor HOME is set.
-keys_dir() {
-  [ -n "$KEYS_DIR" ] || die "set KEYS_DIR (or HOME, or PALISADE_CACHE) for the bundle-signing keys"
-  printf '%s' "$KEYS_DIR"
-}
-
 kc() { kubectl --context "$KUBE_CONTEXT" "$@"; }
 
-image_repository() { printf '%s' "${IMAGE%:*}"; }
-image_tag() {
-  case "$IMAGE" in
-    *:*) printf '%s' "${IMAGE##*:}" ;;
-    *) printf 'latest' ;;
-  esac
+# The README's quick-start commands (the block after <!-- quickstart -->), one per
+# line, each quoted for the shell (shlex.join). Parsed by readme_commands() of
+# tests/harness/quickstart.py, the parser `make cluster` uses, loaded by its path:
+# it needs only the standard library, not the test packages.
+readme_commands() {
+  python3 - "$REPO_ROOT/tests/harness/quickstart.py" <<'PY'
+import importlib.util
+import shlex
+import sys
+
+spec = importlib.util.spec_from_file_location("palisade_quickstart", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
+spec.loader.exec_module(module)
+try:
+    commands = module.readme_commands()
+except module.QuickstartError as exc:
+    sys.exit(f"error: {exc}")
+for argv in commands:
+    print(shlex.join(argv))
+PY
 }

