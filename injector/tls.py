@@ -202,7 +202,8 @@ class SecretStore:
         self.namespace = namespace
         self.name = name
 
-    async def read(self) -> tuple[CertSet, str] | None:
+    async def read(self) -> tuple[CertSet | None, str] | None:
+        """None: no Secret. ``(None, version)``: the chart's empty Secret, to be filled."""
         try:
             secret = await self.core.read_namespaced_secret(self.name, self.namespace)
         except ApiException as exc:
@@ -210,12 +211,15 @@ class SecretStore:
                 return None
             raise
         data = secret.data or {}
+        version = str(secret.metadata.resource_version)
+        if not any(data.get(key) for key in _SECRET_KEYS.values()):
+            return None, version
         fields = {
             attr: base64.b64decode(data.get(key, "")).decode() for attr, key in _SECRET_KEYS.items()
         }
         if not all(fields[a] for a in ("ca_cert", "ca_key", "cert", "key")):
             raise ValueError(f"Secret {self.namespace}/{self.name} lacks certificate keys")
-        return CertSet(**fields), str(secret.metadata.resource_version)
+        return CertSet(**fields), version
 
     def _body(self, cert_set: CertSet, resource_version: str | None) -> client.V1Secret:
         data = {
@@ -284,13 +288,19 @@ class SelfSignedTLS:
         for _ in range(5):
             now = self.clock()
             found = await self.store.read()
-            if found is None:
+            held = found[0] if found is not None else None
+            if held is None:
                 fresh = certs.create(self.names, now, s.ca_validity_days, s.cert_validity_days)
-                if not await self.store.create(fresh):
+                # the chart makes the Secret empty (so uninstall removes it): fill it
+                made = await (
+                    self.store.create(fresh) if found is None else self.store.swap(fresh, found[1])
+                )
+                if not made:
                     continue
                 cert_set = fresh
             else:
-                cert_set, version = found
+                assert found is not None
+                cert_set, version = held, found[1]
                 action = certs.plan(cert_set, self.names, now, rotate_before)
                 rotated = certs.rotate(
                     cert_set, action, self.names, now, s.ca_validity_days, s.cert_validity_days

@@ -182,7 +182,9 @@ class TestDefaults:
         rules = one(objects, "Role", "palisade-injector")["rules"]
         named = [r for r in rules if "resourceNames" in r]
         unnamed = [r for r in rules if "resourceNames" not in r]
-        assert unnamed == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}]
+        assert unnamed == []  # the chart makes the TLS Secret empty: no create on Secrets
+        tls = one(objects, "Secret", "palisade-injector-tls")
+        assert "data" not in tls and tls["type"] == "Opaque"
         assert {(r["resources"][0], *r["resourceNames"], *r["verbs"]) for r in named} == {
             ("secrets", "palisade-injector-tls", "get", "update"),
             # the trust ConfigMap it watches by name (field selector metadata.name)

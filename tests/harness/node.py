@@ -440,10 +440,11 @@ class RealNode(ControlPlane):
         return self.kubectl("logs", "-n", namespace, name, *extra).stdout
 
     def exec(
-        self, namespace: str, pod: str, *argv: str, check: bool = True
+        self, namespace: str, pod: str, *argv: str, container: str = "", check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         """``kubectl exec`` in a pod (through the API server and the kubelet)."""
-        return self.kubectl("exec", "-n", namespace, pod, "--", *argv, check=check)
+        where = ["-c", container] if container else []
+        return self.kubectl("exec", "-n", namespace, pod, *where, "--", *argv, check=check)
 
     def log_paths(self) -> dict[str, Path]:
         """Each process's log file (kept after teardown with ``PALISADE_KUBE_KEEP=1``)."""

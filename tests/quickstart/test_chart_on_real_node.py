@@ -246,14 +246,15 @@ def test_the_fleet_shows_the_sidecar_acked_at_the_current_revision(installed: Re
 
     def acked() -> Any:
         bundles = _distributor(installed, "/v1/bundles")
-        current = max(r["revision"] for r in bundles["revisions"])
+        current = max(r["revision"] for r in bundles["bundles"])
         clients = _distributor(installed, "/v1/fleet?kind=sidecar")["clients"]
         mine = [c for c in clients if c["pod"] == name and c["namespace"] == NS]
         return mine and mine[0]["revision"] == current and mine[0]
 
     client = _wait("the sidecar's ACK of the current revision", acked, timeout=60, every=2)
-    assert client["kind"] == "sidecar"
-    assert client["nack_revision"] in (0, None) or client["nack_revision"] != client["revision"]
+    assert client["kind"] == "CLIENT_KIND_SIDECAR"
+    assert client["nack_revision"] != client["revision"]
+    assert client["server"] == "kubernetes-mcp" and client["tenant"] == "payments"
 
 
 def test_a_killed_sidecar_is_restarted_with_its_audit_chain_whole_and_delivered(
@@ -271,12 +272,11 @@ def test_a_killed_sidecar_is_restarted_with_its_audit_chain_whole_and_delivered(
 
     _wait("the kubelet to restart the sidecar", restarted, timeout=120)
     verify = node.exec(
-        NS, name, "-c", SIDECAR, "palisade", "audit", "verify", f"{AUDIT}/audit.jsonl",
-        "--trusted", f"{AUDIT}/audit-key.pub.pem",
-        check=False,
+        NS, name, "palisade", "audit", "verify", f"{AUDIT}/audit.jsonl",
+        "--trusted", f"{AUDIT}/audit-key.pub.pem", container=SIDECAR, check=False,
     )  # fmt: skip
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    local = node.exec(NS, name, "-c", SIDECAR, "cat", f"{AUDIT}/audit.jsonl").stdout
+    local = node.exec(NS, name, "cat", f"{AUDIT}/audit.jsonl", container=SIDECAR).stdout
     hashes = {json.loads(line)["hash"] for line in local.splitlines() if line.strip()}
     assert len(hashes) >= 10  # the agent's calls, each decided and its outcome
 
