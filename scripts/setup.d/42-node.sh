@@ -7,7 +7,7 @@
 #   /usr/lib/cni), iptables and conntrack (kube-proxy), umoci and debootstrap
 #   (image building elsewhere in the tests).
 # - kubelet, kube-scheduler and kube-proxy from the same k8s.io/kubernetes module
-#   as the control plane (scripts/setup.d/lib-kube.sh makes the identical build
+#   as the control plane (scripts/lib-kube.sh makes the identical build
 #   module, so the packages already compiled for kube-apiserver are reused).
 # - containerd, ctr and containerd-shim-runc-v2 from the containerd Go module.
 # - CoreDNS from its Go module, with only the plugins the cluster DNS uses (a
@@ -34,8 +34,8 @@ COREDNS_VERSION="${PALISADE_COREDNS_VERSION:-v1.14.7}"
 APT_PACKAGES=(runc containernetworking-plugins iptables conntrack umoci debootstrap)
 COREDNS_PLUGINS=(errors health ready kubernetes cache loadbalance log)
 
-# shellcheck source=scripts/setup.d/lib-kube.sh
-. scripts/setup.d/lib-kube.sh
+# shellcheck source=scripts/lib-kube.sh
+. scripts/lib-kube.sh
 
 if [ "${PALISADE_SKIP_NODE:-0}" = "1" ]; then
   echo "setup: node binaries skipped (PALISADE_SKIP_NODE=1)"
