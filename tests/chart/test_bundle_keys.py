@@ -130,8 +130,9 @@ class TestByDefault:
         assert "--signing-key=/etc/palisade/signing/signing.pem" in args
         assert not [a for a in args if a.startswith("--signing-key-secret")]
         assert "--trust-configmap=palisade-trust" in args
-        assert [s["metadata"]["name"] for s in by_kind(objects, "Secret")] == [
-            "palisade-distributor-admin"
+        assert sorted(s["metadata"]["name"] for s in by_kind(objects, "Secret")) == [
+            "palisade-distributor-admin",
+            "palisade-injector-tls",
         ], "no empty signing Secret when the user brings one"
         keys_role = one(objects, "Role", "palisade-distributor-keys")
         assert [r["resources"] for r in keys_role["rules"]] == [["configmaps"]]

@@ -1,7 +1,8 @@
 """The agent as the DaemonSet runs it: read-only root filesystem, no capabilities, no driver.
 
 The agent is started inside a private mount namespace whose ``/`` is remounted
-read-only, with one writable tmpfs at ``/tmp`` (the chart's emptyDir) that also
+read-only, with one writable tmpfs (the chart's ``/tmp`` emptyDir; mounted on a
+fresh directory, so a checkout under ``/tmp`` stays visible) that also
 holds its state directory (the chart's hostPath), every capability dropped
 from its bounding set and ``no_new_privs`` set (``setpriv``): as root without
 capabilities (the chart's choice, for the kubelet's root-only PodResources
@@ -14,12 +15,14 @@ Needs root, util-linux ``unshare`` and ``setpriv`` (skipped otherwise).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -34,11 +37,11 @@ ROOT = Path(__file__).resolve().parents[2]
 _SCRIPT = r"""
 set -e
 mount -o remount,bind,ro /
-mount -t tmpfs -o mode=1777,size=16m tmpfs /tmp
+mount -t tmpfs -o mode=1777,size=16m tmpfs "$SCRATCH"
 if touch "$ROOT/.palisade-rootfs-probe" 2>/dev/null; then echo "root is writable" >&2; exit 9; fi
 exec setpriv $IDS --inh-caps=-all --bounding-set=-all --no-new-privs \
     "$PY" -m palisade.cli.main nodeagent run --backend auto --kube off \
-    --state-dir /tmp/palisade-nodeagent --listen "127.0.0.1:$PORT" --node hardened-node
+    --state-dir "$SCRATCH/palisade-nodeagent" --listen "127.0.0.1:$PORT" --node hardened-node
 """
 
 
@@ -94,6 +97,9 @@ def test_the_agent_runs_ready_on_a_read_only_root_without_capabilities_or_driver
         py, extra = found
         ids = "--reuid=65534 --regid=65534 --clear-groups"
     port = free_port()
+    # not under tmp_path: pytest's folders are root-only, and user 65534 must reach it
+    scratch = Path(tempfile.mkdtemp(prefix="palisade-podsec-"))
+    scratch.chmod(0o755)
     log = (tmp_path / "agent.log").open("wb")
     proc = subprocess.Popen(
         ["unshare", "-m", "--propagation", "private", "sh", "-c", _SCRIPT],
@@ -105,6 +111,8 @@ def test_the_agent_runs_ready_on_a_read_only_root_without_capabilities_or_driver
             "PY": py,
             "IDS": ids,
             "ROOT": str(ROOT),
+            "SCRATCH": str(scratch),
+            "TMPDIR": str(scratch),
         },
         cwd=ROOT,
         stdout=log,
@@ -134,7 +142,8 @@ def test_the_agent_runs_ready_on_a_read_only_root_without_capabilities_or_driver
         status = _get(url + "/status")[1]
         assert "no NVIDIA driver" in str(status["detail"])
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(15)
         finally:
@@ -142,5 +151,6 @@ def test_the_agent_runs_ready_on_a_read_only_root_without_capabilities_or_driver
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             log.close()
+            shutil.rmtree(scratch, ignore_errors=True)
     assert proc.returncode == 0, (tmp_path / "agent.log").read_text()
     assert not (ROOT / ".palisade-rootfs-probe").exists()
