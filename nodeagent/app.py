@@ -170,7 +170,7 @@ async def serve(opts: Options) -> int:
     allocations: AllocationSource | None = None
     if scenario is not None and api is None:
         allocations = scenario.static_allocations()
-    elif opts.pod_resources_socket.exists():
+    elif _usable_socket(opts.pod_resources_socket):
         from nodeagent.podresources.client import PodResourcesClient
 
         allocations = PodResourcesClient(str(opts.pod_resources_socket))
@@ -298,3 +298,23 @@ def _distribution_link(
         agent_box[0].link = link.view
         agent_box[0].trust = trust.document
     return link, trust
+
+
+def _usable_socket(path: Path) -> bool:
+    """Whether the kubelet's PodResources socket is there for us to use.
+
+    The kubelet keeps it root-only: as another user the agent runs without
+    allocation data (GPU use is still attributed through cgroups), and says so.
+    """
+    try:
+        present = path.exists()
+    except PermissionError:
+        present = True
+    if present and not os.access(path, os.R_OK | os.W_OK):
+        log.warning(
+            "cannot use the kubelet's PodResources socket %s (it is root-only): running "
+            "without device allocations",
+            path,
+        )
+        return False
+    return present

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -96,6 +97,12 @@ def test_the_agent_runs_ready_on_a_read_only_root_without_capabilities_or_driver
             pytest.skip("no interpreter with the project that user 65534 can run")
         py, extra = found
         ids = "--reuid=65534 --regid=65534 --clear-groups"
+        # the kubelet's PodResources socket is root-only, as on a node: the agent runs without it
+        kubelet_dir = tmp_path / "pod-resources"
+        kubelet_dir.mkdir(mode=0o700)
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(kubelet_dir / "kubelet.sock"))
+        extra["PALISADE_NODEAGENT_POD_RESOURCES_SOCKET"] = str(kubelet_dir / "kubelet.sock")
     port = free_port()
     # not under tmp_path: pytest's folders are root-only, and user 65534 must reach it
     scratch = Path(tempfile.mkdtemp(prefix="palisade-podsec-"))
