@@ -434,6 +434,44 @@ class RealNode(ControlPlane):
             f"events:\n{events[-3000:]}"
         )
 
+    def wait_service(
+        self,
+        namespace: str,
+        name: str,
+        target_port: int,
+        endpoints: int = 1,
+        timeout: float | None = None,
+    ) -> set[str]:
+        """Wait until the Service has ``endpoints`` ready endpoints on ``target_port``
+        and kube-proxy's rules send its traffic to every one of them.
+
+        Ready pods alone do not make a Service answer: the EndpointSlice controller
+        and then kube-proxy must catch up (until then the ClusterIP refuses).
+        Returns the endpoints (``ip:port``).
+        """
+        from tests.harness.node_wait import programmed_endpoints, ready_endpoints
+
+        limit = timeout if timeout is not None else self.node_config.start_timeout
+        deadline = time.monotonic() + limit
+        selector = f"kubernetes.io/service-name={name}"
+        path = f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
+        ready: set[str] = set()
+        programmed: set[str] = set()
+        while time.monotonic() < deadline:
+            slices = self.request("GET", f"{path}?labelSelector={selector}")
+            ready = ready_endpoints(slices, target_port)
+            nat = self.in_netns(["iptables-save", "-t", "nat"]).stdout
+            programmed = programmed_endpoints(nat, namespace, name)
+            if len(ready) >= endpoints and ready <= programmed:
+                return ready
+            time.sleep(0.5)
+        proxy_log = self._node_procs["kube-proxy"].log_path.read_text(errors="replace")
+        raise HarnessError(
+            f"service {namespace}/{name} not reachable after {limit:.0f}s: "
+            f"ready endpoints {sorted(ready)}, in kube-proxy's rules {sorted(programmed)}\n"
+            f"kube-proxy log:\n{proxy_log[-3000:]}"
+        )
+
     def pod_logs(self, namespace: str, name: str, container: str | None = None) -> str:
         """The pod's (or one container's) log, as ``kubectl logs`` prints it."""
         extra = ["-c", container] if container else []

@@ -8,10 +8,14 @@
 | daemonset | at least one pod is scheduled and every scheduled pod is updated and ready |
 | job | at least one completion |
 | persistentvolumeclaim | phase ``Bound`` |
+
+A Service is reachable (``RealNode.wait_service``) once every ready endpoint its
+EndpointSlices list is in kube-proxy's rules: ready pods alone are not enough.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -113,3 +117,32 @@ def ready_check(kind: str) -> Callable[[Obj], bool]:
         return _CHECKS[kind.lower()]
     except KeyError:
         raise ValueError(f"no readiness rule for {kind!r} (known: {', '.join(_CHECKS)})") from None
+
+
+# --- Services: endpoints the API lists, and the ones kube-proxy has programmed ---
+
+_SEP_COMMENT = re.compile(r'--comment "?(?P<svc>[^ "]+) -> (?P<ep>[^ "]+)"? ')
+
+
+def ready_endpoints(slices: Obj, port: int) -> set[str]:
+    """``ip:port`` of every ready endpoint in an EndpointSliceList, for one target port."""
+    found: set[str] = set()
+    for item in slices.get("items") or []:
+        ports = [p.get("port") for p in item.get("ports") or []]
+        if port not in ports:
+            continue
+        for ep in item.get("endpoints") or []:
+            if (ep.get("conditions") or {}).get("ready"):
+                found.update(f"{addr}:{port}" for addr in ep.get("addresses") or [])
+    return found
+
+
+def programmed_endpoints(nat_rules: str, namespace: str, service: str) -> set[str]:
+    """``ip:port`` that kube-proxy's iptables rules (``iptables-save -t nat``) send
+    the Service's traffic to; its comments read ``ns/name[:port] -> ip:port``."""
+    found: set[str] = set()
+    for match in _SEP_COMMENT.finditer(nat_rules):
+        svc = match["svc"].split(":", 1)[0]
+        if svc == f"{namespace}/{service}":
+            found.add(match["ep"])
+    return found

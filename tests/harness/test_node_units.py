@@ -16,7 +16,12 @@ from tests.harness import node_manifests, oci
 from tests.harness.netns import NetnsError, pick_subnet
 from tests.harness.node_cleanup import remove_new_entries
 from tests.harness.node_state import NodeState, ProcessRecord
-from tests.harness.node_wait import api_path, ready_check
+from tests.harness.node_wait import (
+    api_path,
+    programmed_endpoints,
+    ready_check,
+    ready_endpoints,
+)
 
 SPEC = oci.ImageSpec(
     name="palisade.local/hello:1", files={"hello": b"\x7fELF..."}, entrypoint=("/hello",)
@@ -165,3 +170,45 @@ class TestState:
         assert failed == []
         assert sorted(p.name for p in old.iterdir()) == ["keep"]
         assert not new.exists()
+
+
+# --- a Service is reachable once kube-proxy programs its ready endpoints ---------
+
+NAT = """\
+-A KUBE-SVC-A -m comment --comment "ns/web -> 10.244.0.5:8080" -j KUBE-SEP-1
+-A KUBE-SVC-A -m comment --comment "ns/web -> 10.244.0.6:8080" -m statistic -j KUBE-SEP-2
+-A KUBE-SVC-B -m comment --comment "ns/web:metrics -> 10.244.0.5:9090" -j KUBE-SEP-3
+-A KUBE-SVC-C -m comment --comment "ns/webhook -> 10.244.0.9:8443" -j KUBE-SEP-4
+-A KUBE-SERVICES -d 10.96.0.7/32 -p tcp -m comment --comment "ns/web cluster IP" -j KUBE-SVC-A
+"""
+
+
+def test_programmed_endpoints_are_read_from_kube_proxy_comments_of_that_service_only() -> None:
+    assert programmed_endpoints(NAT, "ns", "web") == {
+        "10.244.0.5:8080",
+        "10.244.0.6:8080",
+        "10.244.0.5:9090",
+    }
+    assert programmed_endpoints(NAT, "ns", "webhook") == {"10.244.0.9:8443"}
+    assert programmed_endpoints(NAT, "other", "web") == set()
+
+
+def test_ready_endpoints_skip_unready_ones_and_other_ports() -> None:
+    slices = {
+        "items": [
+            {
+                "ports": [{"port": 8080}],
+                "endpoints": [
+                    {"addresses": ["10.244.0.5"], "conditions": {"ready": True}},
+                    {"addresses": ["10.244.0.6"], "conditions": {"ready": False}},
+                    {"addresses": ["10.244.0.7"]},
+                ],
+            },
+            {
+                "ports": [{"port": 9090}],
+                "endpoints": [{"addresses": ["10.244.0.8"], "conditions": {"ready": True}}],
+            },
+        ]
+    }
+    assert ready_endpoints(slices, 8080) == {"10.244.0.5:8080"}
+    assert ready_endpoints({"items": None}, 8080) == set()

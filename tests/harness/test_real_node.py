@@ -90,6 +90,7 @@ def hello(real_node: RealNode) -> Iterator[RealNode]:
     _apply(real_node, _deployment("hello", image, replicas=2), service, probe)
     real_node.wait_ready("deployment", NS, "hello")
     real_node.wait_ready("pod", NS, "probe")
+    real_node.wait_service(NS, "hello", target_port=8080, endpoints=2)
     yield real_node
 
 
