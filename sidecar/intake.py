@@ -41,6 +41,7 @@ from palisade.bundle.signing import TrustedKeys, from_bytes, verify_bundle
 from palisade.policy.budgets import BudgetState
 from palisade.policy.engine import Engine, compile_bundle
 from palisade.policy.guard import Guard
+from sidecar.budget_journal import open_journal
 from sidecar.policy import PolicySnapshot, ToolFacts
 
 log = logging.getLogger(__name__)
@@ -132,8 +133,12 @@ class BundleIntake:
         self._seen = ""
         self._active: Loaded | None = None
         self._unsigned_revision = 0
-        #: One budget state across bundle swaps: a new revision does not reset budgets.
+        #: One budget state across bundle swaps: a new revision does not reset budgets,
+        #: and with a state dir a restart does not either (:mod:`sidecar.budget_journal`).
         self._budgets = BudgetState()
+        self.budget_journal = (
+            open_journal(self._budgets, state_dir) if state_dir is not None else None
+        )
         self.last_error = ""
 
     @property

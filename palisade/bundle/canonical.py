@@ -92,6 +92,11 @@ def to_document(bundle: Bundle) -> dict[str, Any]:
     }
     if b.mutations_per_session is not None:
         budgets["mutationsPerSession"] = b.mutations_per_session
+    if b.mutations_per_agent is not None:
+        budgets["mutationsPerAgent"] = {
+            "limit": b.mutations_per_agent.limit,
+            "windowSeconds": _num(b.mutations_per_agent.window_seconds),
+        }
     spec: dict[str, Any] = {
         "defaultDecision": bundle.default_decision.value,
         "failureMode": bundle.failure_mode.value,

@@ -138,11 +138,21 @@ class SpendCap:
 
 
 @dataclass(frozen=True, slots=True)
+class MutationWindow:
+    """At most ``limit`` mutating calls per agent in a fixed window, across all its sessions."""
+
+    limit: int
+    window_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Budgets:
     rate_limits: tuple[RateLimit, ...] = ()
     spend_caps: tuple[SpendCap, ...] = ()
     #: Mutating calls allowed per session before approval is needed; None = no cap.
     mutations_per_session: int | None = None
+    #: Mutating calls allowed per agent in a window, whatever its sessions; None = no cap.
+    mutations_per_agent: MutationWindow | None = None
 
 
 @dataclass(frozen=True, slots=True)

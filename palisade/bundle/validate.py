@@ -31,6 +31,7 @@ from palisade.bundle.schema import (
     GpuQuota,
     Identity,
     Match,
+    MutationWindow,
     RateLimit,
     RatePer,
     Rule,
@@ -240,7 +241,9 @@ def _budgets(c: Checker, path: Path, raw: Any) -> tuple[Budgets, list[tuple[Path
     """The budgets, plus (path, match) of each limit for the reference checks."""
     if raw is None:
         return Budgets(), []
-    d = c.obj(raw, path, [], ["rateLimits", "spendCaps", "mutationsPerSession"])
+    d = c.obj(
+        raw, path, [], ["rateLimits", "spendCaps", "mutationsPerSession", "mutationsPerAgent"]
+    )
     if d is None:
         return Budgets(), []
     ids: list[tuple[Path, str]] = []
@@ -283,8 +286,21 @@ def _budgets(c: Checker, path: Path, raw: Any) -> tuple[Budgets, list[tuple[Path
         rate_limits=tuple(rates),
         spend_caps=tuple(caps),
         mutations_per_session=c.integer(d, "mutationsPerSession", path, None),
+        mutations_per_agent=_mutation_window(c, (*path, "mutationsPerAgent"), d),
     )
     return budgets, matches
+
+
+def _mutation_window(c: Checker, path: Path, budgets: dict[str, Any]) -> MutationWindow | None:
+    if budgets.get("mutationsPerAgent") is None:
+        return None
+    w = c.obj(budgets["mutationsPerAgent"], path, ["limit", "windowSeconds"], [])
+    if w is None:
+        return None
+    return MutationWindow(
+        limit=c.integer(w, "limit", path, None) or 0,
+        window_seconds=c.number(w, "windowSeconds", path, None, exclusive=True) or 1.0,
+    )
 
 
 def _section(
@@ -471,7 +487,7 @@ def build_bundle(doc: Any, positions: Positions) -> Bundle:
         | set(_BUILTIN_RULE_IDS)
         | {f"budget/{b.id}" for b in budgets.rate_limits}
         | {f"budget/{b.id}" for b in budgets.spend_caps}
-        | {"budget/mutationsPerSession"}
+        | {"budget/mutationsPerSession", "budget/mutationsPerAgent"}
     )
     quotas = {t.name: t.gpu_quota for t in tenants if t is not None}
     for (p, _), t in zip(x_items, tests, strict=True):

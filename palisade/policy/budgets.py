@@ -12,12 +12,17 @@ the cost and count the mutation. A refused call consumes nothing.
 
 Memory is bounded: each table keeps at most ``max_entries`` keys and forgets
 the oldest (insertion order) beyond that.
+
+Every committed change can be observed (``observer``: table name, key, new
+value), so an adapter can keep the counters across a restart
+(:mod:`sidecar.budget_journal`); :meth:`BudgetState.entries` and
+:meth:`BudgetState.restore` read and refill the tables.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import TypeVar
 
 _K = TypeVar("_K")
@@ -25,14 +30,22 @@ _V = TypeVar("_V")
 
 DEFAULT_MAX_ENTRIES = 100_000
 
+#: The tables, by the name an observer sees. Bucket values are ``[tokens, last
+#: refill time]``, spend values ``[window start, spent]``, session values a count.
+BUCKETS, SPEND, SESSIONS = "buckets", "spend", "sessions"
+
+Observer = Callable[[str, Hashable, "list[float] | int"], None]
+
 
 class BudgetState:
     """Mutable budget counters shared across engine revisions."""
 
-    __slots__ = ("_buckets", "_sessions", "_spend", "lock", "max_entries")
+    __slots__ = ("_buckets", "_sessions", "_spend", "lock", "max_entries", "observer")
 
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self.max_entries = max_entries
+        #: Told of every committed change, under ``lock`` (see the module docstring).
+        self.observer: Observer | None = None
         #: key -> [tokens, last refill time]
         self._buckets: dict[Hashable, list[float]] = {}
         #: key -> [window start, spent]
@@ -62,10 +75,12 @@ class BudgetState:
     def bucket_take(self, key: Hashable, burst: float, now: float) -> None:
         b = self._buckets.get(key)
         if b is None:
-            self._buckets[key] = [burst - 1.0, now]
+            b = self._buckets[key] = [burst - 1.0, now]
             self._bound(self._buckets)
         else:
             b[0] -= 1.0
+        if self.observer is not None:
+            self.observer(BUCKETS, key, b)
 
     # -- spend windows ------------------------------------------------------
 
@@ -83,10 +98,12 @@ class BudgetState:
     def spend(self, key: Hashable, cost: float, window: float, now: float) -> None:
         w = self._spend.get(key)
         if w is None or now - w[0] >= window:
-            self._spend[key] = [now, cost]
+            w = self._spend[key] = [now, cost]
             self._bound(self._spend)
         else:
             w[1] += cost
+        if self.observer is not None:
+            self.observer(SPEND, key, w)
 
     # -- mutations per session ---------------------------------------------
 
@@ -95,5 +112,32 @@ class BudgetState:
 
     def count_mutation(self, agent: str, session: str) -> None:
         key = (agent, session)
-        self._sessions[key] = self._sessions.get(key, 0) + 1
+        count = self._sessions[key] = self._sessions.get(key, 0) + 1
         self._bound(self._sessions)
+        if self.observer is not None:
+            self.observer(SESSIONS, key, count)
+
+    # -- keeping the counters ------------------------------------------------
+
+    def entries(self) -> Iterator[tuple[str, Hashable, list[float] | int]]:
+        """Every (table, key, value), oldest first within a table (a snapshot's order)."""
+        for key, value in list(self._buckets.items()):
+            yield BUCKETS, key, list(value)
+        for key, value in list(self._spend.items()):
+            yield SPEND, key, list(value)
+        for skey, count in list(self._sessions.items()):
+            yield SESSIONS, skey, count
+
+    def restore(self, table: str, key: Hashable, value: list[float] | int) -> None:
+        """Put back one entry as :meth:`entries` gave it (the observer is not told)."""
+        if table == SESSIONS and isinstance(value, int) and isinstance(key, tuple):
+            self._sessions.pop(key, None)
+            self._sessions[key] = value
+            self._bound(self._sessions)
+        elif table in (BUCKETS, SPEND) and isinstance(value, list) and len(value) == 2:
+            target = self._buckets if table == BUCKETS else self._spend
+            target.pop(key, None)
+            target[key] = [float(value[0]), float(value[1])]
+            self._bound(target)
+        else:
+            raise ValueError(f"not a budget entry: {table!r} {key!r} {value!r}")

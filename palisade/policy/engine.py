@@ -7,9 +7,10 @@ Order of evaluation (docs/bundle-format.md, "Order of evaluation"):
    Otherwise DENY with rule id ``registry``.
 2. Rules: the first rule in file order whose ``match`` and ``when`` hold
    decides. None -> ``defaultDecision`` with rule id ``default``.
-3. Budgets, only for ALLOW: the mutation cap per session (-> REQUIRE_APPROVAL),
-   then rate limits (-> THROTTLE), then spend caps (-> DENY); rule ids
-   ``budget/mutationsPerSession`` and ``budget/<id>``.
+3. Budgets, only for ALLOW: the mutation cap per session, then per agent over a
+   window across its sessions (both -> REQUIRE_APPROVAL), then rate limits
+   (-> THROTTLE), then spend caps (-> DENY); rule ids
+   ``budget/mutationsPerSession``, ``budget/mutationsPerAgent`` and ``budget/<id>``.
 4. A ``when`` that fails to evaluate (or is not a boolean) -> the bundle's
    ``failureMode``: DENY (closed, default) or ALLOW (open), rule id ``failure``.
 
@@ -50,6 +51,7 @@ REGISTRY = "registry"
 DEFAULT = "default"
 FAILURE = "failure"
 MUTATION_CAP = "budget/mutationsPerSession"
+AGENT_MUTATION_CAP = "budget/mutationsPerAgent"
 
 
 class Engine:
@@ -91,6 +93,7 @@ class Engine:
             Limit(x.id, x.match, limit=x.limit, window=x.window_seconds) for x in b.spend_caps
         )
         self._mutation_cap = b.mutations_per_session
+        self._agent_mutations = b.mutations_per_agent
         self._default_reason = (
             f"no rule matched; the bundle's defaultDecision is {bundle.default_decision.value}"
         )
@@ -198,7 +201,8 @@ class Engine:
                 else ()
             ),
             # Unknown risk counts as mutating: fail closed.
-            mutating=self._mutation_cap is not None and (risk is None or risk.mutating),
+            mutating=(self._mutation_cap is not None or self._agent_mutations is not None)
+            and (risk is None or risk.mutating),
         )
         # Rules after the first one without labels or `when` can never decide here.
         for i, r in enumerate(route.rules):
@@ -387,6 +391,24 @@ class Engine:
                             call.agent, call.server, call.tool, call.arguments, call.session
                         ),
                     )
+            window = self._agent_mutations
+            agent_key: tuple[Any, ...] | None = None
+            if route.mutating and window is not None:
+                agent_key = (AGENT_MUTATION_CAP, window.limit, window.window_seconds, call.agent)
+                done = int(state.spent(agent_key, window.window_seconds, now))
+                if done >= window.limit:
+                    left = state.window_left(agent_key, window.window_seconds, now)
+                    return self._verdict(
+                        Decision.REQUIRE_APPROVAL,
+                        AGENT_MUTATION_CAP,
+                        f"agent {call.agent!r} has made {done} mutating calls in this"
+                        f" {window.window_seconds:g}s window (all its sessions), the most allowed"
+                        f" without a human's approval; the window resets in {left:.0f}s",
+                        route,
+                        approval=approval_id(
+                            call.agent, call.server, call.tool, call.arguments, call.session
+                        ),
+                    )
             rate_keys: list[tuple[Any, ...]] = []
             worst = 0.0
             worst_limit: Limit | None = None
@@ -434,6 +456,8 @@ class Engine:
                 return None
             if route.mutating:
                 state.count_mutation(call.agent, call.session)
+            if agent_key is not None and window is not None:
+                state.spend(agent_key, 1.0, window.window_seconds, now)
             for key, burst in rate_keys:
                 state.bucket_take(key, burst, now)
             for skey, window in spend_keys:

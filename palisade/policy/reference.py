@@ -35,7 +35,9 @@ def _matches(m: Match, call: Call, tenant: str, risk: Risk | None) -> bool:
     return True
 
 
-def reference_decide(bundle: Bundle, call: Call, mutations_so_far: int = 0) -> tuple[Decision, str]:
+def reference_decide(
+    bundle: Bundle, call: Call, mutations_so_far: int = 0, agent_mutations_in_window: int = 0
+) -> tuple[Decision, str]:
     """Decide ``call`` the slow, plain way; return (decision, rule id)."""
     server = next((s for s in bundle.servers if s.name == call.server), None)
     if server is None:
@@ -92,4 +94,12 @@ def reference_decide(bundle: Bundle, call: Call, mutations_so_far: int = 0) -> t
     mutating = risk is None or risk is not Risk.READ
     if decision is Decision.ALLOW and cap is not None and mutating and mutations_so_far >= cap:
         return Decision.REQUIRE_APPROVAL, "budget/mutationsPerSession"
+    window = bundle.budgets.mutations_per_agent
+    if (
+        decision is Decision.ALLOW
+        and window is not None
+        and mutating
+        and agent_mutations_in_window >= window.limit
+    ):
+        return Decision.REQUIRE_APPROVAL, "budget/mutationsPerAgent"
     return decision, rule_id

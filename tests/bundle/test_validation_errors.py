@@ -187,6 +187,23 @@ def test_bad_budget_numbers_are_each_named() -> None:
     ]
 
 
+def test_a_bad_per_agent_mutation_window_is_named() -> None:
+    text = spec_yaml("""\
+        budgets:
+          mutationsPerAgent: {limit: -1, windowSeconds: 0, per: agent}
+        """)
+    tails = [i.split(": ", 1)[1] for i in issues_of(text)]
+    assert tails == [
+        "spec.budgets.mutationsPerAgent.per: unknown field 'per'"
+        " (allowed here: limit, windowSeconds)",
+        "spec.budgets.mutationsPerAgent.limit: must be at least 0, got -1",
+        "spec.budgets.mutationsPerAgent.windowSeconds: must be greater than 0, got 0",
+    ]
+    assert only_issue(spec_yaml("budgets: {mutationsPerAgent: {limit: 3}}\n")).endswith(
+        "spec.budgets.mutationsPerAgent: missing required field 'windowSeconds'"
+    )
+
+
 def test_test_expecting_an_unknown_decision_is_refused() -> None:
     text = spec_yaml("""\
         tests:

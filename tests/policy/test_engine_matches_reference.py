@@ -3,7 +3,8 @@
 Bundles and calls are random (hypothesis): exact names and globs, risk filters,
 labels, CEL conditions that hold, fail, error or return non-booleans, unknown
 servers, tools, agents and versions, server-declared risk, both default
-decisions and both failure modes, and the mutation cap over a session.
+decisions and both failure modes, the mutation cap over a session and the one per
+agent across its sessions.
 """
 
 from __future__ import annotations
@@ -99,9 +100,16 @@ def bundles(draw: st.DrawFn) -> Bundle:
             for i, (d, m, w) in enumerate(rules)
         ],
     }
+    budgets: dict[str, Any] = {}
     cap = draw(st.sampled_from([None, 0, 1, 3]))
     if cap is not None:
-        spec["budgets"] = {"mutationsPerSession": cap}
+        budgets["mutationsPerSession"] = cap
+    per_agent = draw(st.sampled_from([None, 0, 2, 4]))
+    if per_agent is not None:
+        # A window longer than any test: the fake clock does not move within one.
+        budgets["mutationsPerAgent"] = {"limit": per_agent, "windowSeconds": 3600}
+    if budgets:
+        spec["budgets"] = budgets
     doc = {
         "apiVersion": "palisade.dev/v1alpha1",
         "kind": "PolicyBundle",
@@ -153,9 +161,12 @@ def test_a_session_of_calls_is_decided_as_the_reference_decides_it(
 ) -> None:
     engine = compile_bundle(bundle, clock=FakeClock())
     counted: dict[tuple[str, str], int] = {}
+    per_agent: dict[str, int] = {}
     for call in calls:
         key = (call.agent, call.session)
-        expected = reference_decide(bundle, call, counted.get(key, 0))
+        expected = reference_decide(
+            bundle, call, counted.get(key, 0), per_agent.get(call.agent, 0)
+        )
         v = engine.decide(call)
         assert (v.decision, v.rule_id) == expected
         server = bundle.server(call.server)
@@ -165,6 +176,7 @@ def test_a_session_of_calls_is_decided_as_the_reference_decides_it(
         allowed = expected[0] is Decision.ALLOW and expected[1] != "failure"
         if allowed and (risk is None or risk is not Risk.READ):
             counted[key] = counted.get(key, 0) + 1
+            per_agent[call.agent] = per_agent.get(call.agent, 0) + 1
 
 
 @settings(max_examples=60, deadline=None)
