@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hvac.exceptions
 import pytest
 
 from tests.sidecar.vault.bao import BaoMissing, BaoServer
@@ -44,8 +46,22 @@ class Vault:
     def prepare(self) -> None:
         """Mount KV v2, write the first version, add the read-only policy."""
         self.admin.sys.enable_secrets_engine("kv", path=MOUNT, options={"version": "2"})
+        self._wait_upgraded()
         self.write(FIRST)
         self.admin.sys.create_or_update_policy(name="mcp-read", policy=READ_POLICY)
+
+    def _wait_upgraded(self, within_s: float = 15.0) -> None:
+        """A new KV v2 mount answers "upgrading from non-versioned" until its own
+        setup is done (asynchronously, after the enable returned); wait for that."""
+        deadline = time.monotonic() + within_s
+        while True:
+            try:
+                self.admin.secrets.kv.v2.read_configuration(mount_point=MOUNT)
+                return
+            except hvac.exceptions.InvalidRequest as e:
+                if "Upgrading" not in str(e) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
 
     def token(self, **kwargs: Any) -> str:
         """A token limited to the read policy (kwargs: ttl, renewable, ...)."""
