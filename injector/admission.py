@@ -6,7 +6,8 @@ Errors are translated here into well-formed responses carrying the request UID:
     ReviewError (bad envelope)      -> allowed: false, code 400
     ValueError  (bad pod object)    -> allowed: false, code 400
     Refuse      (policy)            -> allowed: false, code 403
-    Skip                            -> allowed: true (warnings, maybe a status annotation)
+    Skip                            -> allowed: true (warnings, maybe a status annotation;
+                                       never a patch for an UPDATE)
     Plan                            -> allowed: true with a JSON Patch
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from injector import model, patch
+from injector import model, patch, plan
 from injector.review import (
     Request,
     Review,
@@ -54,23 +55,23 @@ def respond(
         decision = model.decide(request, namespace_labels, settings)
     except ValueError as exc:
         return deny(uid, f"palisade injector: {exc}", code=400, reason="BadRequest")
-    if isinstance(decision, model.Refuse):
+    if isinstance(decision, plan.Refuse):
         log.info("refused pod", extra={"uid": uid, "reason": decision.message})
         return deny(uid, decision.message)
-    if isinstance(decision, model.Skip):
+    if isinstance(decision, plan.Skip):
         log.debug("skipped pod", extra={"uid": uid, "reason": decision.reason})
-        if decision.status is None:
+        if decision.status is None or request.get("operation") != "CREATE":
             return allow(uid, list(decision.warnings))
         obj = request.get("object") or {}
         meta = obj.get("metadata") if isinstance(obj, dict) else None
         annotations = meta.get("annotations") if isinstance(meta, dict) else None
         if (
             isinstance(annotations, dict)
-            and annotations.get(model.ANNOTATION_STATUS) == decision.status
+            and annotations.get(plan.ANNOTATION_STATUS) == decision.status
         ):
             return allow(uid, list(decision.warnings))
         op = patch.annotation_op(
-            isinstance(annotations, dict), model.ANNOTATION_STATUS, decision.status
+            isinstance(annotations, dict), plan.ANNOTATION_STATUS, decision.status
         )
         return allow_with_patch(uid, [op], list(decision.warnings))
     ops = patch.build(decision, settings.sidecar)

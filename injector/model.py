@@ -1,26 +1,36 @@
 """The pod model: pod + namespace labels + settings -> Inject | Skip | Refuse.
 
-Pure: plain dicts in, frozen dataclasses out. This is the only module that
-reads pod internals; ``patch.py`` turns a ``Plan`` into JSON Patch operations
-and ``webhook.py`` never looks inside the pod at all.
+Pure: plain dicts in, frozen dataclasses out (injector/plan.py). Pod internals
+are read here and in the modules it asks (``shapes.py``: pod shapes and the MCP
+container; ``provenance.py``: what was injected; ``updates.py``: pod updates);
+``patch.py`` turns a ``Plan`` into JSON Patch operations and ``webhook.py``
+never looks inside the pod at all.
 
 Selection, in order:
-1. Not a CREATE of a Pod -> Skip (quietly).
+1. Not a Pod -> Skip (quietly). An UPDATE of a Pod goes to injector/updates.py
+   (what was injected may not change); other operations -> Skip.
 2. System namespaces and the injector's own namespace -> Skip.
 3. Namespace not labelled ``palisade.dev/inject=enabled|required`` -> Skip.
 4. Pod without the ``palisade.dev/mcp-server`` label -> Skip.
-5. Already injected (our container, with our image, is present) -> Skip; a
-   container with our name and another image -> Refuse. The status annotation
-   alone is not trusted: it could be copied or forged to dodge a required namespace.
+5. A container named like the sidecar is present -> Skip only when it, the packet
+   filter, their volumes and the status annotation are exactly what this injector
+   adds (injector/provenance.py: a reinvocation, or a copied manifest), else Refuse:
+   a look-alike. A container named like the packet filter without the sidecar ->
+   Refuse. The status annotation alone is never trusted.
 6. Opt-out annotation ``palisade.dev/inject: "false"`` -> Skip with a warning,
    or Refuse in a ``required`` namespace.
-7. ``hostNetwork`` -> Skip with a reason recorded in the status annotation and a
-   warning, or Refuse in a ``required`` namespace (it cannot be governed there).
+7. Shapes the sidecar cannot join (``hostNetwork``; injector/shapes.py: Windows,
+   pod-level resources, a pod that must complete without native sidecars) -> Skip
+   with the reason recorded in the status annotation and a warning, or Refuse in a
+   ``required`` namespace (it cannot be governed there).
 8. Sidecars need trusted bundle keys (a distributor or a bundle ConfigMap is
    configured) and none is known yet (the distributor publishes its key at first
    start) -> Refuse with "retry in a few seconds": a sidecar that cannot verify
    bundles must not be injected, and the ReplicaSet controller retries.
-9. Otherwise Inject: the sidecar, and (unless ``--pod-firewall disabled`` or the
+9. Otherwise Inject (a pod whose volumes use a name the injector adds is refused:
+   a pod's own volume is never reused; the MCP container is chosen by
+   injector/shapes.py and never a known proxy; a Guaranteed pod stays Guaranteed):
+   the sidecar, and (unless ``--pod-firewall disabled`` or the
    pod opts out with ``palisade.dev/pod-firewall: "false"``, refused in a
    ``required`` namespace) the ``palisade-init`` packet filter, with the MCP
    container's probes of the protected port rerouted through the sidecar
@@ -36,100 +46,35 @@ probe port resolves only inside its own container.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from injector import choices, probes
+from injector import choices, patch, probes, provenance, shapes, updates
 from injector.choices import OFF_VALUES, Unacceptable
+from injector.plan import (
+    ANNOTATION_INJECT,
+    ANNOTATION_PORT,
+    ANNOTATION_SIDECAR_PORT,
+    ANNOTATION_STATUS,
+    ANNOTATION_UPSTREAM_PORT,
+    INJECT_VALUES,
+    LABEL_INJECT,
+    LABEL_MCP_SERVER,
+    LABEL_TENANT,
+    SOCKET_DIR,
+    Decision,
+    Plan,
+    Refuse,
+    Skip,
+    injected_status,
+    status_fields,
+    status_value,
+)
 from injector.probes import ProbeRewrite
 from injector.settings import SYSTEM_NAMESPACES, InjectionSettings
 
-LABEL_INJECT = "palisade.dev/inject"
-LABEL_TENANT = "palisade.dev/tenant"
-LABEL_MCP_SERVER = "palisade.dev/mcp-server"
-ANNOTATION_INJECT = "palisade.dev/inject"
-ANNOTATION_STATUS = "palisade.dev/status"
-ANNOTATION_PORT = "palisade.dev/port"
-ANNOTATION_CONTAINER = "palisade.dev/mcp-container"
-ANNOTATION_UPSTREAM_PORT = "palisade.dev/upstream-port"
-ANNOTATION_SIDECAR_PORT = "palisade.dev/sidecar-port"
-
-INJECT_VALUES = ("enabled", "required")
-STATUS_VERSION = 1
-
-VOLUME_SOCKET = "palisade-socket"
-VOLUME_BUNDLES = "palisade-bundle-cache"
-VOLUME_AUDIT = "palisade-audit"
-SOCKET_DIR = "/var/run/palisade"
-BUNDLE_DIR = "/var/lib/palisade/bundles"
-AUDIT_DIR = "/var/lib/palisade/audit"
-SA_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"  # noqa: S105 - a path
-
 _PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
 _HOOKS = ("postStart", "preStop")
-
-
-@dataclass(frozen=True)
-class Skip:
-    """Leave the pod alone. ``status`` set: record it in the status annotation."""
-
-    reason: str
-    warnings: tuple[str, ...] = ()
-    status: str | None = None
-
-
-@dataclass(frozen=True)
-class Refuse:
-    """Refuse the pod with a message a person can act on."""
-
-    message: str
-
-
-@dataclass(frozen=True)
-class PortRef:
-    """Index of a container and of one of its ports."""
-
-    container: int
-    port: int
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything the patch builder needs; indices refer to the pod as received."""
-
-    pod_label: str
-    namespace: str
-    server_name: str
-    tenant: str
-    native: bool
-    sidecar_port: int
-    upstream_port: int
-    port_name: str
-    app_index: int
-    takeover: PortRef | None
-    port_rewrites: tuple[tuple[str, int], ...]
-    app_has_volume_mounts: bool
-    app_needs_socket_mount: bool
-    token_mount: Mapping[str, Any] | None
-    has_annotations: bool
-    has_volumes: bool
-    existing_volumes: frozenset[str]
-    has_init_containers: bool
-    status: str
-    warnings: tuple[str, ...] = field(default=())
-    audience: str = ""
-    """The token audience the sidecar accepts (per server; see docs/identity.md)."""
-    firewall_ports: tuple[int, ...] = ()
-    """Ports the ``palisade-init`` packet filter protects; empty: no init container."""
-    probe_rewrites: tuple[ProbeRewrite, ...] = ()
-    """MCP container probes and hooks rerouted through the sidecar."""
-    has_firewall_init: bool = False
-    """Our ``palisade-init`` is already there (added by an earlier review): not again."""
-
-
-Decision = Plan | Skip | Refuse
 
 
 def _as_dict(value: object) -> dict[str, Any]:
@@ -156,20 +101,12 @@ def _port_number(value: object) -> int | None:
     return None
 
 
-def status_value(state: str, **fields: object) -> str:
-    """The ``palisade.dev/status`` annotation: compact JSON, stable key order."""
-    doc: dict[str, object] = {"state": state, "version": STATUS_VERSION, **fields}
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True)
-
-
 def _status_state(annotations: Mapping[str, Any]) -> str | None:
-    raw = annotations.get(ANNOTATION_STATUS)
-    if not isinstance(raw, str) or not raw:
-        return None
-    try:
-        state = json.loads(raw).get("state")
-    except (ValueError, AttributeError):
-        return raw
+    fields = status_fields(annotations)
+    if fields is None:
+        raw = annotations.get(ANNOTATION_STATUS)
+        return raw if isinstance(raw, str) and raw else None
+    state = fields.get("state")
     return state if isinstance(state, str) else None
 
 
@@ -193,14 +130,6 @@ def _used_ports(spec: Mapping[str, Any]) -> set[int]:
     return used
 
 
-def _find_named_port(containers: list[Any], name: str) -> PortRef | None:
-    for ci, container in enumerate(containers):
-        for pi, port in enumerate(_as_list(_as_dict(container).get("ports"))):
-            if _as_dict(port).get("name") == name:
-                return PortRef(ci, pi)
-    return None
-
-
 def _rewrites(
     container: Mapping[str, Any], index: int, name: str, number: int
 ) -> list[tuple[str, int]]:
@@ -221,6 +150,26 @@ def _rewrites(
     return out
 
 
+def cannot_join(required: bool, namespace: str, label: str, reason: str) -> Skip | Refuse:
+    """A pod the sidecar cannot join: skipped with the reason, or refused where required."""
+    if required:
+        return Refuse(
+            f"namespace {namespace} requires the Palisade sidecar on MCP servers "
+            f"({LABEL_INJECT}=required) but pod {label} cannot take it: {reason}."
+        )
+    return Skip(
+        reason,
+        warnings=(f"palisade: pod {label} not injected: {reason}",),
+        status=status_value("skipped", reason=reason),
+    )
+
+
+def _unfit(spec: Mapping[str, Any], settings: InjectionSettings) -> str | None:
+    if spec.get("hostNetwork") is True:
+        return "hostNetwork pods share the node network; the sidecar cannot take over a port"
+    return shapes.unfit(spec, settings.native)
+
+
 def decide(
     request: Mapping[str, Any],
     namespace_labels: Mapping[str, str] | None,
@@ -230,6 +179,8 @@ def decide(
     kind = _as_dict(request.get("kind"))
     if kind.get("kind") != "Pod" or kind.get("group", "") != "":
         return Skip(f"not a Pod: {kind.get('group') or 'core'}/{kind.get('kind')}")
+    if request.get("operation") == "UPDATE":
+        return updates.decide(request, namespace_labels, settings)
     if request.get("operation") != "CREATE" or request.get("subResource"):
         return Skip("only pod creation is mutated")
     pod = request.get("object")
@@ -253,24 +204,22 @@ def decide(
         return Skip(f"pod {label} has no {LABEL_MCP_SERVER} label")
     annotations = _as_dict(meta.get("annotations"))
     sidecar = settings.sidecar
-    # Idempotency rests on the container, not on the annotation alone: a pod
-    # could carry a copied or forged status annotation and no sidecar.
-    present = existing_sidecar(spec, sidecar.container_name)
-    init = existing_sidecar(spec, sidecar.init_container_name)
-    if init is not None and init.get("image") != sidecar.image:
-        return Refuse(
-            f"pod {label} has a container named {sidecar.init_container_name!r} that is not "
-            f"Palisade's (image {init.get('image')!r}, expected {sidecar.image!r}); "
-            "rename that container"
+    # Idempotency rests on what is in the pod, compared whole with what we add:
+    # a container's name and image, or a status annotation, can be copied or forged.
+    if existing_sidecar(spec, sidecar.container_name) is not None:
+        unfit = _unfit(spec, settings)
+        if unfit is not None:
+            # Never produced by us: we skip such pods. A copy posing as governed.
+            return Refuse(f"pod {label} carries a Palisade sidecar but cannot take it: {unfit}")
+        return provenance.recheck(
+            spec, annotations, ns_labels, namespace, label, server_name, settings
         )
-    if present is not None:
-        if present.get("image") != sidecar.image:
-            return Refuse(
-                f"pod {label} has a container named {sidecar.container_name!r} that is not the "
-                f"Palisade sidecar (image {present.get('image')!r}, expected {sidecar.image!r}); "
-                "rename that container"
-            )
-        return Skip(f"pod {label} already has the Palisade sidecar")
+    if existing_sidecar(spec, sidecar.init_container_name) is not None:
+        return Refuse(
+            f"pod {label} has a container named {sidecar.init_container_name!r}, the name of "
+            "the Palisade packet filter, which only the Palisade injector adds; rename that "
+            "container"
+        )
     warnings: list[str] = []
     if _status_state(annotations) == "injected":
         warnings.append(
@@ -292,18 +241,9 @@ def decide(
                 f"palisade: MCP server pod {label} opted out of injection and is not governed",
             ),
         )
-    if spec.get("hostNetwork") is True:
-        reason = "hostNetwork pods share the node network; the sidecar cannot take over a port"
-        if required:
-            return Refuse(
-                f"namespace {namespace} requires the Palisade sidecar on MCP servers "
-                f"({LABEL_INJECT}=required) but pod {label} uses hostNetwork: {reason}."
-            )
-        return Skip(
-            reason,
-            warnings=(f"palisade: pod {label} not injected: {reason}",),
-            status=status_value("skipped", reason=reason),
-        )
+    unfit = _unfit(spec, settings)
+    if unfit is not None:
+        return cannot_join(required, namespace, label, unfit)
     if choices.needs_trusted_keys(sidecar) and not sidecar.trusted_keys:
         return Refuse(choices.missing_keys_message(label, sidecar, settings.trusted_keys_problem))
     return _plan(
@@ -332,24 +272,20 @@ def _plan(
             f"pod {label}: the label {LABEL_MCP_SERVER} must name the MCP server "
             "(its registry name in the policy bundle), not be empty"
         )
+    required = ns_labels.get(LABEL_INJECT) == "required"
     port_name = str(annotations.get(ANNOTATION_PORT) or sidecar.port_name)
-    wanted = annotations.get(ANNOTATION_CONTAINER)
-    takeover = _find_named_port(containers, port_name)
-    if wanted is not None:
-        names = [c.get("name") for c in containers]
-        if wanted not in names:
+    pick = shapes.pick(containers, annotations, port_name)
+    if pick.error:
+        return Refuse(f"pod {label}: {pick.error}")
+    if pick.ambiguous:
+        if required:
             return Refuse(
-                f"pod {label}: annotation {ANNOTATION_CONTAINER} names container {wanted!r}, "
-                f"which the pod does not have (containers: {', '.join(map(str, names))})"
+                f"namespace {namespace} requires the Palisade sidecar on MCP servers "
+                f"({LABEL_INJECT}=required) and pod {label} does not say which container is "
+                f"the MCP server: {pick.ambiguous}."
             )
-        app_index = names.index(wanted)
-        if takeover is not None and takeover.container != app_index:
-            return Refuse(
-                f"pod {label}: port {port_name!r} belongs to container "
-                f"{names[takeover.container]!r}, not to {wanted!r} named by {ANNOTATION_CONTAINER}"
-            )
-    else:
-        app_index = takeover.container if takeover else 0
+        warnings.append(f"palisade: pod {label}: {pick.ambiguous}")
+    app_index, takeover = pick.index, pick.takeover
     app = containers[app_index]
     explicit_upstream = annotations.get(ANNOTATION_UPSTREAM_PORT)
     hostport = False
@@ -424,23 +360,39 @@ def _plan(
             f"{label} gets the sidecar without it; only a NetworkPolicy keeps other pods from "
             "the MCP server's own port"
         )
-    token_mount = None
-    for mount in _as_list(app.get("volumeMounts")):
-        if _as_dict(mount).get("mountPath") == SA_TOKEN_PATH:
-            token_mount = dict(mount)
-            break
     volumes = _as_list(spec.get("volumes"))
-    existing = frozenset(str(_as_dict(v).get("name")) for v in volumes)
+    taken = sorted(
+        {str(_as_dict(v).get("name")) for v in volumes}
+        & {v["name"] for v in patch.volumes(sidecar, bool(firewall))}
+    )
+    if taken:
+        return Refuse(
+            f"pod {label} has a volume named {', '.join(map(repr, taken))}, a name the Palisade "
+            "injector uses for the sidecar's own volumes; a pod's volume is never given to the "
+            "sidecar. Rename that volume."
+        )
+    app_mounts = [_as_dict(m) for m in _as_list(app.get("volumeMounts"))]
+    needs_socket = not any(m.get("mountPath") == SOCKET_DIR for m in app_mounts)
+    if not needs_socket:
+        warnings.append(
+            f"palisade: the MCP container of pod {label} mounts its own volume at {SOCKET_DIR}; "
+            "it does not see the sidecar's check socket there"
+        )
+    token_mount, token_warning = provenance.token_mount(app, volumes)
+    if token_warning:
+        warnings.append(f"palisade: pod {label}: {token_warning}")
+    inits = _as_list(spec.get("initContainers"))
     native = settings.native
-    status = status_value(
-        "injected",
+    app_name = str(app.get("name") or "")
+    status = injected_status(
         container=sidecar.container_name,
-        mode="native" if native else "container",
+        native=native,
         port=sidecar_port,
-        portName=port_name,
+        port_name=port_name,
         upstream=upstream,
         audience=audience,
-        podFirewall=firewall_state,
+        firewall_state=firewall_state,
+        app=app_name,
     )
     return Plan(
         pod_label=label,
@@ -455,19 +407,15 @@ def _plan(
         takeover=takeover,
         port_rewrites=tuple(rewrites),
         app_has_volume_mounts=isinstance(app.get("volumeMounts"), list),
-        app_needs_socket_mount=not any(
-            _as_dict(m).get("name") == VOLUME_SOCKET or _as_dict(m).get("mountPath") == SOCKET_DIR
-            for m in _as_list(app.get("volumeMounts"))
-        ),
+        app_needs_socket_mount=needs_socket,
         token_mount=token_mount,
         has_annotations=isinstance(meta.get("annotations"), dict),
         has_volumes=isinstance(spec.get("volumes"), list),
-        existing_volumes=existing,
         has_init_containers=isinstance(spec.get("initContainers"), list),
         status=status,
         warnings=tuple(warnings),
         audience=audience,
         firewall_ports=firewall,
         probe_rewrites=probe_rewrites,
-        has_firewall_init=existing_sidecar(spec, sidecar.init_container_name) is not None,
+        guaranteed=shapes.guaranteed(containers, inits),
     )

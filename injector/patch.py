@@ -9,7 +9,9 @@ the plan (indices, which lists exist). Conventions, as in vault-k8s:
   which matters for annotation keys such as ``palisade.dev/status``;
 - operations refer to the pod exactly as received; nothing is removed except
   the name of the port the sidecar takes over, and the ``tcpSocket`` of a probe
-  rerouted through the sidecar (it becomes an ``httpGet``).
+  rerouted through the sidecar (it becomes an ``httpGet``);
+- every volume the sidecar mounts is one it adds: the model refuses a pod whose
+  own volume has one of these names, so none is ever reused.
 
 Init containers, in the order they run: ``palisade-init`` (the packet filter)
 first, then the native sidecar, then the pod's own; so the filter is in place
@@ -21,13 +23,16 @@ from __future__ import annotations
 from typing import Any
 
 from injector import probes
-from injector.model import (
+from injector.plan import (
     ANNOTATION_STATUS,
     AUDIT_DIR,
     BUNDLE_DIR,
     SOCKET_DIR,
     VOLUME_AUDIT,
+    VOLUME_BUNDLE_SOURCE,
     VOLUME_BUNDLES,
+    VOLUME_INIT_RUN,
+    VOLUME_KUBE_API,
     VOLUME_SOCKET,
     Plan,
 )
@@ -36,17 +41,12 @@ from injector.settings import SidecarSettings
 from injector.trust import sidecar_env_value
 
 SOCKET_FILE = f"{SOCKET_DIR}/check.sock"
-#: The sidecar's own view of the API server (token + CA), whatever the pod's
-#: automountServiceAccountToken says: a projected volume mounted only in the sidecar.
-VOLUME_KUBE_API = "palisade-kube-api"
 KUBE_API_DIR = "/var/run/secrets/palisade.dev/kube-api"
 IN_CLUSTER_API = "https://kubernetes.default.svc"
-#: iptables-legacy takes its lock in /run/xtables.lock; the init container's root
-#: filesystem is read-only, so /run is a small emptyDir.
-VOLUME_INIT_RUN = "palisade-init-run"
-#: Without a distributor, the bundle ConfigMap (``--sidecar-bundle-configmap``) is here.
-VOLUME_BUNDLE_SOURCE = "palisade-bundle"
 BUNDLE_SOURCE_DIR = "/etc/palisade/bundle"
+#: The packet filter's resources (requests, limits).
+INIT_REQUESTS = {"cpu": "10m", "memory": "32Mi"}
+INIT_LIMITS = {"cpu": "500m", "memory": "64Mi"}
 
 _DOWNWARD_ENV = (
     ("PALISADE_POD_NAME", "metadata.name"),
@@ -68,9 +68,16 @@ def bundle_configmap(sidecar: SidecarSettings) -> str | None:
     return None if sidecar.distributor else sidecar.bundle_configmap
 
 
+#: The distributor authenticates each sidecar by a token of its pod's ServiceAccount
+#: for this audience (docs/distributor.md), projected into the kube-api volume.
+DISTRIBUTOR_AUDIENCE = "palisade-distributor"
+DISTRIBUTOR_TOKEN_FILE = f"{KUBE_API_DIR}/distributor-token"
+
+
 def uses_kube_api(sidecar: SidecarSettings) -> bool:
-    """Whether the sidecar talks to the API server for identity (needs the token volume)."""
-    return sidecar.identity != "none"
+    """Whether the sidecar needs the token volume: identity through the API server, or
+    a token that proves to the distributor which pod it is."""
+    return sidecar.identity != "none" or bool(sidecar.distributor)
 
 
 def volumes(sidecar: SidecarSettings | None = None, firewall: bool = False) -> list[dict[str, Any]]:
@@ -106,6 +113,16 @@ def volumes(sidecar: SidecarSettings | None = None, firewall: bool = False) -> l
                 },
             }
         )
+        if sidecar.distributor:
+            found[-1]["projected"]["sources"].append(
+                {
+                    "serviceAccountToken": {
+                        "path": "distributor-token",
+                        "audience": DISTRIBUTOR_AUDIENCE,
+                        "expirationSeconds": 3600,
+                    }
+                }
+            )
     if firewall:
         found.append(
             {"name": VOLUME_INIT_RUN, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
@@ -153,6 +170,15 @@ def sidecar_args(plan: Plan, sidecar: SidecarSettings) -> list[str]:
     return args + identity_args(plan, sidecar) + list(sidecar.extra_args)
 
 
+def resources(
+    requests: dict[str, str], limits: dict[str, str], guaranteed: bool
+) -> dict[str, dict[str, str]]:
+    """Requests and limits; in a Guaranteed pod requests == limits, so that it stays so."""
+    if guaranteed:
+        return {"requests": dict(limits), "limits": dict(limits)}
+    return {"requests": dict(requests), "limits": dict(limits)}
+
+
 def _probe(path: str, port: int, period: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": port, "scheme": "HTTP"},
@@ -176,6 +202,8 @@ def sidecar_container(plan: Plan, sidecar: SidecarSettings) -> dict[str, Any]:
         # An environment variable, not a flag: the sidecar reads PALISADE_<FLAG>
         # defaults, and an unknown variable cannot break its command line.
         env.append({"name": "PALISADE_DISTRIBUTOR", "value": sidecar.distributor})
+        # Re-read by the sidecar on every connect (the kubelet rotates it).
+        env.append({"name": "PALISADE_DISTRIBUTOR_TOKEN_FILE", "value": DISTRIBUTOR_TOKEN_FILE})
         # The public keys that sign bundles, inline (a pod in another namespace
         # cannot mount the release's ConfigMap); the last good bundle and the
         # audit spool live in --state-dir on the bundle-cache volume.
@@ -222,10 +250,11 @@ def sidecar_container(plan: Plan, sidecar: SidecarSettings) -> dict[str, Any]:
         "startupProbe": _probe("/healthz", plan.sidecar_port, 1, 30),
         "livenessProbe": _probe("/healthz", plan.sidecar_port, 10, 3),
         "readinessProbe": _probe("/readyz", plan.sidecar_port, 5, 3),
-        "resources": {
-            "requests": {"cpu": sidecar.cpu_request, "memory": sidecar.memory_request},
-            "limits": {"cpu": sidecar.cpu_limit, "memory": sidecar.memory_limit},
-        },
+        "resources": resources(
+            {"cpu": sidecar.cpu_request, "memory": sidecar.memory_request},
+            {"cpu": sidecar.cpu_limit, "memory": sidecar.memory_limit},
+            plan.guaranteed,
+        ),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": sidecar.run_as_user,
@@ -260,10 +289,7 @@ def init_container(plan: Plan, sidecar: SidecarSettings) -> dict[str, Any]:
         "command": ["palisade"],
         "args": args,
         "volumeMounts": [{"name": VOLUME_INIT_RUN, "mountPath": "/run"}],
-        "resources": {
-            "requests": {"cpu": "10m", "memory": "32Mi"},
-            "limits": {"cpu": "500m", "memory": "64Mi"},
-        },
+        "resources": resources(INIT_REQUESTS, INIT_LIMITS, plan.guaranteed),
         "securityContext": {
             "runAsUser": 0,
             "runAsGroup": 0,
@@ -305,17 +331,19 @@ def build(plan: Plan, sidecar: SidecarSettings) -> list[PatchOp]:
     ops += probe_ops(plan)
     socket_mount = {"name": VOLUME_SOCKET, "mountPath": SOCKET_DIR, "readOnly": True}
     if not plan.app_needs_socket_mount:
-        pass  # the MCP container already mounts something there: leave it be
+        pass  # the MCP container mounts its own volume there: leave it be (warned)
     elif plan.app_has_volume_mounts:
         ops.append({"op": "add", "path": f"{app}/volumeMounts/-", "value": socket_mount})
     else:
         ops.append({"op": "add", "path": f"{app}/volumeMounts", "value": [socket_mount]})
-    firewall = bool(plan.firewall_ports) and not plan.has_firewall_init
-    missing = [v for v in volumes(sidecar, firewall) if v["name"] not in plan.existing_volumes]
+    # The model refused any pod that already has a volume of one of these names:
+    # a pod's own volume is never reused (a writable hostPath as the audit spool).
+    firewall = bool(plan.firewall_ports)
+    added = volumes(sidecar, firewall)
     if not plan.has_volumes:
-        ops.append({"op": "add", "path": "/spec/volumes", "value": missing})
+        ops.append({"op": "add", "path": "/spec/volumes", "value": added})
     else:
-        ops += [{"op": "add", "path": "/spec/volumes/-", "value": v} for v in missing]
+        ops += [{"op": "add", "path": "/spec/volumes/-", "value": v} for v in added]
     container = sidecar_container(plan, sidecar)
     # Init containers run in list order: the filter, then the native sidecar, then the pod's.
     first = [init_container(plan, sidecar)] if firewall else []

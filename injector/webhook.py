@@ -113,7 +113,7 @@ class Webhook:
         kind = request.get("kind") or {}
         if (
             kind.get("kind") == "Pod"
-            and request.get("operation") == "CREATE"
+            and request.get("operation") in ("CREATE", "UPDATE")
             and namespace
             and namespace not in SYSTEM_NAMESPACES
             and namespace != self.settings.own_namespace

@@ -128,10 +128,10 @@ class TestDefaults:
         assert hook["admissionReviewVersions"] == ["v1"]
         assert hook["rules"] == [
             {
-                "operations": ["CREATE"],
+                "operations": ["CREATE", "UPDATE"],
                 "apiGroups": [""],
                 "apiVersions": ["v1"],
-                "resources": ["pods"],
+                "resources": ["pods", "pods/ephemeralcontainers"],
                 "scope": "Namespaced",
             }
         ]

@@ -53,10 +53,10 @@ def webhook_configuration(port: int, name: str = CONFIG, group: str = "injector"
                 "clientConfig": {"url": f"https://127.0.0.1:{port}/mutate"},
                 "rules": [
                     {
-                        "operations": ["CREATE"],
+                        "operations": ["CREATE", "UPDATE"],
                         "apiGroups": [""],
                         "apiVersions": ["v1"],
-                        "resources": ["pods"],
+                        "resources": ["pods", "pods/ephemeralcontainers"],
                         "scope": "Namespaced",
                     }
                 ],

@@ -163,8 +163,32 @@ def test_the_service_account_token_mount_of_the_mcp_container_is_reused() -> Non
         "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
         "readOnly": True,
     }
-    side = sidecar_of(inject(pod(container("app", ("mcp", 8080), volumeMounts=[token]))))
+    volume = {
+        "name": "kube-api-access-x7",
+        "projected": {
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace"}]}},
+            ]
+        },
+    }
+    app = container("app", ("mcp", 8080), volumeMounts=[token])
+    side = sidecar_of(inject(pod(app, volumes=[volume])))
     assert token in side["volumeMounts"]
+
+
+def test_a_volume_of_the_mcp_container_at_the_token_path_is_not_shared_with_the_sidecar() -> None:
+    # The MCP container can write an emptyDir: it would hand the sidecar its own CA and token.
+    token = {"name": "fake", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}
+    obj = pod(
+        container("app", ("mcp", 8080), volumeMounts=[token]),
+        volumes=[{"name": "fake", "emptyDir": {}}],
+    )
+    answer = admission.serve(review(obj), ENABLED, InjectionSettings(native_sidecar="never"))
+    side = sidecar_of(apply_patch(obj, decode_patch(answer)))
+    assert all(m["name"] != "fake" for m in side["volumeMounts"])
+    assert any("not a ServiceAccount token volume" in w for w in answer["response"]["warnings"])
 
 
 def test_the_status_annotation_says_what_was_injected() -> None:
@@ -175,6 +199,7 @@ def test_the_status_annotation_says_what_was_injected() -> None:
     assert status == {
         "state": "injected",
         "version": 1,
+        "app": "app",
         "container": "palisade-sidecar",
         "mode": "container",
         "port": 9400,

@@ -69,7 +69,7 @@ init_step = {"name": "migrate", "image": "migrate:1"}
 probe_by_name = {"httpGet": {"path": "/health", "port": "mcp"}}
 probe_by_number = {"httpGet": {"path": "/health", "port": 8080}}
 probe_of_metrics = {"httpGet": {"path": "/metrics", "port": 9090}}
-our_init = {"name": "palisade-init", "image": "palisade:0.1.0"}
+guaranteed_resources = {"limits": {"cpu": "2", "memory": "1Gi"}}
 
 CASES = [
     Case("minimal pod, regular container", pod(), regular(unname(), mounts())),
@@ -242,18 +242,6 @@ CASES = [
         regular(mounts(1), status=STATUS),
     ),
     Case(
-        "one of our volumes already present is not added twice",
-        pod(volumes=[{"name": "palisade-socket", "emptyDir": {}}]),
-        [
-            unname(),
-            mounts(),
-            *[("add", "/spec/volumes/-")] * 4,
-            INIT_NEW,
-            SIDECAR_REGULAR,
-            ("add", ANNOTATIONS),
-        ],
-    ),
-    Case(
         "the MCP container already mounts something at the socket path",
         pod(
             container(
@@ -276,11 +264,6 @@ CASES = [
         NO_FIREWALL,
     ),
     Case(
-        "our packet filter already there (an earlier review) is not added twice",
-        pod(initContainers=[our_init], volumes=[existing_volume]),
-        [unname(), mounts(), *VOLUMES_APPEND_NO_FIREWALL, SIDECAR_REGULAR, ("add", ANNOTATIONS)],
-    ),
-    Case(
         "hostNetwork pod: only the skip reason is recorded",
         pod(hostNetwork=True),
         [("add", ANNOTATIONS)],
@@ -299,19 +282,48 @@ CASES = [
         regular(unname(), mounts(), status=STATUS),
     ),
     Case(
-        "already injected (our container, our image)",
-        pod(container("app", (None, 8080)), container("palisade-sidecar", image="palisade:0.1.0")),
-        [],
+        "Istio's classic layout: istio-proxy first, the MCP container without a named port",
+        pod(container("istio-proxy", (None, 15090)), container("app", (None, 3000))),
+        regular(mounts(1)),
     ),
     Case(
-        "already injected as a native sidecar",
+        "kubectl.kubernetes.io/default-container names the MCP container",
         pod(
-            initContainers=[
-                our_init,
-                {"name": "palisade-sidecar", "image": "palisade:0.1.0", "restartPolicy": "Always"},
-            ]
+            container("helper"),
+            container("server", (None, 3000)),
+            annotations={"kubectl.kubernetes.io/default-container": "server"},
         ),
-        [],
+        regular(mounts(1), status=STATUS),
+    ),
+    Case(
+        "a Guaranteed pod: injected, and stays Guaranteed",
+        pod(container("app", ("mcp", 8080), resources=guaranteed_resources)),
+        regular(unname(), mounts()),
+    ),
+    Case(
+        "a Windows pod: only the skip reason is recorded",
+        pod(os={"name": "windows"}),
+        [("add", ANNOTATIONS)],
+    ),
+    Case(
+        "a pod for Windows nodes by node selector: only the skip reason",
+        pod(nodeSelector={"kubernetes.io/os": "windows"}),
+        [("add", ANNOTATIONS)],
+    ),
+    Case(
+        "pod-level resources: only the skip reason is recorded",
+        pod(resources={"limits": {"cpu": "1", "memory": "1Gi"}}),
+        [("add", ANNOTATIONS)],
+    ),
+    Case(
+        "a pod that must complete, without native sidecars: only the skip reason",
+        pod(restartPolicy="Never"),
+        [("add", ANNOTATIONS)],
+    ),
+    Case(
+        "a pod that must complete, with native sidecars: injected",
+        pod(restartPolicy="OnFailure"),
+        [unname(), mounts(), *VOLUMES_NEW, SIDECAR_NATIVE_NEW, ("add", ANNOTATIONS)],
         NATIVE,
     ),
     Case("namespace not labelled", pod(), [], labels={}),

@@ -96,10 +96,11 @@ def test_a_udp_mcp_port_is_refused() -> None:
     assert "not TCP" in answer["response"]["status"]["message"]
 
 
-def test_updates_and_deletes_are_allowed_untouched() -> None:
-    for operation in ("UPDATE", "DELETE"):
-        obj = None if operation == "DELETE" else pod()
-        answer = admission.serve(review(obj, operation=operation), ENABLED, SETTINGS)
+def test_updates_that_change_nothing_injected_and_deletes_are_allowed_untouched() -> None:
+    update = review(pod(), operation="UPDATE")
+    update["request"]["oldObject"] = pod()
+    for doc in (update, review(None, operation="DELETE")):
+        answer = admission.serve(doc, ENABLED, SETTINGS)
         assert answer["response"] == {"uid": "0d1e2f3a-uid", "allowed": True}
 
 
