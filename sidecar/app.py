@@ -14,6 +14,11 @@
                                       of container ``c``, run on 127.0.0.1 (app_health.py)
 ``GET /.well-known/oauth-protected-resource``  RFC 9728 metadata (from identity)
 ====================================  =============================================
+
+Every request first passes :func:`sidecar.edge.edge_middleware` (HTTP bounds, one
+value per identity, session and routing field), and the request handler logs
+parser errors through :class:`sidecar.edge.ParserErrorAudit`: whatever is
+refused, before routing or inside the HTTP parser, leaves an audit record.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.app_health import AppHealth, add_routes
 from sidecar.core import ProxyCore
+from sidecar.edge import edge_middleware, handler_args
 from sidecar.legacy import LegacyHandlers
 from sidecar.streamable import StreamableHandlers
 
@@ -43,7 +49,12 @@ def build_app(
     app_health: AppHealth | None = None,
 ) -> web.Application:
     s = core.settings
-    app = web.Application(client_max_size=s.limits.max_body_bytes + 1)
+    app = web.Application(
+        client_max_size=s.limits.max_body_bytes + 1,
+        middlewares=[edge_middleware(core)],
+        # override what any runner passes: the parser's limits and its error log
+        handler_args=handler_args(core),
+    )
     app[CORE_KEY] = core
     sh = StreamableHandlers(core)
     lh = LegacyHandlers(core)

@@ -8,6 +8,9 @@ already says which JSON-RPC error and HTTP status to answer with::
       parse error   -32700     400  not JSON, not UTF-8
       invalid req.  -32600     400  not an object, a batch (array), no method
       too deep      -32600     400  nesting beyond the configured depth
+      odd method    -32600     400  a method with whitespace or control characters, or
+                                    one that differs from a known MCP method only by
+                                    case, width or such characters (``Tools/Call``)
       too large     -32600     413  body over the configured size (raised by the adapter)
 
 Palisade's own answers use the implementation-defined band -32000..-32019 that
@@ -18,6 +21,7 @@ and -32001; -32002 is retired). See ``docs/sidecar.md`` "Denials".
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +54,79 @@ RequestId = str | int | None
 
 #: Methods the proxy decides; they must come as requests (with an id).
 DECIDED_METHODS = frozenset({"tools/call"})
+
+#: Every method of the MCP revisions the proxy speaks (2024-11-05 .. 2026-07-28), both
+#: directions. A method that is none of these but folds (:func:`fold_method`) to one
+#: of them is refused: an upstream that matches methods loosely would run it, and
+#: the proxy, which matches exactly, would have forwarded it undecided.
+MCP_METHODS = frozenset(
+    {
+        "initialize",
+        "ping",
+        "server/discover",
+        "tools/list",
+        "tools/call",
+        "resources/list",
+        "resources/read",
+        "resources/templates/list",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+        "roots/list",
+        "sampling/createMessage",
+        "elicitation/create",
+        "subscriptions/listen",
+        "tasks/get",
+        "tasks/result",
+        "tasks/list",
+        "tasks/cancel",
+        "notifications/initialized",
+        "notifications/cancelled",
+        "notifications/progress",
+        "notifications/message",
+        "notifications/roots/list_changed",
+        "notifications/tools/list_changed",
+        "notifications/prompts/list_changed",
+        "notifications/resources/list_changed",
+        "notifications/resources/updated",
+        "notifications/subscriptions/acknowledged",
+        "notifications/elicitation/complete",
+        "notifications/tasks/status",
+    }
+)
+
+
+def fold_method(method: str) -> str:
+    """A method name as the loosest reader could take it: compatibility forms folded
+    (NFKC: fullwidth letters), whitespace, control, format and unassigned characters
+    dropped, case folded."""
+    folded = unicodedata.normalize("NFKC", method)
+    kept = (c for c in folded if not c.isspace() and unicodedata.category(c)[0] not in ("C", "Z"))
+    return "".join(kept).casefold()
+
+
+_FOLDED_METHODS = {fold_method(m): m for m in MCP_METHODS}
+
+
+def method_problem(method: str) -> str | None:
+    """Why ``method`` is refused before anything acts on it, or None.
+
+    A method name never needs whitespace, control or format characters (nor lone
+    surrogates); and one that only differs from an MCP method by such characters,
+    case or character width is an attempt to pass that method off as another.
+    """
+    if method in MCP_METHODS:
+        return None
+    shown = ascii(method)[:80]
+    known = _FOLDED_METHODS.get(fold_method(method))
+    if known is not None:
+        return f"the method {shown} is not {known!r}: MCP methods are matched exactly"
+    if any(c.isspace() or unicodedata.category(c)[0] in ("C", "Z") for c in method):
+        return f"the method {shown} has whitespace or control characters"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +239,9 @@ def parse_message(raw: bytes, *, max_depth: int) -> Message:
         raise BadMessage(
             INVALID_REQUEST, 'Invalid Request: "method" must be a string', request_id=msg.id
         )
+    problem = method_problem(doc["method"]) if "method" in doc else None
+    if problem is not None:
+        raise BadMessage(INVALID_REQUEST, f"Invalid Request: {problem}", request_id=msg.id)
     if "method" not in doc and not msg.is_response:
         raise BadMessage(
             INVALID_REQUEST,

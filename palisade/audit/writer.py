@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -70,6 +71,35 @@ FsyncPolicy = Literal["always", "interval", "never"]
 
 class AuditError(RuntimeError):
     """The audit log cannot be opened, resumed or written. Callers must fail closed."""
+
+
+#: Entry fields of text, made storable by :meth:`AuditWriter._prepare`.
+_TEXT_FIELDS = tuple(f.name for f in dataclasses.fields(Entry) if f.type in ("str", str))
+
+
+def _storable(value: object) -> bool:
+    return not isinstance(value, str) or canonical.storable(value)
+
+
+def _plain(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _fits(value: Any) -> bool:
+    """Whether a normalised value serialises as it is (no lone surrogates, sane ints)."""
+    try:
+        canonical.dumps(value)
+    except canonical.CanonicalError:
+        return False
+    return True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Prepared:
+    entry: Entry
+    redacted: Any
+    digest: str
+    details: dict[str, Any]
 
 
 @functools.lru_cache(maxsize=256)
@@ -188,39 +218,82 @@ class AuditWriter:
 
     # -- writing -----------------------------------------------------------------
 
-    def _prepare(
-        self, entry: Entry, secret_names: Iterable[str]
-    ) -> tuple[Any, str, dict[str, Any]]:
-        """Redacted arguments, their digest and details, all normalised (no lock needed)."""
+    def _prepare(self, entry: Entry, secret_names: Iterable[str]) -> _Prepared:
+        """The entry with storable text, its redacted arguments, their digest and
+        details, all normalised (no lock needed).
+
+        Whatever a client sent becomes a record: text without a UTF-8 form (lone
+        surrogates) is stored with U+FFFD in its place (:func:`canonical.text`) and
+        ``details.replaced_text`` names the fields where that happened, while the
+        arguments' digest is taken over the arguments exactly as given.
+        """
         redactor = _redactor(frozenset(secret_names))
+        replaced = [name for name in _TEXT_FIELDS if not _storable(getattr(entry, name))]
+        if replaced:
+            fixed: dict[str, Any] = {n: canonical.text(getattr(entry, n)) for n in replaced}
+            entry = dataclasses.replace(entry, **fixed)
         try:
-            details = canonical.normalize(dict(entry.details))
+            details = canonical.normalize(dict(entry.details), exact=True)
+            if not _fits(details):
+                details = canonical.normalize(details)
+                replaced.append("details")
+                if not _fits(details):
+                    raise canonical.CanonicalError("the details have no JSON form")
         except canonical.CanonicalError as exc:
             details = {"details_error": str(exc)}
         try:
-            arguments = canonical.normalize(dict(entry.arguments))
-            digest = "sha256:" + hashlib.sha256(canonical.dumps(arguments)).hexdigest()
+            arguments = canonical.normalize(dict(entry.arguments), exact=True)
+            try:
+                body = canonical.dumps(arguments)
+            except canonical.CanonicalError:
+                body = canonical.exact_bytes(arguments)  # still refuses what is not JSON
+                arguments = canonical.normalize(arguments)
+                replaced.append("arguments")
+            digest = "sha256:" + hashlib.sha256(body).hexdigest()
             redacted = redactor.redact(arguments)
         except canonical.CanonicalError as exc:
             digest, redacted = "", {}
             details["arguments_error"] = str(exc)
-        return redacted, digest, details
+        if replaced:
+            details["replaced_text"] = replaced
+        return _Prepared(entry, redacted, digest, details)
 
-    def _chain_locked(self, entry: Entry, prepared: tuple[Any, str, dict[str, Any]]) -> Chained:
+    def _chain_locked(self, prepared: _Prepared) -> Chained:
         if self._fd < 0:
             raise AuditError("audit writer is not open")
-        redacted, digest, details = prepared
         content = content_of(
-            entry,
+            prepared.entry,
             time_s=self._clock(),
             source=self._source,
-            redacted_arguments=redacted,
-            arguments_digest=digest,
-            details=details,
+            redacted_arguments=prepared.redacted,
+            arguments_digest=prepared.digest,
+            details=prepared.details,
         )
-        chained = chain(
-            content, seq=self._seq + 1, prev_hash=self._head, key_id=self._signer.key_id
-        )
+        try:
+            chained = chain(
+                content, seq=self._seq + 1, prev_hash=self._head, key_id=self._signer.key_id
+            )
+        except canonical.CanonicalError as exc:
+            # Never expected (text and values were made storable above), but should a
+            # caller pass a non-JSON value in a field, a record of that beats none.
+            e = prepared.entry
+            stub = Entry(
+                decision=_plain(e.decision),
+                rule_id=_plain(e.rule_id),
+                kind=_plain(e.kind) or "decision",
+                reason="the record could not be stored as given",
+            )
+            content = content_of(
+                stub,
+                time_s=self._clock(),
+                source=self._source,
+                redacted_arguments={},
+                arguments_digest="",
+                details={"record_error": canonical.text(str(exc))[:200]},
+            )
+            chained = chain(
+                content, seq=self._seq + 1, prev_hash=self._head, key_id=self._signer.key_id
+            )
         self._seq = chained.record["seq"]
         self._head = chained.digest
         self._pending.append(chained)
@@ -234,7 +307,7 @@ class AuditWriter:
         """
         prepared = self._prepare(entry, secret_names)
         with self._lock:
-            chained = self._chain_locked(entry, prepared)
+            chained = self._chain_locked(prepared)
             self._flush_locked()
         return chained.record
 
@@ -255,7 +328,7 @@ class AuditWriter:
         # its record is still written with the batch.
         done: asyncio.Future[None] = loop.create_future()
         with self._lock:
-            chained = self._chain_locked(entry, prepared)
+            chained = self._chain_locked(prepared)
             if self._waiters is None:
                 self._waiters = []
                 loop.call_soon(self._flush_after, loop, self._batch_turns, 0, 0)

@@ -2,7 +2,8 @@
 
 Public surface (the proxy uses only these names):
 
-- :class:`Principal`: the caller (agent, tenant, on_behalf_of, subject, issuer, dev_mode).
+- :class:`Principal`: the caller (agent, tenant, on_behalf_of, subject, issuer, dev_mode,
+  delegation: the RFC 8693 act chain, every hop mapped within the signing issuer).
 - :class:`Authenticator`: ``await authenticate(headers) -> Principal`` and
   ``protected_resource_metadata() -> dict`` (RFC 9728).
 - :class:`AuthError` -> :class:`Unauthenticated` (HTTP 401) and :class:`Forbidden`

@@ -20,6 +20,25 @@ from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
+class Actor:
+    """One hop of an RFC 8693 ``act`` chain, mapped to the bundle agent it stands for."""
+
+    issuer: str
+    subject: str
+    agent: str
+    tenant: str = ""
+
+    def as_record(self) -> dict[str, str]:
+        """The hop as audit records carry it (``details.delegation``)."""
+        return {
+            "issuer": self.issuer,
+            "subject": self.subject,
+            "agent": self.agent,
+            "tenant": self.tenant,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
     """The authenticated caller, as policy and audit see it."""
 
@@ -36,6 +55,16 @@ class Principal:
     issuer: str
     #: True only for :class:`~sidecar.identity.dev.DevAuthenticator`; audit records say so.
     dev_mode: bool = False
+    #: The RFC 8693 ``act`` chain the agent was found through, outermost actor (this
+    #: agent) first, then the earlier actors; every hop is of ``issuer``. Empty
+    #: when the token names no actor.
+    delegation: tuple[Actor, ...] = ()
+
+    def audit_details(self) -> dict[str, Any]:
+        """What audit records add to ``details`` about this caller (the whole chain)."""
+        if not self.delegation:
+            return {}
+        return {"delegation": [hop.as_record() for hop in self.delegation]}
 
 
 class AuthError(Exception):
@@ -43,12 +72,19 @@ class AuthError(Exception):
 
     status: int = 401
 
-    def __init__(self, reason: str, www_authenticate: str) -> None:
+    def __init__(
+        self,
+        reason: str,
+        www_authenticate: str,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(reason)
         #: Human-readable reason; safe to log and return (never contains a token).
         self.reason = reason
         #: The full ``WWW-Authenticate`` header value to send with the answer.
         self.www_authenticate = www_authenticate
+        #: Evidence for the refusal's audit record (e.g. the ``act`` chain refused).
+        self.details: Mapping[str, Any] = dict(details or {})
 
 
 class Unauthenticated(AuthError):

@@ -126,7 +126,8 @@ class ResourceServer:
         except MappingError as exc:
             reason = f"the token names no agent of this server: {exc}"
             log.info("token refused", extra={"reason": reason})
-            raise Forbidden(reason, self._challenge.insufficient_scope(reason)) from None
+            details = {"delegation": [dict(h) for h in exc.delegation]} if exc.delegation else {}
+            raise Forbidden(reason, self._challenge.insufficient_scope(reason), details) from None
         return Principal(
             agent=match.agent.agent,
             tenant=match.agent.tenant,
@@ -134,6 +135,7 @@ class ResourceServer:
             subject=match.subject,
             issuer=match.issuer,
             dev_mode=False,
+            delegation=match.delegation,
         )
 
     async def _verify(self, token: str) -> VerifiedToken:
