@@ -83,6 +83,11 @@ _INJECTION: Final = re.compile(
 )
 
 
+def _number(word: str) -> bool:
+    """ASCII digits only (``str.isdigit`` is true of ``²``, which ``int`` refuses)."""
+    return 0 < len(word) <= 9 and word.isascii() and word.isdigit()
+
+
 def _pod_status(word: str) -> str | None:
     return word if word in POD_STATUSES or word in ERROR_KINDS else None
 
@@ -99,6 +104,8 @@ class _Reader:
         self.stamps: list[str] = []
         self.lines = 0
         self.suspected = 0
+        #: Lines the parser could not read (counted; they never stop the others).
+        self.unreadable = 0
         self.table: list[str] | None = None
         self.describe_ns = ""
         self.describe_pod: dict[str, Any] | None = None
@@ -175,7 +182,7 @@ class _Reader:
         if status:
             rec["status"] = status
         restarts = row.get("RESTARTS", "")
-        if restarts.isdigit():
+        if _number(restarts):
             rec["restarts"] = int(restarts)
         return True
 
@@ -213,7 +220,7 @@ class _Reader:
             self.describe_pod.setdefault("namespace", value)
         elif key == "Image":
             self.image(value)
-        elif key == "Restart Count" and value.isdigit() and self.describe_pod is not None:
+        elif key == "Restart Count" and _number(value) and self.describe_pod is not None:
             self.describe_pod["restarts"] = int(value)
         elif key in ("Reason", "Status") and self.describe_pod is not None:
             status = _pod_status(value)
@@ -239,7 +246,11 @@ def extract_kubernetes(text: str) -> dict[str, Any]:
     reader = _Reader()
     for line in text.splitlines():
         if line.strip():
-            reader.read(line)
+            try:
+                reader.read(line)
+            except Exception:  # one odd line must not cost every other line's facts
+                reader.unreadable += 1
+                reader.table = None
     return reader.candidate()
 
 

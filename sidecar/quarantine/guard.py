@@ -15,6 +15,12 @@ answer:
    If the extractor fails, the deterministic one is used and the failure is
    named in ``_meta``; the raw text never passes (fail closed).
 
+3. **Handles** (quarantined facts): pod, namespace, deployment and image names
+   reach the agent as per-session handles (``$POD1``), error types as words of a
+   closed vocabulary (:mod:`sidecar.quarantine.handles`); when the agent passes a
+   handle as a tool argument, :meth:`OutputGuard.resolve_arguments` puts the real
+   value back before the call is decided.
+
 ``tools/list`` declares :data:`QUARANTINED_OUTPUT_SCHEMA` as the ``outputSchema``
 of quarantined tools (:meth:`OutputGuard.list_result`), since clients validate
 ``structuredContent`` against it; ``structuredContent`` also carries ``result``
@@ -30,8 +36,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from sidecar import jsonrpc
+from sidecar.jsonrpc import BadMessage, Message
 from sidecar.quarantine.extract import Extractor, ExtractorError, KubernetesExtractor
-from sidecar.quarantine.facts import FACTS_JSON_SCHEMA, render, validate
+from sidecar.quarantine.facts import render, validate
+from sidecar.quarantine.handles import (
+    AGENT_FACTS_JSON_SCHEMA,
+    HandleTable,
+    UnknownHandle,
+    substitute,
+    to_handles,
+)
 from sidecar.quarantine.redact import redact_result, redact_value
 from sidecar.quarantine.store import QuarantineStore
 
@@ -47,16 +62,30 @@ UNTRUSTED_META_KEY: Final = "dev.palisade/untrustedOutput"
 WITHHELD_META_KEY: Final = "dev.palisade/withheld"
 #: What replaces the ``data`` of a log message sent while an untrusted tool runs.
 WITHHELD_LOG_DATA: Final = "[withheld: logged by a tool whose output is untrusted]"
+#: What a progress notification of an untrusted tool keeps.
+_PROGRESS_KEYS: Final = ("progressToken", "progress", "total")
 #: The ``outputSchema`` ``tools/list`` declares for a quarantined tool.
 QUARANTINED_OUTPUT_SCHEMA: Final[dict[str, Any]] = {
     "type": "object",
     "properties": {
         "result": {"type": "string"},
         "handle": {"type": "string", "pattern": "^\\$VAR[0-9]+$"},
-        "facts": FACTS_JSON_SCHEMA,
+        "facts": AGENT_FACTS_JSON_SCHEMA,
     },
     "required": ["result", "handle", "facts"],
 }
+
+
+def clean_text(text: str) -> str:
+    """``text`` with lone surrogates (valid in JSON, not in UTF-8) replaced by U+FFFD.
+
+    One such character must not make the whole output uninspectable.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
 
 
 def raw_text(result: dict[str, Any]) -> tuple[str, int]:
@@ -105,6 +134,8 @@ class OutputGuard:
     extractor: Extractor | None = field(default_factory=KubernetesExtractor)
     redact: bool = True
     fallback: Extractor = field(default_factory=KubernetesExtractor)
+    #: The per-session handles of identifiers shown in quarantined facts.
+    handles: HandleTable = field(default_factory=HandleTable)
 
     def list_result(
         self, result: dict[str, Any], untrusted: Callable[[str], bool]
@@ -134,6 +165,31 @@ class OutputGuard:
     def end_session(self, agent: str, session_id: str) -> None:
         """Forget a session's quarantined outputs (it was deleted or its stream closed)."""
         self.store.drop_scope(self.scope(agent, session_id))
+        self.handles.drop_scope(self.scope(agent, session_id))
+
+    def resolve_arguments(self, msg: Message, agent: str, session_id: str) -> list[str]:
+        """Put the real values back for the handles in a ``tools/call``'s arguments.
+
+        Called before the call is decided, so the policy, the audit and the
+        upstream all see the real value. ``msg.body`` is updated in place (it is
+        what is forwarded); returns the handles resolved. A handle this session
+        never received is refused (:class:`~sidecar.jsonrpc.BadMessage`, -32602).
+        """
+        params = msg.body.get("params")
+        if not isinstance(params, dict) or "arguments" not in params:
+            return []
+        try:
+            new, used = substitute(self.handles, self.scope(agent, session_id), params["arguments"])
+        except UnknownHandle as exc:
+            raise BadMessage(
+                jsonrpc.INVALID_PARAMS,
+                f"Invalid params: {exc.handle} is not a handle this session received",
+                400,
+                msg.id,
+            ) from None
+        if used:
+            msg.body["params"] = {**params, "arguments": new}
+        return used
 
     def rewrite_error(self, doc: dict[str, Any]) -> dict[str, Any]:
         """A JSON-RPC error answering a ``tools/call``, its secrets redacted (``doc`` if none).
@@ -179,18 +235,47 @@ class OutputGuard:
     def quarantine_notification(self, doc: dict[str, Any]) -> dict[str, Any]:
         """A notification sent while an untrusted tool runs, without its free text.
 
-        Progress keeps its numbers and loses its ``message``; a log message keeps
-        its level and logger and loses its ``data``. Other notifications pass.
+        Kept by an allow-list: progress keeps ``progressToken``, ``progress`` and
+        ``total`` (its ``message`` goes); a log message keeps its ``level`` and gets
+        :data:`WITHHELD_LOG_DATA` as ``data`` (the ``logger`` name is the tool's
+        text too); a cancellation keeps ``requestId``; any other notification
+        loses its params. Requests the server makes (they carry an ``id``) pass.
         """
         params = doc.get("params")
-        if self.extractor is None or not isinstance(params, dict):
+        if self.extractor is None or "id" in doc or not isinstance(params, dict):
             return doc
         method = doc.get("method")
-        if method == "notifications/progress" and "message" in params:
-            return {**doc, "params": {k: v for k, v in params.items() if k != "message"}}
-        if method == "notifications/message" and "data" in params:
-            return {**doc, "params": {**params, "data": WITHHELD_LOG_DATA}}
-        return doc
+        if method == "notifications/progress":
+            kept = {k: params[k] for k in _PROGRESS_KEYS if k in params}
+        elif method == "notifications/message":
+            kept = {"level": params.get("level", "info"), "data": WITHHELD_LOG_DATA}
+        elif method == "notifications/cancelled":
+            kept = {k: params[k] for k in ("requestId",) if k in params}
+        else:
+            kept = {}
+        return doc if kept == params else {**doc, "params": kept}
+
+    def rewrite_notification(self, doc: dict[str, Any], *, untrusted: bool) -> dict[str, Any]:
+        """A message the server sends on a stream (``doc`` itself when nothing changes).
+
+        Under an untrusted call its free text is withheld
+        (:meth:`quarantine_notification`); every one, trusted or not, has its
+        secrets redacted. Fails closed: params that cannot be inspected are dropped.
+        """
+        if untrusted:
+            doc = self.quarantine_notification(doc)
+        params = doc.get("params")
+        if not self.redact or not isinstance(params, dict):
+            return doc
+        try:
+            new, n = redact_value(params)
+        except Exception as exc:  # fail closed: never the unread text
+            log.error(
+                "notification could not be inspected; params withheld",
+                extra={"error": type(exc).__name__},
+            )
+            return {**doc, "params": {}}
+        return {**doc, "params": new} if n else doc
 
     def watches(self, untrusted: bool) -> bool:
         """Whether the proxy must hand this call's answer to :meth:`rewrite`."""
@@ -244,6 +329,7 @@ class OutputGuard:
     ) -> dict[str, Any]:
         assert self.extractor is not None
         text, other = raw_text(result)
+        text = clean_text(text)
         entry = self.store.put(scope, tool, text)
         used = self.extractor
         report: dict[str, Any] = {}
@@ -258,14 +344,13 @@ class OutputGuard:
             used = self.fallback
             candidate = await used.extract(text, tool=tool)
         checked = validate(candidate)
-        rendering = f"Palisade quarantined the output of {tool} as {entry.handle}. " + render(
-            checked.facts
-        )
+        facts, unbound = to_handles(self.handles, scope, checked.facts)
+        rendering = f"Palisade quarantined the output of {tool} as {entry.handle}. " + render(facts)
         report.update(
             {
                 "handle": entry.handle,
                 "extractor": used.name,
-                "droppedItems": checked.dropped,
+                "droppedItems": checked.dropped + unbound,
                 "droppedContent": other,
                 "redacted": redacted,
                 "bytes": entry.size,
@@ -277,7 +362,7 @@ class OutputGuard:
             "structuredContent": {
                 "result": rendering,
                 "handle": entry.handle,
-                "facts": checked.facts,
+                "facts": facts,
             },
             "_meta": {UNTRUSTED_META_KEY: True, QUARANTINE_META_KEY: report},
         }

@@ -139,9 +139,13 @@ class TestThroughTheGuard:
         facts = out["structuredContent"]["facts"]  # type: ignore[index]
         assert facts == {
             "errors": [{"type": "CrashLoopBackOff", "count": 2}],
-            "pods": [{"name": "payments-api-0", "namespace": "payments"}],
-            "images": ["registry.example.com/payments/api:2.3.1"],
+            "pods": [{"name": "$POD1", "namespace": "$NS1"}],
+            "images": ["$IMAGE1"],
         }
+        assert guard.handles.resolve("a\x00s", "$POD1") == "payments-api-0"
+        assert (
+            guard.handles.resolve("a\x00s", "$IMAGE1") == "registry.example.com/payments/api:2.3.1"
+        )
         meta = out["_meta"][QUARANTINE_META_KEY]  # type: ignore[index]
         assert meta["extractor"] == "llm"
         assert meta["droppedItems"] == 4

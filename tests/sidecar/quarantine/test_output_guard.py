@@ -46,12 +46,18 @@ class TestQuarantine:
         assert_no_injection(out)
         sc = out["structuredContent"]
         assert sc["handle"] == "$VAR1"
-        assert sc["facts"]["pods"][0]["name"] == "payments-api-7d9f8b6c5-x2x9k"
-        assert sc["facts"]["images"] == ["registry.example.com:5000/payments/api:2.3.1"]
+        assert sc["facts"]["pods"][0] == {
+            "name": "$POD1", "namespace": "$NS1", "status": "OOMKilled", "restarts": 17
+        }  # fmt: skip
+        assert sc["facts"]["images"] == ["$IMAGE1"]
+        assert guard.handles.resolve("sre\x00s1", "$POD1") == "payments-api-7d9f8b6c5-x2x9k"
+        assert guard.handles.resolve("sre\x00s1", "$IMAGE1") == (
+            "registry.example.com:5000/payments/api:2.3.1"
+        )
         assert {"type": "CrashLoopBackOff", "count": 1} in sc["facts"]["errors"]
         text = out["content"][0]["text"]
         assert text == sc["result"]
-        assert "$VAR1" in text and "CrashLoopBackOff" in text and "payments-api-7d9f8b6c5" in text
+        assert "$VAR1" in text and "CrashLoopBackOff" in text and "$NS1/$POD1" in text
         assert out["_meta"][UNTRUSTED_META_KEY] is True
         assert out["_meta"][QUARANTINE_META_KEY] == {
             "handle": "$VAR1",
@@ -191,7 +197,6 @@ class TestNotifications:
         }
         assert guard.quarantine_notification(log)["params"] == {
             "level": "info",
-            "logger": "pods",
             "data": WITHHELD_LOG_DATA,
         }
         other = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}

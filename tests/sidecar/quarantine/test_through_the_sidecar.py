@@ -332,8 +332,7 @@ class TestSecretsAreRedacted:
         assert_no_injection(dumped)
         assert SA_TOKEN not in json.dumps(dumped)
         facts = result.structured_content["facts"]  # type: ignore[index]
-        assert facts["pods"][0]["name"] == "payments-api-7d9f8b6c5-x2x9k"
-        assert facts["images"] == ["registry.example.com:5000/payments/api:2.3.1"]
+        assert facts["pods"][0]["name"] == "$POD1" and facts["images"] == ["$IMAGE1"]
         assert {"type": "CrashLoopBackOff", "count": 1} in facts["errors"]
         assert result.meta is not None and result.meta[QUARANTINE_META_KEY]["redacted"] >= 1
 
@@ -380,7 +379,7 @@ class TestToolsList:
         assert_no_injection(result.model_dump(by_alias=True))
         facts = result.structured_content["facts"]  # type: ignore[index]
         assert {"type": "ErrImagePull", "count": 1} in facts["errors"]
-        assert facts["deploys"] == [{"name": "payments-api", "at": "2026-11-21T04:40:00Z"}]
+        assert facts["deploys"] == [{"name": "$DEPLOY1", "at": "2026-11-21T04:40:00Z"}]
         assert facts["suspectedInjectionLines"] == 1
 
 
@@ -427,7 +426,7 @@ class TestTheSidecarProcess:
         assert_no_injection(result.model_dump(by_alias=True))
         assert result.structured_content["facts"] == {  # type: ignore[index]
             "errors": [{"type": "CrashLoopBackOff", "count": 1}],
-            "pods": [{"name": "payments-api-07f9c", "namespace": "payments"}],
+            "pods": [{"name": "$POD1", "namespace": "$NS1"}],
         }
         assert result.meta is not None
         assert result.meta[QUARANTINE_META_KEY]["extractor"] == "llm"
