@@ -19,13 +19,15 @@ import asyncio
 import json
 import logging
 import time
+import uuid
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiohttp import web
 
-from palisade.audit.record import Entry
+from palisade.audit.record import OUTCOME_KIND, Entry
 from palisade.policy.types import Call, Decision, Verdict
 from sidecar import gate, jsonrpc
 from sidecar.audit import AuditSink
@@ -35,9 +37,9 @@ from sidecar.jsonrpc import BadMessage, Message
 from sidecar.metrics import SidecarMetrics
 from sidecar.policy import PolicyHolder
 from sidecar.quarantine import OutputGuard
-from sidecar.sessions import Pending, Session, SessionBook
+from sidecar.sessions import Pending, Session, SessionBook, SessionTaken, id_keys, owner_of
 from sidecar.settings import SidecarSettings
-from sidecar.sse import Event, encode_event, parse_event
+from sidecar.sse import Block, Event, EventSplitter, encode_block, encode_event, parse_block
 from sidecar.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -70,16 +72,16 @@ def server_version_of(result: Any) -> str:
 
 def _json_messages(text: str) -> list[dict[str, Any]]:
     """JSON-RPC messages of a JSON body or an SSE body."""
-    text = text.strip()
-    if text.startswith("{"):
+    if text.strip().startswith("{"):
         try:
             doc = json.loads(text)
         except ValueError:
             return []
         return [doc] if isinstance(doc, dict) else []
     out = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        ev = parse_event(block.encode("utf-8"))
+    splitter = EventSplitter(len(text) * 4 + 16)
+    for raw in splitter.feed(text.encode("utf-8") + b"\n\n"):
+        ev = parse_block(raw).event
         if ev is not None and ev.data.startswith("{"):
             try:
                 doc = json.loads(ev.data)
@@ -88,6 +90,25 @@ def _json_messages(text: str) -> list[dict[str, Any]]:
             if isinstance(doc, dict):
                 out.append(doc)
     return out
+
+
+#: What became of a forwarded call (``details.outcome`` of its outcome record).
+COMPLETED, UPSTREAM_ERROR, TIMED_OUT, CLIENT_GONE = (
+    "completed",
+    "upstream_error",
+    "timed_out",
+    "client_gone",
+)
+
+
+def withheld(request_id: Any, why: str) -> dict[str, Any]:
+    """The JSON-RPC error that stands in for an upstream answer the proxy will not pass."""
+    rid = (
+        request_id
+        if isinstance(request_id, str | int) and not isinstance(request_id, bool)
+        else None
+    )
+    return jsonrpc.error_response(rid, jsonrpc.UPSTREAM_UNAVAILABLE, f"{why}; it was withheld")
 
 
 class ApprovalDesk(Protocol):
@@ -111,6 +132,9 @@ class ProxyCore:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     draining: bool = False
     _version_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The upstream has told what it is (an ``initialize`` or ``server/discover``
+    #: answer, or a probe's), its version possibly empty: it is not asked again.
+    _version_answered: bool = False
     _resumable: dict[str, set[asyncio.Task[None]]] = field(default_factory=dict)
     #: Handlers of standalone GET streams (server-initiated messages only).
     listening: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -120,6 +144,8 @@ class ProxyCore:
     #: Humans' answers to ``require_approval`` (sidecar/fleet, with a distributor);
     #: ``None``: an approval verdict stays a refusal that cites its approval id.
     approvals: ApprovalDesk | None = None
+    #: Outcome records being written (not cancelled at shutdown, unlike ``background``).
+    _outcomes: set[asyncio.Task[None]] = field(default_factory=set)
 
     # -- identity and input -------------------------------------------------------
 
@@ -135,7 +161,7 @@ class ProxyCore:
                     reason=exc.reason,
                     kind="auth",
                     server=self.settings.server_name,
-                    details={"http_status": exc.status, "path": request.path},
+                    details={"http_status": exc.status, "path": request.path, **exc.details},
                 )
             )
             raise
@@ -196,7 +222,11 @@ class ProxyCore:
                 request_id="" if exc.request_id is None else str(exc.request_id),
                 dev_identity=bool(principal and principal.dev_mode),
                 kind="bad_input",
-                details={"code": exc.code, "http_status": exc.http_status},
+                details={
+                    "code": exc.code,
+                    "http_status": exc.http_status,
+                    **(principal.audit_details() if principal else {}),
+                },
             )
         )
         return error_http(
@@ -204,17 +234,45 @@ class ProxyCore:
         )
 
     def session_for(self, session_id: str, principal: Principal) -> Session:
-        """The session, bound to the first agent that used it; another agent gets 403."""
-        s = self.sessions.get(session_id)
+        """The session ``session_id`` names, if the upstream created it for this principal.
+
+        No id: the stateless record. An id the upstream never gave out here is
+        unknown (404: the client starts a new session), never created on first use;
+        one that belongs to another principal is refused (403).
+        """
         if not session_id:
+            return self.sessions.stateless
+        s = self.sessions.owned(session_id, owner_of(principal))
+        if s is not None:
             return s
-        if not s.agent:
-            s.agent = principal.agent
-        elif s.agent != principal.agent:
+        if self.sessions.peek(session_id) is None:
             raise BadMessage(
-                jsonrpc.UNAUTHORIZED, "Forbidden: this session belongs to another agent", 403
+                jsonrpc.INVALID_REQUEST,
+                "Session not found: this id was not given out by the server through this "
+                "proxy (or has ended); initialize a new session",
+                404,
             )
-        return s
+        raise BadMessage(
+            jsonrpc.UNAUTHORIZED,
+            "Forbidden: this session belongs to another agent (or principal)",
+            403,
+        )
+
+    def bind_session(self, session_id: str, principal: Principal) -> bool:
+        """Bind the session an ``initialize`` answer named to the principal that asked.
+
+        False when the upstream named a session that already belongs to someone else:
+        its answer is then withheld.
+        """
+        try:
+            self.sessions.bind(session_id, owner_of(principal))
+        except SessionTaken:
+            log.warning(
+                "the upstream named a session that belongs to another principal; withheld",
+                extra={"agent": principal.agent},
+            )
+            return False
+        return True
 
     def check_headers(self, msg: Message, request: web.Request, session: Session) -> None:
         schema: Mapping[str, Any] | None = None
@@ -234,18 +292,26 @@ class ProxyCore:
         a decision; clients of the stateless 2026-07-28 revision may never send a
         request whose answer carries it.
         """
-        known = self.sessions.get("").server_version
-        if known:
-            return known
+        if self._version_answered or self.sessions.stateless.server_version:
+            return self.sessions.stateless.server_version
         async with self._version_lock:
-            known = self.sessions.get("").server_version
-            if not known:
-                known = await self._probe_version()
-                if known:
-                    self.sessions.get("").server_version = known
-            return known
+            if not self._version_answered:
+                answered = await self._probe_version()
+                if answered is not None:
+                    self._learn_version(answered)
+            return self.sessions.stateless.server_version
 
-    async def _probe_version(self) -> str:
+    def _learn_version(self, version: str) -> None:
+        """One upstream process: its version (``""`` when it reports none) also holds
+        for sessions opened before this proxy started (kept on the stateless record)."""
+        self._version_answered = True
+        if version or not self.sessions.stateless.server_version:
+            self.sessions.stateless.server_version = version
+
+    async def _probe_version(self) -> str | None:
+        """The version an upstream reports (``""``: it answered without one), or
+        ``None`` when it could not be asked (asked again on the next call)."""
+        answered = False
         path = self.settings.mcp_path
         accept = {
             "Content-Type": "application/json",
@@ -280,10 +346,12 @@ class ProxyCore:
                 log.warning("cannot ask the upstream for its version: %s", exc)
                 continue
             for doc in _json_messages(text):
-                version = server_version_of(doc.get("result"))
-                if version:
-                    return version
-        return ""
+                if isinstance(doc.get("result"), dict):
+                    answered = True
+                    version = server_version_of(doc["result"])
+                    if version:
+                        return version
+        return "" if answered else None
 
     # -- decisions ------------------------------------------------------------------
 
@@ -296,14 +364,21 @@ class ProxyCore:
         so nothing is forwarded unaudited; concurrent calls share the write.
         """
         name = str(msg.params.get("name", "")) if msg.method == "tools/call" else ""
-        known = session.tools.get(name) or self.sessions.get("").tools.get(name)
+        known = session.tools.get(name) or self.sessions.stateless.tools.get(name)
+        # quarantined facts name things by handle ($POD1): the real values go back in
+        # before the decision, so the policy, the audit and the upstream see them
+        resolved = (
+            self.outputs.resolve_arguments(msg, principal.agent, session_id)
+            if self.outputs is not None and msg.method == "tools/call"
+            else []
+        )
         call = gate.tool_call(
             msg,
             agent=principal.agent,
             server=self.settings.server_name,
             session=session_id,
             on_behalf_of=principal.on_behalf_of,
-            server_version=session.server_version or self.sessions.get("").server_version,
+            server_version=session.server_version or self.sessions.stateless.server_version,
             labels=self.settings.labels,
             declared_risk=gate.risk_from_annotations(known) if known is not None else None,
         )
@@ -317,7 +392,12 @@ class ProxyCore:
         latency = time.perf_counter_ns() - t0
         self.metrics.decision_seconds.observe(latency / 1e9)
         facts = snap.facts(call.tool) if snap is not None else None
+        call_id = uuid.uuid4().hex
         details: dict[str, Any] = {"risk": str(verdict.risk)} if verdict.risk else {}
+        details["call_id"] = call_id
+        if resolved:
+            details["handles_resolved"] = resolved
+        details.update(principal.audit_details())  # the whole act chain, when there is one
         if self.approvals is not None and verdict.decision is Decision.REQUIRE_APPROVAL:
             secrets = facts.secret_arguments if facts else frozenset()
             verdict, settled = self.approvals.settle(call, verdict, secrets)
@@ -371,6 +451,9 @@ class ProxyCore:
             tool=call.tool,
             untrusted=bool(facts and facts.untrusted_output),
             agent=principal.agent,
+            request_id=msg.id,
+            call_id=call_id if verdict.allowed else "",
+            owner=owner_of(principal),
         )
         return verdict, pending
 
@@ -390,13 +473,13 @@ class ProxyCore:
             return False
         return snap.compiled.tool(self.settings.server_name, msg.method) is not None
 
-    async def audit_read(self, msg: Message, principal: Principal, session_id: str) -> None:
+    async def audit_read(self, msg: Message, principal: Principal, session_id: str) -> str:
         """Record a ``resources/read`` or ``prompts/get`` before it is forwarded.
 
         Unless the bundle registers the method (:meth:`decides`) these pass without a
         decision, but not unaudited: the record (kind ``read``, rule ``not-governed``)
         is committed first, and when it cannot be, the request is refused
-        (:class:`BadMessage`, fail closed).
+        (:class:`BadMessage`, fail closed). Returns the call id its outcome record cites.
         """
         params = msg.params
         if msg.method == "resources/read":
@@ -417,6 +500,7 @@ class ProxyCore:
             request_id=str(msg.id),
             dev_identity=principal.dev_mode,
             kind="read",
+            details={"call_id": (call_id := uuid.uuid4().hex), **principal.audit_details()},
         )
         try:
             await self.audit.commit(entry)
@@ -428,12 +512,25 @@ class ProxyCore:
                 503,
                 msg.id,
             ) from None
+        return call_id
 
-    def pending_for(self, msg: Message, principal: Principal) -> Pending | None:
-        """What to watch for in the answer to a non-``tools/call`` request."""
-        if msg.is_request and msg.method in _INSPECTED:
-            return Pending(msg.method or "", agent=principal.agent)
-        return None
+    def pending_for(self, msg: Message, principal: Principal, call_id: str = "") -> Pending | None:
+        """What to expect in the answer to a request that is not a decided call.
+
+        Every request gets one: its answer is matched to it (an answer that matches
+        no request is withheld); only answers to :data:`_INSPECTED` methods are
+        rewritten.
+        """
+        if not msg.is_request:
+            return None
+        return Pending(
+            msg.method or "",
+            agent=principal.agent,
+            request_id=msg.id,
+            inspect=msg.method in _INSPECTED,
+            call_id=call_id,
+            owner=owner_of(principal),
+        )
 
     def record(self, entry: Entry) -> None:
         try:
@@ -466,7 +563,7 @@ class ProxyCore:
                 session=session_id,
                 on_behalf_of=principal.on_behalf_of,
                 server_version=(session.server_version if session else "")
-                or self.sessions.get("").server_version,
+                or self.sessions.stateless.server_version,
                 labels=self.settings.labels,
                 server_declared_risk=gate.risk_from_annotations(tool),
             ),
@@ -508,24 +605,40 @@ class ProxyCore:
             if pending.untrusted and isinstance(doc.get("result"), dict):
                 return {**doc, "result": gate.mark_untrusted(doc["result"])}
             return doc
+        if "result" not in doc:
+            return doc  # an error answer: no result to filter or guard
         if not isinstance(result, dict):
-            return doc
+            # no client accepts it as this method's result, but a lenient one might
+            # show it: it cannot be filtered or guarded, so it is withheld
+            return withheld(doc["id"], f"the upstream's {pending.method} result is not an object")
         if pending.method in ("initialize", "server/discover"):
             version = server_version_of(result)
+            self._learn_version(version)
             if version:
-                # One upstream process: its version also holds for sessions opened
-                # before this proxy started (kept on the stateless record "").
-                self.sessions.get("").server_version = version
                 sid = response_session or session_id
-                if sid:
-                    self.session_for(sid, principal).server_version = version
+                owned = self.sessions.owned(sid, owner_of(principal)) if sid else None
+                if owned is not None:
+                    owned.server_version = version
             return doc
         if pending.method == "tools/list":
-            s = self.sessions.get(session_id)
-            for tool in result.get("tools") or []:
-                if isinstance(tool, dict) and isinstance(tool.get("name"), str):
-                    s.tools[tool["name"]] = tool
-            filtered = gate.filter_tools(result, lambda t: self.may_call(principal, session_id, t))
+            tools = result.get("tools")
+            if not isinstance(tools, list):
+                return withheld(doc["id"], "the upstream's tools/list result has no tool list")
+            s = self.sessions.peek(session_id)
+            names = Counter(t.get("name") for t in tools if isinstance(t, dict))
+            # a name listed twice has two definitions: the one decided and the one a
+            # client shows may differ, so neither is listed nor kept
+            twice = {n for n, c in names.items() if c > 1}
+            for tool in tools:
+                if isinstance(tool, dict) and isinstance(tool.get("name"), str) and s is not None:
+                    if tool["name"] in twice:
+                        s.tools.pop(tool["name"], None)
+                    else:
+                        s.tools[tool["name"]] = tool
+            filtered = gate.filter_tools(
+                result,
+                lambda t: t.get("name") not in twice and self.may_call(principal, session_id, t),
+            )
             snap = self.policy.snapshot
             if self.outputs is not None and snap is not None:
                 filtered = self.outputs.list_result(
@@ -544,22 +657,36 @@ class ProxyCore:
             return {**doc, "result": gate.mark_untrusted(result)}
         return doc
 
-    async def rewrite_event(
+    async def relay_block(
         self,
         raw: bytes,
         session_id: str,
         principal: Principal,
         expect: tuple[object, Pending] | None,
         response_session: str = "",
-    ) -> bytes:
-        """Inspect one SSE event: rewrite it when it answers a watched request.
+    ) -> tuple[bytes, Pending | None]:
+        """What to send on for one upstream SSE block, and the request it answered.
+
+        Never the block's own bytes: what was parsed (:func:`sidecar.sse.parse_block`),
+        inspected (:meth:`inspect_message`) and re-encoded, so a client that reads
+        the stream differently still sees only what was inspected. Blocks that
+        dispatch nothing keep only their ``id`` and ``retry`` (or become a bare
+        keep-alive); events of another type than ``message``, data that is not one
+        JSON object, and messages :meth:`inspect_message` withholds keep only that.
 
         ``expect`` is the request a POST stream answers; on GET and legacy streams
-        the session's recent requests are looked up instead.
+        the session's forwarded requests are matched instead.
         """
-        ev = parse_event(raw)
-        if ev is None or not ev.data or ev.event not in ("", "message"):
-            return raw  # comments, priming events, other event types: no JSON-RPC message
+        block = parse_block(raw)
+        ev = block.event
+        if ev is None:
+            return encode_block(block), None
+        quiet = encode_block(Block(None, block.id, block.retry, block.comment))
+        if ev.event not in ("", "message"):
+            log.warning("upstream SSE event of type %r carries no MCP message; withheld", ev.event)
+            return quiet, None
+        if not ev.data:
+            return encode_event(ev), None  # a priming event: an id, no message
         try:
             doc, standard = jsonrpc.loads_answer(ev.data)
         except (ValueError, RecursionError):
@@ -568,39 +695,136 @@ class ProxyCore:
             # not one JSON-RPC message (not JSON, or a batch nothing asked for):
             # it cannot be inspected, so it is not forwarded
             log.warning("upstream SSE message is not a JSON-RPC object; withheld")
-            return b""
-        # forward only what was inspected (see jsonrpc.loads_answer)
-        raw = encode_event(
-            Event(jsonrpc.dumps_answer(doc, standard).decode(), ev.event, ev.id, ev.retry)
+            return quiet, None
+        out, answered = await self.inspect_message(
+            doc, session_id, principal, expect, response_session
         )
-        if (
-            isinstance(doc, dict)
-            and "id" not in doc
-            and expect is not None
-            and expect[1].untrusted
-            and self.outputs is not None
-        ):
-            # progress and log text of an untrusted tool is untrusted output too
-            note = self.outputs.quarantine_notification(doc)
-            if note is doc:
-                return raw
-            data = json.dumps(note, separators=(",", ":"))
-            return encode_event(Event(data, ev.event, ev.id, ev.retry))
-        if not isinstance(doc, dict) or "method" in doc or "id" not in doc:
-            return raw
-        if expect is not None:
-            pending = expect[1] if doc["id"] == expect[0] else None
-        else:
-            s = self.sessions.peek(session_id)
-            pending = s.lookup(doc["id"]) if s is not None else None
+        if out is None:
+            return quiet, None
+        data = jsonrpc.dumps_answer(out, standard).decode("utf-8")
+        return encode_event(Event(data, ev.event, ev.id, ev.retry)), answered
+
+    async def inspect_message(
+        self,
+        doc: dict[str, Any],
+        session_id: str,
+        principal: Principal,
+        expect: tuple[object, Pending] | None,
+        response_session: str = "",
+    ) -> tuple[dict[str, Any] | None, Pending | None]:
+        """One upstream message as it may reach the client (None: withheld), and the
+        request it answers.
+
+        A server's request or notification passes (an untrusted tool's progress and
+        log text quarantined; ``notifications/tools/list_changed`` drops the tools
+        cached for the session). An answer must match the request it answers as any
+        client would match it (:func:`sidecar.sessions.id_keys`: ``"1"``, ``1.0`` and
+        ``true`` all answer ``1``): it then carries that request's id exactly and is
+        rewritten when watched. An answer that matches no request, or several, and a
+        message that is both or neither, is withheld.
+        """
+        if "method" in doc:
+            method = doc["method"]
+            if not isinstance(method, str) or "result" in doc or "error" in doc:
+                log.warning("upstream message is both a request and an answer; withheld")
+                return None, None
+            if method == "notifications/tools/list_changed":
+                self.tools_changed(session_id)
+            if self.outputs is not None:
+                # secrets redacted from every server message; progress and log text
+                # of an untrusted tool is untrusted output too
+                untrusted = expect is not None and expect[1].untrusted
+                return self.outputs.rewrite_notification(doc, untrusted=untrusted), None
+            return doc, None
+        if "id" not in doc or ("result" in doc) == ("error" in doc):
+            log.warning("upstream message is neither a request, a notification nor an answer")
+            return None, None
+        pending = self.match_answer(doc["id"], session_id, principal, expect)
         if pending is None:
-            return raw
-        new = await self.rewrite_result(pending, doc, session_id, principal, response_session)
-        if new is doc:
-            return raw
-        return encode_event(
-            Event(json.dumps(new, separators=(",", ":")), ev.event, ev.id, ev.retry)
+            log.warning(
+                "upstream answer matches no request forwarded on this stream; withheld",
+                extra={"session": session_id, "agent": principal.agent},
+            )
+            return None, None
+        doc = {**doc, "id": pending.request_id}
+        if pending.inspect:
+            doc = await self.rewrite_result(pending, doc, session_id, principal, response_session)
+        pending.answered = True
+        return doc, pending
+
+    def match_answer(
+        self,
+        answer_id: object,
+        session_id: str,
+        principal: Principal,
+        expect: tuple[object, Pending] | None,
+    ) -> Pending | None:
+        """The request an answer answers: the stream's own, or one of the session's."""
+        if expect is not None:
+            rid, pending = expect
+            found: Pending | None = pending if id_keys(answer_id) & id_keys(rid) else None
+        else:
+            s = self.sessions.peek(session_id) if session_id else None
+            found = s.match(answer_id) if s is not None else None
+            if found is not None and found.owner != owner_of(principal):
+                found = None
+        return None if found is None or found.expired else found
+
+    def tools_changed(self, session_id: str) -> None:
+        """The server's tools changed: definitions cached for decisions and pins go."""
+        s = self.sessions.peek(session_id)
+        if s is not None:
+            s.tools.clear()
+        self.sessions.stateless.tools.clear()
+
+    # -- outcomes -------------------------------------------------------------------
+
+    def outcome(
+        self,
+        pending: Pending | None,
+        principal: Principal,
+        session_id: str,
+        outcome: str,
+        reason: str = "",
+        **details: Any,
+    ) -> asyncio.Task[None] | None:
+        """Record what became of a forwarded call, once, linked to its decision record
+        by ``details.call_id``. The write is not cancelled with the request's handler
+        (a client gone is exactly when it must still be written)."""
+        if pending is None or not pending.call_id or pending.outcome_done:
+            return None
+        pending.outcome_done = True
+        started = pending.started
+        loop = asyncio.get_running_loop()
+        entry = Entry(
+            agent=principal.agent,
+            tenant=principal.tenant,
+            on_behalf_of=principal.on_behalf_of,
+            server=self.settings.server_name,
+            session=session_id,
+            reason=reason or outcome,
+            latency_ns=int((loop.time() - started) * 1e9) if started else 0,
+            request_id="" if pending.request_id is None else str(pending.request_id),
+            dev_identity=principal.dev_mode,
+            kind=OUTCOME_KIND,
+            # the tool is named in details only: ``tool`` stays the decision records'
+            # key (queries by tool list decisions; their outcomes follow by call_id)
+            details={
+                "call_id": pending.call_id,
+                "outcome": outcome,
+                "tool": pending.tool or pending.method,
+                **details,
+            },
         )
+        task = loop.create_task(self.commit_record(entry))
+        self._outcomes.add(task)
+        task.add_done_callback(self._outcomes.discard)
+        return task
+
+    async def outcomes_written(self) -> None:
+        """Wait for the outcome records being written (tests, shutdown)."""
+        while self._outcomes:
+            await asyncio.gather(*list(self._outcomes), return_exceptions=True)
 
     # -- clients that go away ---------------------------------------------------------
 

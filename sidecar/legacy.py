@@ -2,27 +2,46 @@
 
 In this transport every answer travels on the client's one SSE stream, not in
 the POST's response. So the proxy owns that stream: it relays the upstream's
-events (rewriting answers it watches, by request id) and merges in the answers
-it gives itself (denials, bad input), then acknowledges the POST with 202 as the
-upstream would. The ``endpoint`` event is rewritten to a relative URL so the
-client keeps talking to the proxy.
+events (every one parsed, matched to the request it answers, rewritten when
+watched, re-encoded; what matches no request is withheld) and merges in the
+answers it gives itself (denials, bad input, calls the upstream left
+unanswered), then acknowledges the POST with 202 as the upstream would.
+
+The upstream's first ``endpoint`` event names the session: it is bound to the
+principal that opened the stream (an id the upstream already gave another
+principal ends the stream), and rewritten to a relative URL so the client keeps
+talking to the proxy. A message for any other session is refused (404, or 403
+when it is someone else's).
+
+A decided call left unanswered for ``upstream_timeout_s`` (no message on the
+stream in that time) is answered with a JSON-RPC error; so are those still open
+when the upstream's stream ends. Each one's outcome is audited.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 
 from sidecar import gate, jsonrpc
-from sidecar.core import CONTENT_METHODS, ProxyCore
-from sidecar.http import error_http, forward_headers, response_headers
+from sidecar.core import (
+    CLIENT_GONE,
+    COMPLETED,
+    CONTENT_METHODS,
+    TIMED_OUT,
+    UPSTREAM_ERROR,
+    ProxyCore,
+)
+from sidecar.http import error_http, forward_headers, response_headers, session_query_values
 from sidecar.identity import AuthError, Principal
 from sidecar.jsonrpc import BadMessage
-from sidecar.sse import Event, EventSplitter, EventTooLarge, encode_event, parse_event
+from sidecar.sessions import Pending, SessionTaken, owner_of
+from sidecar.sse import Event, EventSplitter, EventTooLarge, encode_block, encode_event, parse_block
 from sidecar.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -50,11 +69,14 @@ class LegacyHandlers:
             async with core.upstream.request(
                 "GET", request.rel_url.path_qs, forward_headers(request.headers)
             ) as up:
-                if not up.headers.get("Content-Type", "").startswith("text/event-stream"):
-                    return web.Response(
-                        status=up.status, body=await up.read(), headers=response_headers(up.headers)
-                    )
-                resp = web.StreamResponse(status=up.status, headers=response_headers(up.headers))
+                headers = response_headers(up.headers)
+                for name in [k for k in headers if k.lower() in ("content-type", "mcp-session-id")]:
+                    del headers[name]
+                if "text/event-stream" not in up.headers.get("Content-Type", "").lower():
+                    # no stream: nothing in the body can be inspected as this transport's
+                    return web.Response(status=up.status, headers=headers)
+                headers["Content-Type"] = "text/event-stream"
+                resp = web.StreamResponse(status=up.status, headers=headers)
                 await resp.prepare(request)
                 await self._relay(up, resp, principal)
                 return resp
@@ -69,8 +91,11 @@ class LegacyHandlers:
     ) -> None:
         core = self.core
         limits = core.settings.limits
+        loop = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=256)
         sid: list[str] = []
+        last_message = [loop.time()]
+        ended = ["the upstream ended the stream before answering"]
 
         async def pump() -> None:
             splitter = EventSplitter(limits.max_inspect_bytes)
@@ -78,35 +103,107 @@ class LegacyHandlers:
                 while chunk := await up.content.readany():
                     for raw in splitter.feed(chunk):
                         if not sid:
-                            raw = self._endpoint(raw, principal, queue, sid)
+                            out = self._endpoint(raw, principal, queue, sid)
+                            if out is None:
+                                return  # the stream cannot be bound: end it
                         else:
-                            raw = await core.rewrite_event(raw, _key(sid[0]), principal, None)
-                        await queue.put(raw)
+                            out, got = await core.relay_block(raw, _key(sid[0]), principal, None)
+                            if got is not None:
+                                core.outcome(got, principal, _key(sid[0]), COMPLETED)
+                        if out:
+                            if b"data: " in out:
+                                last_message[0] = loop.time()
+                            await queue.put(out)
             except (EventTooLarge, aiohttp.ClientError) as exc:
                 log.warning("legacy SSE stream from upstream ended: %s", exc)
+                ended[0] = f"the upstream failed while streaming ({type(exc).__name__})"
             finally:
                 await queue.put(None)
 
-        task = asyncio.get_running_loop().create_task(pump())
+        task = loop.create_task(pump())
+        client_gone = True
         try:
             while True:
+                wait = limits.idle_stream_timeout_s
+                due = self._next_due(sid, last_message[0])
+                if due is not None:
+                    wait = min(wait, max(0.0, due - loop.time()))
                 try:
-                    async with asyncio.timeout(limits.idle_stream_timeout_s):
+                    async with asyncio.timeout(wait):
                         item = await queue.get()
                 except TimeoutError:
+                    if due is not None and loop.time() >= due - 1e-3:
+                        await self._expire(resp, sid, principal, last_message[0])
+                        continue
                     log.info("closing idle legacy SSE stream")
+                    ended[0] = f"stream idle for {limits.idle_stream_timeout_s:g}s; closed"
                     break
                 if item is None:
                     break
-                await resp.write(item)
+                if item:  # b"": a call was forwarded, its deadline is due
+                    await resp.write(item)
+            await self._answer_open_calls(resp, sid, principal, UPSTREAM_ERROR, ended[0])
+            client_gone = False
         except (ConnectionResetError, aiohttp.ClientConnectionError):
             pass
         finally:
             task.cancel()
             if sid:
-                core.sessions.drop(_key(sid[0]))
+                key = _key(sid[0])
+                session = core.sessions.peek(key)
+                if client_gone and session is not None:
+                    for p in session.unanswered():
+                        core.outcome(p, principal, key, CLIENT_GONE, "client disconnected")
+                core.sessions.drop(key)
                 if core.outputs is not None:
-                    core.outputs.end_session(principal.agent, _key(sid[0]))
+                    core.outputs.end_session(principal.agent, key)
+
+    def _open_calls(self, sid: list[str]) -> list[Pending]:
+        session = self.core.sessions.peek(_key(sid[0])) if sid else None
+        if session is None:
+            return []
+        return [p for p in session.unanswered() if p.call_id and not p.expired]
+
+    def _next_due(self, sid: list[str], last_message: float) -> float | None:
+        """When the oldest open decided call runs out of time (None: none is open)."""
+        calls = self._open_calls(sid)
+        if not calls:
+            return None
+        timeout = self.core.settings.limits.upstream_timeout_s
+        return min(max(p.started, last_message) + timeout for p in calls)
+
+    async def _expire(
+        self, resp: web.StreamResponse, sid: list[str], principal: Principal, last: float
+    ) -> None:
+        now = asyncio.get_running_loop().time()
+        timeout = self.core.settings.limits.upstream_timeout_s
+        late = [p for p in self._open_calls(sid) if max(p.started, last) + timeout <= now + 1e-3]
+        why = f"the upstream sent no answer within {timeout:g}s"
+        for p in late:
+            await self._answer(resp, sid, principal, p, TIMED_OUT, why)
+
+    async def _answer_open_calls(
+        self, resp: web.StreamResponse, sid: list[str], principal: Principal, outcome: str, why: str
+    ) -> None:
+        for p in self._open_calls(sid):
+            await self._answer(resp, sid, principal, p, outcome, why)
+
+    async def _answer(
+        self,
+        resp: web.StreamResponse,
+        sid: list[str],
+        principal: Principal,
+        p: Pending,
+        outcome: str,
+        why: str,
+    ) -> None:
+        """Answer an open call with an error the proxy gives itself; a late answer is withheld."""
+        p.expired = True
+        p.answered = True
+        code = jsonrpc.LIMIT_EXCEEDED if outcome == TIMED_OUT else jsonrpc.UPSTREAM_UNAVAILABLE
+        rid = p.request_id if isinstance(p.request_id, str | int) else None
+        self.core.outcome(p, principal, _key(sid[0]), outcome, why)
+        await resp.write(_event_bytes(jsonrpc.error_response(rid, code, why)))
 
     def _endpoint(
         self,
@@ -114,17 +211,34 @@ class LegacyHandlers:
         principal: Principal,
         queue: asyncio.Queue[bytes | None],
         sid: list[str],
-    ) -> bytes:
-        """Bind the session named by the ``endpoint`` event; make its URL relative."""
-        ev = parse_event(raw)
-        if ev is None or ev.event != "endpoint":
-            return raw
+    ) -> bytes | None:
+        """Bind the session named by the ``endpoint`` event; make its URL relative.
+
+        Before it: keep-alives pass, messages are withheld (no session to match them
+        to). None: the endpoint cannot be bound (no single session id, or one that
+        belongs to another principal) and the stream ends.
+        """
+        block = parse_block(raw)
+        ev = block.event
+        if ev is None:
+            return encode_block(block)
+        if ev.event != "endpoint":
+            log.warning("upstream SSE message before the endpoint event; withheld")
+            return b""
         url = urlsplit(ev.data.strip())
-        ids = parse_qs(url.query).get("session_id") or parse_qs(url.query).get("sessionId")
-        if not ids:
-            return raw
+        ids = session_query_values(url.query)
+        if len(ids) != 1 or not ids[0]:
+            log.warning("upstream endpoint event names %d session ids; stream ended", len(ids))
+            return None
+        try:
+            session = self.core.sessions.bind(_key(ids[0]), owner_of(principal))
+        except SessionTaken:
+            log.warning(
+                "upstream endpoint names a session bound to another principal; stream ended",
+                extra={"agent": principal.agent},
+            )
+            return None
         sid.append(ids[0])
-        session = self.core.session_for(_key(ids[0]), principal)
         session.inject = queue
         rel = url.path + ("?" + url.query if url.query else "")
         return encode_event(Event(rel, event="endpoint", id=ev.id, retry=ev.retry))
@@ -135,11 +249,12 @@ class LegacyHandlers:
             principal = await core.authenticate(request)
         except AuthError as exc:
             return core.auth_response(exc)
-        sid = request.query.get("session_id") or request.query.get("sessionId") or ""
-        key = _key(sid)
+        ids = session_query_values(request.rel_url.raw_query_string)
+        key = _key(ids[0] if len(ids) == 1 else "")
+        pending: Pending | None = None
         try:
             msg = await core.read_message(request)
-            existing = core.sessions.peek(key)
+            existing = core.sessions.peek(key) if len(ids) == 1 else None
             if existing is None or existing.inject is None:
                 raise BadMessage(
                     jsonrpc.INVALID_REQUEST, "Unknown or closed SSE session", 404, msg.id
@@ -156,13 +271,18 @@ class LegacyHandlers:
                         _event_bytes(gate.verdict_error(msg.id, verdict, pending.tool))
                     )
                     return web.Response(status=202, text="Accepted")
-                if core.watches_call(pending):
-                    session.remember(msg.id, pending)
+                pending.inspect = core.watches_call(pending)
             else:
+                call_id = ""
                 if msg.method in CONTENT_METHODS and msg.is_request:
-                    await core.audit_read(msg, principal, key)
-                if (p := core.pending_for(msg, principal)) is not None:
-                    session.remember(msg.id, p)
+                    call_id = await core.audit_read(msg, principal, key)
+                pending = core.pending_for(msg, principal, call_id)
+            if pending is not None:
+                pending.started = asyncio.get_running_loop().time()
+                session.remember(msg.id, pending)
+                if pending.call_id:
+                    with contextlib.suppress(asyncio.QueueFull):  # a full queue wakes it anyway
+                        existing.inject.put_nowait(b"")  # the stream now waits for its answer
         except BadMessage as exc:
             return core.bad_input(exc, principal, key)
         core.metrics.count_request(msg.method, "forwarded")
@@ -173,11 +293,23 @@ class LegacyHandlers:
                 forward_headers(request.headers),
                 jsonrpc.dumps(msg.body),
             ) as up:
-                return web.Response(
-                    status=up.status, body=await up.read(), headers=response_headers(up.headers)
-                )
+                status = up.status
         except UpstreamError as exc:
+            self._refused(pending, principal, key, exc.reason)
             return error_http(
                 504 if exc.timeout else 502,
                 jsonrpc.error_response(msg.id, jsonrpc.UPSTREAM_UNAVAILABLE, exc.reason),
             )
+        if status >= 300:
+            # the answer will not come on the stream; the upstream's text is not passed on
+            why = f"the upstream refused the message (HTTP {status})"
+            self._refused(pending, principal, key, why)
+            return error_http(
+                status, jsonrpc.error_response(msg.id, jsonrpc.UPSTREAM_UNAVAILABLE, why)
+            )
+        return web.Response(status=status, text="Accepted")
+
+    def _refused(self, pending: Pending | None, principal: Principal, key: str, why: str) -> None:
+        if pending is not None:
+            pending.expired = pending.answered = True
+            self.core.outcome(pending, principal, key, UPSTREAM_ERROR, why)

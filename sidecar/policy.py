@@ -60,11 +60,8 @@ class PolicySnapshot:
                 f"tool {name!r} is pinned and its definition was not seen in the server's "
                 "tools/list for this session; list the tools first"
             )
-        return str(
-            self.compiled.pin_problem(
-                server, name, tool.get("description"), tool.get("inputSchema")
-            )
-        )
+        # the whole definition: annotations (the declared risk) and all the rest
+        return str(self.compiled.pin_problem(server, name, definition=tool))
 
 
 _NO_FACTS = ToolFacts()

@@ -49,6 +49,12 @@ CONTENT_DEFAULTS: dict[str, Any] = {
 CHAIN_FIELDS = ("seq", "prev_hash", "hash", "key_id", "signature")
 ALL_FIELDS = frozenset(CONTENT_DEFAULTS) | frozenset(CHAIN_FIELDS)
 
+#: ``kind`` of the record that closes a forwarded call: ``details.outcome`` is one of
+#: :data:`OUTCOMES`, ``details.call_id`` the one its decision (or read) record carries.
+#: A decision with a call id and no outcome is a call whose answer was never seen.
+OUTCOME_KIND = "outcome"
+OUTCOMES = ("completed", "upstream_error", "timed_out", "client_gone")
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:

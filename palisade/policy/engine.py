@@ -44,7 +44,7 @@ from palisade.policy.compiled import (
     ServerEntry,
     labels_ok,
 )
-from palisade.policy.digests import approval_id, tool_definition_digest
+from palisade.policy.digests import approval_id, tool_definition_digest, tool_digest
 from palisade.policy.types import Call, Clock, Decision, Risk, RuleTrace, Verdict
 
 REGISTRY = "registry"
@@ -117,20 +117,27 @@ class Engine:
         self,
         server: str,
         tool: str,
-        description: str | None,
-        input_schema: Mapping[str, Any] | None,
+        description: str | None = None,
+        input_schema: Mapping[str, Any] | None = None,
+        *,
+        definition: Mapping[str, Any] | None = None,
     ) -> str:
         """Why a tool definition a server advertises breaks the registry's pin ("" if fine).
 
         For ``tools/list`` filtering: an unregistered tool, or a pinned tool whose
-        name, description or input schema changed, should be hidden and refused.
+        definition changed, should be hidden and refused. ``definition`` is the whole
+        advertised tool (:func:`~palisade.policy.digests.tool_digest`: annotations and
+        every other field too); without it only name, description and input schema.
         """
         registered = self.tool(server, tool)
         if registered is None:
             return f"tool {tool!r} is not registered for server {server!r}"
         if not registered.pinned:
             return ""
-        actual = tool_definition_digest(tool, description, input_schema)
+        if definition is not None:
+            actual = tool_digest({**definition, "name": tool})
+        else:
+            actual = tool_definition_digest(tool, description, input_schema)
         if actual != registered.pinned:
             return (
                 f"tool {tool!r} of server {server!r} changed: its definition digest is {actual},"

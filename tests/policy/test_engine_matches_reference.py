@@ -164,9 +164,7 @@ def test_a_session_of_calls_is_decided_as_the_reference_decides_it(
     per_agent: dict[str, int] = {}
     for call in calls:
         key = (call.agent, call.session)
-        expected = reference_decide(
-            bundle, call, counted.get(key, 0), per_agent.get(call.agent, 0)
-        )
+        expected = reference_decide(bundle, call, counted.get(key, 0), per_agent.get(call.agent, 0))
         v = engine.decide(call)
         assert (v.decision, v.rule_id) == expected
         server = bundle.server(call.server)

@@ -112,7 +112,8 @@ def test_the_agent_window_holds_across_sessions_and_restarts_and_then_resets(
     state = BudgetState()
     journal = BudgetJournal.open(state, path, clock=clocks.mono, wall=lambda: clocks.wall)
     engine = compile_bundle(from_document(bundle), clock=clocks.mono, state=state)
-    for session in ("a", "b", "c", "d"):  # a fresh session each time: the per-session cap never bites
+    # a fresh session each time: the per-session cap never bites
+    for session in ("a", "b", "c", "d"):
         assert engine.decide(apply(session=session)).decision is Decision.ALLOW
     journal.close()
 

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from palisade.policy.digests import tool_definition_digest
+from palisade.policy.digests import tool_digest
 from sidecar import jsonrpc
 
 from .conftest import BUNDLE, UpstreamProc, answer_of, raw_session, run_sidecar, session_headers
@@ -30,7 +30,7 @@ async def test_a_changed_definition_is_hidden_and_refused_and_a_matching_one_pas
 ) -> None:
     tools = await upstream_tools(upstream.url + "/mcp")
     good = tools["pods_list"]
-    pin = tool_definition_digest("pods_list", good.get("description"), good.get("inputSchema"))
+    pin = tool_digest(good)  # the whole definition: annotations too
     text = BUNDLE.read_text()
     text = text.replace(
         "{name: pods_list, risk: read}", f'{{name: pods_list, risk: read, pinned: "{pin}"}}'
