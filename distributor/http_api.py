@@ -125,7 +125,7 @@ async def rollback(request: web.Request) -> web.Response:
     try:
         rev, new = await dist.store.call(dist.store.store.rollback, to, by)
     except StoreError as exc:
-        return _error(404, str(exc))
+        return _error(404 if "no revision" in str(exc) else 409, str(exc))
     dist.hub.set_current(rev)
     await _audit_admin(dist, "rollback", by, {"to": to, "revision": rev.revision})
     log.info("rollback", extra={"to": to, "revision": rev.revision, "by": by})

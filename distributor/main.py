@@ -28,6 +28,12 @@ from distributor.server import Distributor, Settings, Source
 from distributor.signing_keys import SigningKeyError
 from distributor.sources import FileSource
 from distributor.store import StoreError
+from distributor.subscriber_auth import (
+    DEFAULT_AUDIENCE,
+    Authenticator,
+    KubernetesAsyncioApi,
+    TokenReviewAuthenticator,
+)
 from palisade.bundle import BundleError, load_private_key
 from palisade.distribution.lkg import atomic_write
 
@@ -113,6 +119,30 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="postgresql://... : keep audit records in PostgreSQL (default: the --store file;"
         " env PALISADE_AUDIT_STORE)",
     )
+    parser.add_argument(
+        "--subscriber-auth",
+        choices=("token-review",),
+        default="",
+        help="token-review: every subscriber sends its pod's projected ServiceAccount token;"
+        " id and scope come from it (TokenReview + the pod), never from the Hello",
+    )
+    parser.add_argument(
+        "--subscriber-audience",
+        default=DEFAULT_AUDIENCE,
+        help="audience the subscribers' tokens must carry",
+    )
+    parser.add_argument(
+        "--node-agent-service-account",
+        action="append",
+        default=[],
+        metavar="NS:NAME",
+        help="ServiceAccount of the node agents (repeatable); other pods subscribe as sidecars",
+    )
+    parser.add_argument(
+        "--insecure-subscribers",
+        action="store_true",
+        help="dev/local only: believe whatever a client's Hello says about who it is",
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.set_defaults(func=_run)
 
@@ -190,7 +220,7 @@ async def _serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     api_client: Any = None
-    if args.crd or args.signing_key_secret or args.trust_configmap:
+    if args.crd or args.signing_key_secret or args.trust_configmap or args.subscriber_auth:
         api_client = await _api_client(args)
     try:
         await _serve_with(args, settings, stop, api_client)
@@ -238,7 +268,35 @@ async def _serve_with(
             "roll back bundles; give --admin-token-file (the chart always does)",
             settings.http_listen,
         )
-    dist = Distributor(settings, keys, source, status_writer=reporter.write if reporter else None)
+    authenticator: Authenticator | None = None
+    if args.subscriber_auth == "token-review":
+        authenticator = TokenReviewAuthenticator(
+            KubernetesAsyncioApi(api_client),
+            audience=args.subscriber_audience,
+            node_agent_accounts=args.node_agent_service_account,
+        )
+        log.info(
+            "subscribers authenticate with ServiceAccount tokens (TokenReview)",
+            extra={
+                "audience": args.subscriber_audience,
+                "node_agent_accounts": list(args.node_agent_service_account),
+            },
+        )
+    else:
+        log.warning(
+            "INSECURE SUBSCRIBERS: gRPC clients are not authenticated; whoever reaches %s can"
+            " subscribe under any id, take over another client's stream and approval answers"
+            " and ship audit records in its name. For a laptop or tests only; in a cluster"
+            " run with --subscriber-auth token-review (the chart does).",
+            settings.grpc_listen,
+        )
+    dist = Distributor(
+        settings,
+        keys,
+        source,
+        status_writer=reporter.write if reporter else None,
+        authenticator=authenticator,
+    )
     await dist.start()
     extras: list[asyncio.Task[None]] = []
     if reporter is not None:
@@ -263,6 +321,10 @@ async def _serve_with(
         log.error("shutdown deadline passed")
 
 
+def _loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "::1", "localhost")
+
+
 def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -279,6 +341,17 @@ def _run(args: argparse.Namespace) -> int:
     audit_store = args.audit_store or os.environ.get("PALISADE_AUDIT_STORE", "")
     if audit_store and not audit_store.startswith(("postgresql://", "postgres://")):
         log.error("--audit-store must be a postgresql:// URL")
+        return 2
+    if args.subscriber_auth and args.insecure_subscribers:
+        log.error("--subscriber-auth and --insecure-subscribers are alternatives; give one")
+        return 2
+    grpc_host = args.grpc_listen.rpartition(":")[0].strip("[]")
+    if not args.subscriber_auth and not args.insecure_subscribers and not _loopback(grpc_host):
+        log.error(
+            "gRPC on %s without subscriber authentication: give --subscriber-auth token-review"
+            " (or, for a laptop or tests, --insecure-subscribers)",
+            args.grpc_listen,
+        )
         return 2
     try:
         asyncio.run(_serve(args))

@@ -34,6 +34,7 @@ from distributor.forward import JsonLinesForwarder
 from distributor.service import Hub, generic_handler
 from distributor.sources import Snapshot
 from distributor.store import AsyncStore, Store
+from distributor.subscriber_auth import Authenticator
 from palisade.bundle import canonical_json
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Distributor:
         source: Source | None,
         *,
         status_writer: Callable[[list[SourceError], int, str], Any] | None = None,
+        authenticator: Authenticator | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not keys:
@@ -99,6 +101,7 @@ class Distributor:
             self.store = AsyncStore(Store(settings.store_path, clock=clock))
         self.hub = Hub(settings.replica_id, self.store, keys, clock=clock)
         self.hub.bind_identity = settings.bind_identity
+        self.hub.authenticator = authenticator
         if settings.audit_forward:
             self.hub.forwarder = JsonLinesForwarder(settings.audit_forward)
         self.source = source

@@ -35,6 +35,7 @@ from google.protobuf.message import DecodeError, Message
 from distributor.compiler import FULL, NODE_AGENT, SIDECAR, scope_for, scope_key
 from distributor.forward import JsonLinesForwarder
 from distributor.store import AsyncStore, AuditRow, Revision
+from distributor.subscriber_auth import Authenticator, AuthError, Peer, bearer
 from palisade.bundle import canonical_json, sign_document
 from palisade.distribution.approvals import sign_decision
 from palisade.v1 import distribution_pb2, policy_pb2
@@ -145,13 +146,23 @@ class Hub:
         self.forwarder: JsonLinesForwarder | None = None
         #: With mTLS: a client may only call itself what its certificate names.
         self.bind_identity = False
+        #: Verifies each caller's bearer token; None only in the dev mode
+        #: (``--insecure-subscribers``), where the Hello is believed.
+        self.authenticator: Authenticator | None = None
 
     # -- revisions ---------------------------------------------------------
     def set_current(self, rev: Revision) -> None:
         if self.current is not None and rev.revision <= self.current.revision:
             return
+        problem = rev.damage()
+        if problem:
+            # The store skips damaged revisions; this guards any other path: the
+            # number and the content change together or not at all.
+            log.error("revision %d not served: %s", rev.revision, problem)
+            return
+        document = json.loads(rev.document)
         self.current = rev
-        self._document = json.loads(rev.document)
+        self._document = document
         self._cache = {k: v for k, v in self._cache.items() if k[0] == rev.revision}
         log.info("serving revision", extra={"revision": rev.revision, "digest": rev.digest})
         for sub in self.subscribers.values():
@@ -178,10 +189,29 @@ class Hub:
         return cached
 
     # -- streams -----------------------------------------------------------
+    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Peer | None:
+        """The caller's verified identity; None in the dev mode. Aborts the call when refused."""
+        if self.authenticator is None:
+            return None
+        try:
+            return await self.authenticator.authenticate(bearer(context.invocation_metadata()))
+        except AuthError as exc:
+            log.warning("subscriber refused", extra={"error": str(exc), "peer": context.peer()})
+            code = (
+                grpc.StatusCode.UNAUTHENTICATED
+                if exc.unauthenticated
+                else grpc.StatusCode.PERMISSION_DENIED
+            )
+            await context.abort(code, str(exc))
+            raise  # abort raises; this keeps the types honest
+
     async def subscribe(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         first = await context.read()
         if first is grpc.aio.EOF:
             return
+        # After the first read: a call refused before the client's first message is
+        # in can end in a reset (INTERNAL) instead of the status.
+        peer = await self._authenticate(context)
         req = _parse(distribution_pb2.SubscribeRequest, first)
         if req is None or req.WhichOneof("msg") != "hello" or not req.hello.identity.id:
             await context.abort(
@@ -205,10 +235,19 @@ class Hub:
                 )
                 return
         hello = req.hello
+        identity = hello.identity
+        if peer is not None:
+            # The token says who this is; the Hello only what it holds.
+            identity = peer.identity(hello.identity)
+            if (hello.identity.id, hello.identity.server) != (identity.id, identity.server):
+                log.info(
+                    "Hello names another identity than the token; the token's is used",
+                    extra={"client": identity.id, "claimed": hello.identity.id},
+                )
         now = self.clock()
         sub = Subscriber(
-            identity=hello.identity,
-            key=key_for(hello.identity),
+            identity=identity,
+            key=key_for(identity),
             connected_at=now,
             last_seen=now,
             client_revision=hello.current_revision,
@@ -216,7 +255,7 @@ class Hub:
             revision=hello.current_revision,
             digest=hello.current_digest,
         )
-        cid = hello.identity.id
+        cid = identity.id
         previous = self.subscribers.get(cid)
         if previous is not None:
             previous.connected = False
@@ -398,11 +437,26 @@ class Hub:
     async def send_audit(
         self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
+        peer = await self._authenticate(context)
         batch = _parse(distribution_pb2.AuditBatch, request)
         if batch is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed AuditBatch")
             return b""
         default_source = batch.identity.id
+        if peer is not None:
+            # Records are stored under the authenticated source, never a claimed one.
+            default_source = peer.audit_source
+            foreign = {r.source for r in batch.records} - {"", default_source}
+            if foreign:
+                log.warning(
+                    "audit records for another source refused",
+                    extra={"client": peer.id, "sources": sorted(foreign)[:5]},
+                )
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"records must have source {default_source!r}, not {sorted(foreign)[0]!r}",
+                )
+                return b""
         rows = []
         top = 0
         for r in batch.records:

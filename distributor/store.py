@@ -10,6 +10,14 @@ with the same digest; whichever commits second finds it already there.
 
 History is append-only: a rollback inserts the old document as a new revision.
 
+Every document is verified when it is read: its sha256 must be the digest stored
+with it and it must parse. A damaged revision (a write cut short, a disk error)
+is skipped with one clear error in the log: ``latest`` returns the newest intact
+revision, a rollback to a damaged one is refused, ``history`` marks it, and its
+number is never reused (the next publication is ``max + 1``, the same content
+again when the sources still produce it). A replica therefore neither serves old
+content under a new number nor fails to start.
+
 All methods are synchronous and short; the server calls them from one worker
 thread (``AsyncStore``) so the event loop never waits on a lock.
 """
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -27,7 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from palisade.bundle import digest_of
+
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS revisions (
@@ -83,8 +96,24 @@ class Revision:
     origin: str
     author: str
 
+    def damage(self) -> str:
+        """Why the stored document cannot be served ("" when it is intact)."""
+        actual = digest_of(self.document)
+        if actual != self.digest:
+            return (
+                f"stored document ({len(self.document)} bytes) does not match its digest"
+                f" {self.digest} (it hashes to {actual})"
+            )
+        try:
+            doc = json.loads(self.document)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return f"stored document is not JSON: {exc}"
+        if not isinstance(doc, dict):
+            return "stored document is not a JSON object"
+        return ""
+
     def summary(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "revision": self.revision,
             "digest": self.digest,
             "name": self.name,
@@ -92,6 +121,10 @@ class Revision:
             "origin": self.origin,
             "author": self.author,
         }
+        problem = self.damage()
+        if problem:
+            out["damaged"] = problem
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +163,8 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        #: Damaged revisions already reported (each is logged once, not once per poll).
+        self._reported: set[int] = set()
 
     def close(self) -> None:
         self.db.close()
@@ -160,12 +195,34 @@ class Store:
             row["author"],
         )
 
+    def _check(self, rev: Revision | None) -> Revision | None:
+        """``rev`` when its document is intact; None (reported once) when it is damaged."""
+        if rev is None:
+            return None
+        problem = rev.damage()
+        if not problem:
+            return rev
+        if rev.revision not in self._reported:
+            self._reported.add(rev.revision)
+            log.error(
+                "revision %d is damaged and is skipped, never served: %s",
+                rev.revision,
+                problem,
+                extra={"revision": rev.revision, "digest": rev.digest},
+            )
+        return None
+
+    def _latest_intact(self, db: sqlite3.Connection) -> Revision | None:
+        for row in db.execute("SELECT * FROM revisions ORDER BY revision DESC"):
+            rev = self._check(self._revision(row))
+            if rev is not None:
+                return rev
+        return None
+
     def latest(self) -> Revision | None:
+        """The newest revision whose document is intact (damaged ones are skipped)."""
         with self._lock:
-            row = self.db.execute(
-                "SELECT * FROM revisions ORDER BY revision DESC LIMIT 1"
-            ).fetchone()
-        return self._revision(row)
+            return self._latest_intact(self.db)
 
     def latest_number(self) -> int:
         with self._lock:
@@ -173,11 +230,12 @@ class Store:
         return int(row[0] or 0)
 
     def get(self, revision: int) -> Revision | None:
+        """Revision ``revision`` if it exists and is intact."""
         with self._lock:
             row = self.db.execute(
                 "SELECT * FROM revisions WHERE revision=?", (revision,)
             ).fetchone()
-        return self._revision(row)
+            return self._check(self._revision(row))
 
     def history(self, limit: int = 50) -> list[Revision]:
         with self._lock:
@@ -191,18 +249,21 @@ class Store:
 
         def run(db: sqlite3.Connection) -> tuple[Revision, bool]:
             seen = db.execute("SELECT value FROM meta WHERE key='source_digest'").fetchone()
-            latest = self._revision(
-                db.execute("SELECT * FROM revisions ORDER BY revision DESC LIMIT 1").fetchone()
-            )
-            if latest is not None and (
-                (seen is not None and seen[0] == digest) or latest.digest == digest
-            ):
+            top = int(db.execute("SELECT max(revision) FROM revisions").fetchone()[0] or 0)
+            latest = self._latest_intact(db)
+            # Sources unchanged since they were last published: nothing new (a
+            # rollback stands), unless what they produced was lost to damage.
+            unchanged = (
+                seen is not None and seen[0] == digest and latest is not None
+                and latest.revision == top
+            )  # fmt: skip
+            if latest is not None and (unchanged or latest.digest == digest):
                 db.execute(
                     "INSERT OR REPLACE INTO meta(key, value) VALUES ('source_digest', ?)", (digest,)
                 )
                 return latest, False
             rev = Revision(
-                (latest.revision if latest else 0) + 1,
+                top + 1,
                 digest,
                 name,
                 document,
@@ -227,14 +288,16 @@ class Store:
             )
             if old is None:
                 raise StoreError(f"no revision {to} in history")
-            latest = self._revision(
-                db.execute("SELECT * FROM revisions ORDER BY revision DESC LIMIT 1").fetchone()
-            )
+            problem = old.damage()
+            if problem:
+                raise StoreError(f"revision {to} is damaged and cannot be published: {problem}")
+            top = int(db.execute("SELECT max(revision) FROM revisions").fetchone()[0] or 0)
+            latest = self._latest_intact(db)
             assert latest is not None
-            if latest.digest == old.digest:
+            if latest.digest == old.digest and latest.revision == top:
                 return latest, False
             rev = Revision(
-                latest.revision + 1,
+                top + 1,
                 old.digest,
                 old.name,
                 old.document,

@@ -50,6 +50,8 @@ class Options:
     """``auto`` (in-cluster when running in a pod), ``off``, or a kubeconfig path."""
     bundle: Path | None = None
     distributors: tuple[str, ...] = ()
+    distributor_token_file: Path | None = None
+    """The projected ServiceAccount token the distributor authenticates the agent by."""
     trusted_keys: tuple[Path, ...] = ()
     """Public key PEM files (several keys each) or directories of ``*.pem``; re-read while
     running, so a key published after the agent started is taken up without a restart."""
@@ -281,6 +283,7 @@ def _distribution_link(
         state_dir=opts.state_dir / "distribution",
         trusted=trust.load(),
         heartbeat_interval_s=opts.heartbeat_interval_s,
+        token_file=opts.distributor_token_file,
     )
 
     def make(keys: TrustedKeys) -> DistributionClient:

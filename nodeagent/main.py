@@ -62,6 +62,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="distributor gRPC address host:port (repeatable)",
     )
     run.add_argument(
+        "--distributor-token-file",
+        type=Path,
+        default=_env("DISTRIBUTOR_TOKEN_FILE", "") or None,
+        help="bearer token for the distributor (a projected ServiceAccount token), re-read on"
+        " every connect",
+    )
+    run.add_argument(
         "--trusted-key",
         type=Path,
         action="append",
@@ -143,6 +150,7 @@ def _run(ns: argparse.Namespace) -> int:
         kube=ns.kube,
         bundle=ns.bundle,
         distributors=tuple(ns.distributor),
+        distributor_token_file=ns.distributor_token_file,
         trusted_keys=tuple(ns.trusted_key),
         trusted_key_poll_s=ns.trusted_key_poll,
         state_dir=ns.state_dir,

@@ -46,6 +46,7 @@ from sidecar.intake import BundleIntake
 from sidecar.metrics import SidecarMetrics
 from sidecar.policy import PolicyHolder, PolicySnapshot
 from sidecar.quarantine import config as quarantine_config
+from sidecar.sessions import SessionBook
 from sidecar.settings import DistributorSettings, Limits, SidecarSettings
 from sidecar.upstream import Upstream
 
@@ -213,6 +214,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     a("--distributor-cert", default=_env("distributor-cert"), help="client certificate (mTLS)")
     a("--distributor-key", default=_env("distributor-key"), help="client key (mTLS)")
     a("--distributor-server-name", default=_env("distributor-server-name", ""))
+    a(
+        "--distributor-token-file",
+        default=_env("distributor-token-file"),
+        help="bearer token for the distributor (the projected ServiceAccount token the"
+        " injector mounts), re-read on every connect",
+    )
     a("--client-id", default=_env("client-id"), help="id in the fleet (default: the pod UID)")
     a("--pod-name", default=_env("pod-name", ""), help="this pod (downward API)")
     a("--pod-namespace", default=_env("pod-namespace", ""), help="its namespace")
@@ -296,6 +303,7 @@ def distributor_from(ns: argparse.Namespace, port: int) -> DistributorSettings |
         tls_cert_file=Path(ns.distributor_cert) if ns.distributor_cert else None,
         tls_key_file=Path(ns.distributor_key) if ns.distributor_key else None,
         tls_server_name=ns.distributor_server_name,
+        token_file=Path(ns.distributor_token_file) if ns.distributor_token_file else None,
     )
 
 
@@ -391,6 +399,14 @@ def credentials_from(ns: argparse.Namespace) -> FileCredential | VaultCredential
         )
     except ValueError as exc:
         raise SystemExit(f"palisade sidecar: bad Vault settings: {exc}") from None
+
+
+def _sessions_store(s: SidecarSettings) -> Path | None:
+    state = s.state_dir or (s.distributor.state_dir if s.distributor is not None else None)
+    if state is None:
+        return None
+    state.mkdir(parents=True, exist_ok=True)
+    return state / "sessions.json"
 
 
 def _pem_file(spec: str | None, state_dir: Path, name: str) -> Path | None:
@@ -541,6 +557,8 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
             metrics=metrics,
             outputs=outputs,
             approvals=link.approvals if link is not None else None,
+            # session bindings outlive a restart (the sessions live on upstream)
+            sessions=SessionBook(store=_sessions_store(s)),
         )
         runner = web.AppRunner(
             build_app(
@@ -593,6 +611,7 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
 
                 await stop_server(grpc_server[0], grpc_server[1], min(5.0, s.shutdown_grace_s))
             await runner.cleanup()
+            await core.outcomes_written()  # the last calls' outcomes reach the log
             if credentials is not None and not isinstance(credentials, FileCredential):
                 await credentials.aclose()
             await outputs.close()

@@ -63,6 +63,9 @@ class DistributorSettings:
     tls_key_file: Path | None = None
     #: Expected name in the distributor's certificate when it differs from the host.
     tls_server_name: str = ""
+    #: Bearer token for the distributor (the pod's projected ServiceAccount token with
+    #: the distributor's audience), read again on every connect; None: none sent.
+    token_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

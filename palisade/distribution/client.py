@@ -102,6 +102,23 @@ class ClientSettings:
     tls_key_file: Path | None = None
     tls_server_name: str = ""
     """Expected name in the distributor's certificate when it differs from the target host."""
+    token_file: Path | None = None
+    """Bearer token sent to the distributor (the projected ServiceAccount token the
+    kubelet rotates); read again on every connect. None: no token (dev mode)."""
+
+    def token_metadata(self) -> tuple[tuple[str, str], ...]:
+        """``authorization`` metadata with the token as the file holds it now."""
+        if self.token_file is None:
+            return ()
+        try:
+            token = self.token_file.read_text().strip()
+        except OSError as exc:
+            log.warning(
+                "distributor token unreadable",
+                extra={"file": str(self.token_file), "error": type(exc).__name__},
+            )
+            return ()
+        return (("authorization", f"Bearer {token}"),) if token else ()
 
     def channel(self, target: str) -> grpc.aio.Channel:
         if self.tls_ca_file is None:
@@ -152,6 +169,7 @@ class DistributionClient:
         self.connects = 0
         self._channel: grpc.aio.Channel | None = None
         self._call: Any = None
+        self._metadata: tuple[tuple[str, str], ...] = ()
         self._write_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -286,9 +304,19 @@ class DistributionClient:
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
-                log.info(
+                refused = exc.code() in (
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                )
+                # A refusal says why (no token, wrong audience, not an MCP server pod).
+                log.log(
+                    logging.WARNING if refused else logging.INFO,
                     "distributor stream ended",
-                    extra={"target": self.target, "code": exc.code().name},
+                    extra={
+                        "target": self.target,
+                        "code": exc.code().name,
+                        "details": exc.details() if refused else "",
+                    },
                 )
             except Exception:
                 log.exception("distributor stream failed", extra={"target": self.target})
@@ -304,7 +332,9 @@ class DistributionClient:
 
     async def _session(self, channel: grpc.aio.Channel) -> bool:
         stub = distribution_pb2_grpc.DistributionServiceStub(channel)  # type: ignore[no-untyped-call]
-        call = stub.Subscribe()
+        # Read on every connect: the kubelet replaces the projected token before it expires.
+        self._metadata = self.settings.token_metadata()
+        call = stub.Subscribe(metadata=self._metadata)
         self._call = call
         hello = distribution_pb2.Hello(identity=self.identity)
         if self.active is not None:
@@ -419,7 +449,9 @@ class DistributionClient:
             raise ConnectionError("not connected to a distributor")
         stub = distribution_pb2_grpc.DistributionServiceStub(channel)  # type: ignore[no-untyped-call]
         batch = distribution_pb2.AuditBatch(identity=self.identity, records=records)
-        ack = await stub.SendAudit(batch, timeout=self.settings.rpc_timeout_s)
+        ack = await stub.SendAudit(
+            batch, timeout=self.settings.rpc_timeout_s, metadata=self._metadata
+        )
         top = max(r.seq for r in records)
         if ack.stored_through_seq < top:
             raise ConnectionError(f"distributor stored through {ack.stored_through_seq} < {top}")

@@ -58,6 +58,7 @@ class SidecarFleet:
                 tls_cert_file=settings.tls_cert_file,
                 tls_key_file=settings.tls_key_file,
                 tls_server_name=settings.tls_server_name,
+                token_file=settings.token_file,
             ),
             identity_of(settings, server),
             self.activate,

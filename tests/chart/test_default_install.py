@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import subprocess
 import sys
 import urllib.request
@@ -208,14 +209,43 @@ class NodeAgent:
                 self.proc.kill()
 
 
-def _node_agent(tmp: Path, name: str, trusted: Path, target: str) -> NodeAgent:
+def _pod_token(
+    kube: ControlPlane, ns: str, sa: str, pod: str, *, node: str, labels: dict[str, str]
+) -> str:
+    """A pod in the API (no kubelet runs it) and the token the kubelet would project into
+    it for the distributor's audience, as the injector and the DaemonSet ask for."""
+    made = kube.request(
+        "POST",
+        f"/api/v1/namespaces/{ns}/pods",
+        {
+            "metadata": {"name": pod, "labels": labels},
+            "spec": {
+                "serviceAccountName": sa,
+                "nodeName": node,
+                "automountServiceAccountToken": False,
+                "containers": [{"name": "c", "image": "example.invalid/x:1"}],
+            },
+        },
+    )
+    ref = {"kind": "Pod", "apiVersion": "v1", "name": pod, "uid": made["metadata"]["uid"]}
+    spec = {"audiences": ["palisade-distributor"], "boundObjectRef": ref}
+    out = kube.request(
+        "POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token", {"spec": spec}
+    )
+    return str(out["status"]["token"])
+
+
+def _node_agent(tmp: Path, name: str, trusted: Path, target: str, token: str) -> NodeAgent:
     """`palisade nodeagent run` with the chart's --trusted-key mount path layout, no GPU."""
     port = free_port()
     log = tmp / f"{name}.log"
+    token_file = tmp / f"{name}.token"
+    token_file.write_text(token)
     cmd = [
         sys.executable, "-m", "palisade.cli.main", "nodeagent", "run",
         "--node", name, "--backend", "none", "--kube", "off",
         "--distributor", target, "--trusted-key", str(trusted),
+        "--distributor-token-file", str(token_file),
         "--state-dir", str(tmp / name), "--listen", f"127.0.0.1:{port}",
         "--heartbeat-interval", "0.5",
     ]  # fmt: skip
@@ -265,6 +295,9 @@ class TestTheDefaultInstall:
             ("list", "policybundles.palisade.dev", "-A"),
             ("watch", "policybundles.palisade.dev", "-A"),
             ("patch", "policybundles.palisade.dev", "--subresource=status", "-n", TEAM_NS),
+            # subscriber authentication: review a token, read the one pod it is bound to
+            ("create", "tokenreviews.authentication.k8s.io"),
+            ("get", "pods", "-n", TEAM_NS),
         ]
         denied = [
             ("create", "secrets", "-n", NS),
@@ -275,7 +308,8 @@ class TestTheDefaultInstall:
             ("create", "configmaps", "-n", NS),
             ("get", "configmaps/other", "-n", NS),
             ("update", "policybundles.palisade.dev", "-n", TEAM_NS),
-            ("get", "pods", "-A"),
+            ("list", "pods", "-A"),
+            ("watch", "pods", "-A"),
         ]
         assert [a for a in allowed if not _can(kube, DIST, *a)] == []
         assert [d for d in denied if _can(kube, DIST, *d)] == []
@@ -318,6 +352,18 @@ class TestTheDefaultInstall:
             client, rec = make_client(
                 install.tmp, "payments-sidecar", [replica.target], TrustedKeys([public])
             )
+            # The chart's distributor authenticates subscribers: the sidecar's pod token.
+            token = _pod_token(
+                kube,
+                TEAM_NS,
+                "default",
+                "payments-mcp",
+                node="node-1",
+                labels={"palisade.dev/mcp-server": "kubernetes-mcp"},
+            )
+            token_file = install.tmp / "payments-sidecar.token"
+            token_file.write_text(token)
+            client.settings = dataclasses.replace(client.settings, token_file=token_file)
             await client.start()
             try:
                 await eventually(lambda: bool(rec.activated), 20, "a verified bundle")
@@ -353,8 +399,17 @@ class TestTheDefaultInstall:
                 install.tmp / "trusted-full", {"keys.pem": _published(kube)}
             )
             empty = _kubelet_configmap_dir(install.tmp / "trusted-empty", {})
-            with_key = _node_agent(install.tmp, "node-with-key", mounted, replica.target)
-            no_key = _node_agent(install.tmp, "node-no-key", empty, replica.target)
+            agent_sa = f"{FULL}-nodeagent"
+            tokens = {
+                n: _pod_token(kube, NS, agent_sa, f"agent-{n}", node=n, labels={})
+                for n in ("node-with-key", "node-no-key")
+            }
+            with_key = _node_agent(
+                install.tmp, "node-with-key", mounted, replica.target, tokens["node-with-key"]
+            )
+            no_key = _node_agent(
+                install.tmp, "node-no-key", empty, replica.target, tokens["node-no-key"]
+            )
             try:
                 await eventually(lambda: _acks(with_key.status()) >= 1, 30, "the node agent's ACK")
                 await eventually(no_key.healthy, 30, "the keyless node agent healthy")

@@ -10,7 +10,7 @@ import pytest
 from distributor.compiler import CompileError, compile_bundle, scope_for, scope_key
 from distributor.fleet import GONE, LIVE, STALE, liveness
 from distributor.store import Store, StoreError
-from palisade.bundle import canonical_json, from_document
+from palisade.bundle import canonical_json, digest_of, from_document
 from tests.distributor.helpers import bundle_yaml
 
 EXTRA = """\
@@ -85,38 +85,45 @@ class TestScope:
         assert [r["id"] for r in spec["rules"]] == ["slack"]
 
 
+def _doc(n: int) -> tuple[str, bytes]:
+    """A stored document and its digest (the store verifies one against the other)."""
+    data = canonical_json({"n": n})
+    return digest_of(data), data
+
+
 class TestStore:
     def test_two_replicas_publishing_the_same_content_agree_on_one_revision(
         self, tmp_path: Path
     ) -> None:
         a, b = Store(tmp_path / "s.db"), Store(tmp_path / "s.db")
-        r1, new1 = a.publish("sha256:1", "p", b"{}")
-        r2, new2 = b.publish("sha256:1", "p", b"{}")
+        r1, new1 = a.publish(_doc(1)[0], "p", _doc(1)[1])
+        r2, new2 = b.publish(_doc(1)[0], "p", _doc(1)[1])
         assert (r1.revision, new1) == (1, True)
         assert (r2.revision, new2) == (1, False)
-        r3, _ = b.publish("sha256:2", "p", b"{}")
-        r4, new4 = a.publish("sha256:2", "p", b"{}")
+        r3, _ = b.publish(_doc(2)[0], "p", _doc(2)[1])
+        r4, new4 = a.publish(_doc(2)[0], "p", _doc(2)[1])
         assert r3.revision == r4.revision == 2 and not new4
 
     def test_a_rollback_is_a_new_revision_that_sources_do_not_undo(self, tmp_path: Path) -> None:
         s = Store(tmp_path / "s.db")
-        s.publish("sha256:1", "p", b"one")
-        s.publish("sha256:2", "p", b"two")
+        (d1, one), (d2, two) = _doc(1), _doc(2)
+        s.publish(d1, "p", one)
+        s.publish(d2, "p", two)
         rev, new = s.rollback(1, "bob")
         assert (rev.revision, rev.digest, rev.document, rev.origin, new) == (
             3,
-            "sha256:1",
-            b"one",
+            d1,
+            one,
             "rollback:1",
             True,
         )
-        again, new = s.publish("sha256:2", "p", b"two")  # sources unchanged
+        again, new = s.publish(d2, "p", two)  # sources unchanged
         assert again.revision == 3 and not new
         assert [r.revision for r in s.history()] == [3, 2, 1]
 
     def test_rolling_back_to_an_unknown_revision_is_refused(self, tmp_path: Path) -> None:
         s = Store(tmp_path / "s.db")
-        s.publish("sha256:1", "p", b"one")
+        s.publish(_doc(1)[0], "p", _doc(1)[1])
         with pytest.raises(StoreError):
             s.rollback(5, "bob")
 

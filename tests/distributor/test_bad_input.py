@@ -83,6 +83,8 @@ def test_the_distributor_refuses_to_start_without_a_usable_signing_key(tmp_path:
         str(tmp_path / "s.db"),
         "--signing-key",
         str(bad),
+        "--grpc-listen",
+        "127.0.0.1:0",
     )
     assert out.returncode == 1 and "distributor failed" in out.stderr
     assert "not a key" not in out.stderr, "key material never echoed"

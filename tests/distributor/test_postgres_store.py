@@ -32,6 +32,7 @@ from distributor.store_postgres import (
     open_store,
     redacted,
 )
+from palisade.bundle import digest_of
 from palisade.v1 import audit_pb2, policy_pb2
 from tests.distributor.conftest import Fleet
 from tests.distributor.helpers import acli, ahttp, cli, eventually, make_client
@@ -262,7 +263,7 @@ class TestThePostgresStore:
         try:
             assert isinstance(s, SplitStore)
             s.add_audit([row(1), row(2)])
-            rev, new = s.publish("d1", "payments", b"doc")
+            rev, new = s.publish(digest_of(b"{}"), "payments", b"{}")
             assert new and s.latest() == rev
         finally:
             s.close()
