@@ -8,10 +8,12 @@ Layers, bottom first (images/definition.py says which image stacks which):
     deps      images/requirements.lock in /usr/lib/python3/dist-packages
     examples  examples/mcp_servers in /app/examples/mcp_servers
     app       the project's wheel, and /usr/local/bin/palisade
+    kube-mcp  the kubernetes-mcp-server binary (cached by scripts/setup) and its config
 
 Each layer's mtimes come from one epoch: the base's from its Release file, the deps'
 from the last commit of the lock file, the examples' from that of examples/mcp_servers,
-the app's and the image's ``created`` from SOURCE_DATE_EPOCH (default: the commit
+the kube-mcp layer's from that of its pins (the setup step and the config), the app's
+and the image's ``created`` from SOURCE_DATE_EPOCH (default: the commit
 time of HEAD); each is clamped to SOURCE_DATE_EPOCH. Output under ``--out``:
 ``oci/`` (one OCI layout with every image, blobs shared), ``<name>-<version>.oci.tar``
 per image (for ``ctr -n k8s.io images import``) and ``build.json`` (what is printed).
@@ -84,11 +86,18 @@ def path_epoch(repo: Path, paths: Sequence[str], ceiling: int) -> int:
     return min(int(committed), ceiling) if committed else ceiling
 
 
+KUBE_MCP_SOURCES = (
+    "scripts/setup.d/52-kubernetes-mcp-server.sh",
+    definition.KUBE_MCP_CONFIG_SOURCE,
+)
+"""What the kube-mcp layer follows: the pinned version and integrity, and the config."""
+
 IMAGE_SOURCES = (
     *pylayers.WHEEL_SOURCES,
     definition.LOCK_FILE,
     "examples/mcp_servers",
     "images/files",
+    *KUBE_MCP_SOURCES,
 )
 
 
@@ -209,6 +218,12 @@ def build(
             epoch,
             lambda stage: pylayers.app_layer(stage, repo, base.rootfs, epoch),
         )
+        layer(
+            "kube-mcp",
+            f"copy kubernetes-mcp-server {definition.KUBE_MCP_VERSION}",
+            path_epoch(repo, list(KUBE_MCP_SOURCES), epoch),
+            lambda stage: pylayers.kube_mcp_layer(stage, repo, default_cache(env).parent),
+        )
 
     entries = []
     report: dict[str, Any] = {"version": version, "source_date_epoch": epoch, "images": []}
@@ -273,6 +288,8 @@ def run_smoke(out: Path, report: Mapping[str, Any]) -> None:
             root = smoke.unpack_image(layout, image["digest"], Path(tmp) / "rootfs")
             if name == definition.PALISADE.name:
                 checks = smoke.check_palisade(root)
+            elif name == definition.KUBE_MCP.name:
+                checks = smoke.check_kube_mcp(root)
             else:
                 checks = smoke.check_example_mcp(root)
             for line in checks:

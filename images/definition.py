@@ -111,4 +111,29 @@ EXAMPLE_MCP = ImageSpec(
     exposed_ports=("8081/tcp",),
 )
 
-IMAGES = (PALISADE, EXAMPLE_MCP)
+KUBE_MCP_VERSION = "0.0.67"
+"""kubernetes-mcp-server (github.com/containers/kubernetes-mcp-server, Apache-2.0):
+the npm package kubernetes-mcp-server-linux-amd64 at this version, pinned with its
+integrity by scripts/setup.d/52-kubernetes-mcp-server.sh, which caches the binary
+(tests/kube_mcp checks the two pins agree)."""
+
+KUBE_MCP_BINARY = "/usr/local/bin/kubernetes-mcp-server"
+KUBE_MCP_CONFIG_SOURCE = "images/files/kubernetes-mcp-server.toml"
+KUBE_MCP_CONFIG = "/etc/kubernetes-mcp-server/config.toml"
+"""``require_oauth`` with passthrough: a bearer token on every request, never the
+server's own credentials (docs/credentials.md)."""
+KUBE_MCP_TOOLSETS = "core,config,helm"
+"""The toolsets the example bundle registers (helm for ``helm_install``)."""
+
+KUBE_MCP = ImageSpec(
+    name="palisade-kubernetes-mcp",
+    # base + its own layer: no Python needed, but the base is shared with the others
+    layers=("kube-mcp",),
+    entrypoint=(KUBE_MCP_BINARY, "--config", KUBE_MCP_CONFIG),
+    # loopback only: the sidecar in the same pod is the way in
+    cmd=("--port", "8080", "--bind-address", "127.0.0.1", "--toolsets", KUBE_MCP_TOOLSETS),
+    description=f"kubernetes-mcp-server {KUBE_MCP_VERSION}, for the Palisade sidecar",
+    exposed_ports=("8080/tcp",),
+)
+
+IMAGES = (PALISADE, EXAMPLE_MCP, KUBE_MCP)

@@ -5,6 +5,8 @@
   interpreter only), byte-compiled by the image's own python3;
 - ``examples``: examples/mcp_servers under ``/app/examples/mcp_servers``;
 - ``app``: the project's wheel installed the same way, and ``/usr/local/bin/palisade``.
+- ``kube-mcp``: the cached kubernetes-mcp-server binary and its config (not Python,
+  but a layer above the same base all the same).
 
 pip leaves traces of the build machine that are removed here: console scripts whose
 shebang names the build interpreter (``bin/``) and ``direct_url.json`` (the path of
@@ -162,3 +164,26 @@ def app_layer(stage: Path, repo: Path, base_rootfs: Path, epoch: int) -> None:
     shutil.copyfile(repo / "images/files/palisade", script)
     script.chmod(0o755)
     (stage / definition.WORKDIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
+
+
+def kube_mcp_binary(cache_root: Path) -> Path:
+    """The kubernetes-mcp-server binary scripts/setup.d/52-kubernetes-mcp-server.sh cached."""
+    path = cache_root / "npm" / f"kubernetes-mcp-server-{definition.KUBE_MCP_VERSION}"
+    binary = path / "kubernetes-mcp-server"
+    if not os.access(binary, os.X_OK):
+        raise SystemExit(
+            f"kubernetes-mcp-server {definition.KUBE_MCP_VERSION} is not at {binary}: run "
+            "make setup (scripts/setup.d/52-kubernetes-mcp-server.sh)"
+        )
+    return binary
+
+
+def kube_mcp_layer(stage: Path, repo: Path, cache_root: Path) -> None:
+    """The server's binary (0755) and its config (passthrough of the sidecar's token)."""
+    binary = stage / definition.KUBE_MCP_BINARY.lstrip("/")
+    binary.parent.mkdir(parents=True)
+    shutil.copyfile(kube_mcp_binary(cache_root), binary)
+    binary.chmod(0o755)
+    config = stage / definition.KUBE_MCP_CONFIG.lstrip("/")
+    config.parent.mkdir(parents=True)
+    shutil.copyfile(repo / definition.KUBE_MCP_CONFIG_SOURCE, config)

@@ -4,7 +4,10 @@ as the image's user, what a pod would run.
 - ``palisade``: ``palisade --help``; the daemons' entry modules and the compiled
   dependencies import; ``iptables -V`` (the init container's tool);
 - ``palisade-example-mcp``: the example server listens on 0.0.0.0:<port> through
-  the image's own entrypoint and answers an MCP ``initialize``.
+  the image's own entrypoint and answers an MCP ``initialize``;
+- ``palisade-kubernetes-mcp``: ``--version`` is the pinned one; the image's own
+  entrypoint and config (with a kubeconfig naming no credential) refuse an
+  ``initialize`` without a bearer token (401) and answer one that carries one.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -62,6 +66,93 @@ INITIALIZE = {
         "clientInfo": {"name": "palisade-images-smoke", "version": "0"},
     },
 }
+
+
+def _initialize(port: int, headers: dict[str, str], timeout: float) -> tuple[int, str]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/mcp",
+        data=json.dumps(INITIALIZE).encode(),
+        headers={
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+            **headers,
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+#: A kubeconfig naming a cluster and no credential (tools/list needs no cluster).
+NO_CREDENTIAL_KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+contexts: [{name: c, context: {cluster: c, user: nobody}}]
+current-context: c
+users: [{name: nobody, user: {}}]
+"""
+
+
+def check_kube_mcp(rootfs: Path, timeout: float = 60.0) -> list[str]:
+    """``--version``, then the entrypoint on a free port: 401 without a token, 200 with."""
+    user = definition.USER
+    version = run_in_root(rootfs, [definition.KUBE_MCP_BINARY, "--version"], userspec=user)
+    if version.stdout.strip() != f"v{definition.KUBE_MCP_VERSION}":
+        raise RuntimeError(f"kubernetes-mcp-server --version printed {version.stdout!r}")
+    done = [f"kubernetes-mcp-server --version: {version.stdout.strip()}"]
+    inside = "/home/nonroot/smoke-kubeconfig"
+    kubeconfig = rootfs / inside.lstrip("/")
+    kubeconfig.write_text(NO_CREDENTIAL_KUBECONFIG)
+    kubeconfig.chmod(0o644)
+    port = _free_port()
+    cmd = list(definition.KUBE_MCP.cmd)
+    cmd[cmd.index("--port") + 1] = str(port)
+    argv = [*definition.KUBE_MCP.entrypoint, *cmd, "--kubeconfig", inside]
+    proc = subprocess.Popen(
+        root_command(rootfs, argv, userspec=user),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_listening(proc, port, timeout)
+        status, body = _initialize(port, {}, timeout)
+        if status != 401:
+            raise RuntimeError(f"an initialize without a token got {status}: {body[:300]}")
+        status, body = _initialize(port, {"Authorization": "Bearer smoke"}, timeout)
+        if status != 200 or '"serverInfo"' not in body:
+            raise RuntimeError(f"an initialize with a token got {status}: {body[:300]}")
+    finally:
+        _stop(proc)
+        kubeconfig.unlink()
+    done.append(f"{' '.join(argv[:3])} ...: 401 without a bearer token, initialize ok with one")
+    return done
+
+
+def _wait_listening(proc: subprocess.Popen[str], port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited:\n{proc.communicate()[0]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def check_example_mcp(rootfs: Path, timeout: float = 60.0) -> list[str]:

@@ -61,7 +61,11 @@ def runs(stage: str) -> str:
 
 
 def image_stages() -> dict[str, str]:
-    return {definition.PALISADE.name: "palisade", definition.EXAMPLE_MCP.name: "example-mcp"}
+    return {
+        definition.PALISADE.name: "palisade",
+        definition.EXAMPLE_MCP.name: "example-mcp",
+        definition.KUBE_MCP.name: "kubernetes-mcp",
+    }
 
 
 class TestTheDockerfileStatesTheDefinition:
@@ -109,11 +113,14 @@ class TestTheDockerfileStatesTheDefinition:
         assert ("COPY", f"images/files/palisade {definition.ENTRY_SCRIPT}") in STAGES["palisade"]
 
     def test_both_images_carry_the_examples_where_the_definition_puts_them(self) -> None:
-        for stage in image_stages().values():
-            assert ("COPY", f"examples/mcp_servers {definition.EXAMPLES_DIR}") in STAGES[stage]
+        for spec in definition.IMAGES:
+            stage = STAGES[image_stages()[spec.name]]
+            copied = ("COPY", f"examples/mcp_servers {definition.EXAMPLES_DIR}") in stage
+            assert copied == ("examples" in spec.layers)
 
     def test_the_layers_stack_in_the_definitions_order(self) -> None:
         sources = {"deps": "--from=deps /out/ /", "app": "--from=app /out/ /"}
+        sources["kube-mcp"] = "--from=kube-mcp /out/ /"
         sources["examples"] = f"examples/mcp_servers {definition.EXAMPLES_DIR}"
         for spec in definition.IMAGES:
             copies = [a for i, a in STAGES[image_stages()[spec.name]] if i == "COPY"]

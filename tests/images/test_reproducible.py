@@ -322,8 +322,11 @@ class TestTwoBuildsAgree:
         first, second = two_builds
         for a, b in zip(first["images"], second["images"], strict=True):
             assert Path(a["tarball"]).read_bytes() == Path(b["tarball"]).read_bytes()
-        palisade, example = ([la["digest"] for la in image["layers"]] for image in first["images"])
+        palisade, example, kube_mcp = (
+            [la["digest"] for la in image["layers"]] for image in first["images"]
+        )
         assert palisade[:3] == example  # base, deps, examples
+        assert kube_mcp[:1] == palisade[:1] and len(kube_mcp) == 2  # base, kube-mcp
 
     def test_the_palisade_image_runs_as_its_user(
         self, two_builds: list[dict[str, Any]], tmp_path: Path
@@ -345,6 +348,18 @@ class TestTwoBuildsAgree:
         image = report["images"][1]
         root = smoke.unpack_image(Path(report["out"]) / "oci", image["digest"], tmp_path / "r")
         assert smoke.check_example_mcp(root)
+
+    def test_the_kubernetes_mcp_image_answers_only_requests_that_carry_a_token(
+        self, two_builds: list[dict[str, Any]], tmp_path: Path
+    ) -> None:
+        report = two_builds[0]
+        image = report["images"][2]
+        assert image["ref"].startswith(f"{definition.KUBE_MCP.name}:")
+        root = smoke.unpack_image(Path(report["out"]) / "oci", image["digest"], tmp_path / "r")
+        binary = root / definition.KUBE_MCP_BINARY.lstrip("/")
+        assert binary.stat().st_mode & 0o777 == 0o755
+        checks = smoke.check_kube_mcp(root)
+        assert checks[0] == f"kubernetes-mcp-server --version: v{definition.KUBE_MCP_VERSION}"
 
     def test_the_layout_index_names_both_images(self, two_builds: list[dict[str, Any]]) -> None:
         report = two_builds[0]

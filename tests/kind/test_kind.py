@@ -105,7 +105,7 @@ class TestClusterConfigAndImages:
             if line.startswith("COPY ") and "--from" not in line:
                 for src in line.split()[1:-1]:
                     assert (REPO / src).exists(), src
-        assert lines.count("USER 65532:65532") == 2
+        assert lines.count("USER 65532:65532") == 3  # palisade, the example server, the real one
         assert 'ENTRYPOINT ["palisade"]' in lines
         dep = next(o for o in render() if o["kind"] == "Deployment")
         assert dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 65532

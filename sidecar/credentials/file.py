@@ -1,19 +1,10 @@
-"""The upstream credential the sidecar sends in place of the client's token.
+"""An upstream credential read from a file, typically a key of a mounted Kubernetes Secret.
 
-The client's ``Authorization`` (and ``Proxy-Authorization``) header is *always*
-removed before a request goes upstream: the agent's token is for the sidecar
-(audience = this server) and must never reach the MCP server. When the upstream
-needs a credential of its own, a :class:`CredentialSource` supplies it.
-
-:class:`FileCredential` reads it from a file, typically a key of a mounted
-Kubernetes Secret. The kubelet updates such mounts by swapping a symlink, so the
-file's identity (inode, size, mtime) is checked at most every ``check_interval_s``
-and the value re-read when it changed; the hot path is a clock read. A missing,
-empty or oversized file fails closed with :class:`CredentialUnavailable`: the
-proxy must answer an error rather than forward without the credential.
-
-Vault / OpenBao (KV v2 via hvac) is the other source, in
-:mod:`sidecar.credentials_vault`.
+The kubelet updates such mounts by swapping a symlink, so the file's identity
+(inode, size, mtime) is checked at most every ``check_interval_s`` and the value
+re-read when it changed; the hot path is a clock read. A missing, empty or
+oversized file fails closed with :class:`CredentialUnavailable`: the proxy must
+answer an error rather than forward without the credential.
 """
 
 from __future__ import annotations
@@ -21,36 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
-log = logging.getLogger(__name__)
+from sidecar.credentials.base import MAX_CREDENTIAL_BYTES, CredentialUnavailable, check_header_name
 
-#: Headers that carry the client's own credentials; never forwarded upstream.
-CLIENT_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization"})
-
-MAX_CREDENTIAL_BYTES = 64 * 1024
-
-
-class CredentialUnavailable(Exception):
-    """The upstream credential cannot be read; the call must not be forwarded."""
-
-
-class CredentialSource(Protocol):
-    """Gives the header to add to upstream requests, or None for no credential."""
-
-    async def header(self) -> tuple[str, str] | None: ...
-
-
-class NoCredential:
-    """The upstream needs no credential (the client's is still stripped)."""
-
-    async def header(self) -> tuple[str, str] | None:
-        return None
-
-    async def __call__(self) -> dict[str, str]:
-        return {}
+log = logging.getLogger("sidecar.credentials")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +39,8 @@ class FileCredential:
         check_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not header or any(c in header for c in " :\r\n"):
-            raise ValueError(f"not a valid header name: {header!r}")
         self.path = path
-        self._header = header
+        self._header = check_header_name(header)
         self._scheme = scheme
         self._interval = check_interval_s
         self._clock = clock
@@ -91,6 +56,12 @@ class FileCredential:
     async def __call__(self) -> dict[str, str]:
         """The headers to add, as :class:`sidecar.upstream.Upstream` takes them."""
         return {self._header: self.current()}
+
+    async def start(self) -> None:
+        """Nothing runs in the background: the file is checked on use."""
+
+    async def aclose(self) -> None:
+        return None
 
     def current(self) -> str:
         """The header value; re-reads the file when its identity changed."""
@@ -137,23 +108,3 @@ class FileCredential:
             log.error("upstream credential unusable", extra={"path": self.path, "why": why})
         self._value = None
         self._stamp = None
-
-
-def strip_client_credentials(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The client's headers without any that carry its own credentials."""
-    return [(k, v) for k, v in headers if k.lower() not in CLIENT_CREDENTIAL_HEADERS]
-
-
-async def upstream_headers(
-    client_headers: Mapping[str, str] | Iterable[tuple[str, str]],
-    source: CredentialSource,
-) -> list[tuple[str, str]]:
-    """Client headers minus its credentials, plus the upstream credential (if any)."""
-    pairs = client_headers.items() if isinstance(client_headers, Mapping) else client_headers
-    out = strip_client_credentials(pairs)
-    added = await source.header()
-    if added is not None:
-        name = added[0].lower()
-        out = [(k, v) for k, v in out if k.lower() != name]
-        out.append(added)
-    return out
