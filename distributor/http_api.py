@@ -6,9 +6,17 @@ Routes (all JSON; a bearer token is required when the replica has one):
 - ``GET  /v1/fleet?kind=sidecar|node&all=1``: clients with live/stale/gone state
 - ``GET  /v1/bundles``: history with rollout counts, and the last source error
 - ``POST /v1/bundles/rollback`` ``{"to": N, "by": "..."}``: re-publish N as a new revision
-- ``GET  /v1/approvals?status=pending``
-- ``POST /v1/approvals/{id}`` ``{"decision": "approve"|"deny", "by": "...", "comment": "..."}``
+- ``GET  /v1/approvals?status=pending``: the admin token, or a person's token allowed to
+  ``list`` approvals
+- ``POST /v1/approvals/{id}`` ``{"decision": "approve"|"deny", "comment": "..."}``: the
+  person's own token (distributor/approvers.py), never the admin token; ``by`` is
+  read only by a replica in ``--insecure-approvers`` mode
 - ``GET  /v1/audit?agent=&tool=&decision=&source=&since=&until=&limit=``
+- ``GET  /v1/audit/keys?source=``: audit keys registered per source (kept forever)
+- ``GET  /v1/audit/chains``: the verified chains stored (source, chain, seqs)
+- ``GET  /v1/audit/chain?source=&chain=&after=&limit=``: one chain's records as the
+  writer wrote them (for ``palisade audit verify --distributor``)
+- ``GET  /v1/audit/intake``: records stored, already stored, refused by reason
 
 Domain errors (``StoreError``) become 404/409 here and nowhere else; a
 malformed body is a 400 with the reason.
@@ -24,8 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from distributor.approvers import Approver, ApproverError
 from distributor.fleet import fleet_view, rollout
 from distributor.store import AuditRow, StoreError
+from palisade.audit.proto import from_proto
+from palisade.v1 import audit_pb2
 
 if TYPE_CHECKING:
     from distributor.server import Distributor
@@ -40,12 +51,25 @@ def _dist(request: web.Request) -> Distributor:
     return request.app[DIST_KEY]  # type: ignore[return-value]
 
 
+def _bearer(request: web.Request) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _is_admin_token(request: web.Request) -> bool:
+    token = _dist(request).settings.admin_token
+    return bool(token) and hmac.compare_digest(_bearer(request).encode(), token.encode())
+
+
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    token = _dist(request).settings.admin_token
-    if token and request.path.startswith("/v1/"):
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    dist = _dist(request)
+    token = dist.settings.admin_token
+    request["admin"] = not token or _is_admin_token(request)
+    if token and request.path.startswith("/v1/") and not request["admin"]:
+        # The approval routes take a person's own token instead (unless in dev mode).
+        person = request.path.startswith("/v1/approvals") and not dist.approvers.admin_token_gates
+        if not person:
             return web.json_response({"error": "unauthorized"}, status=401)
     return await handler(request)
 
@@ -134,8 +158,32 @@ async def rollback(request: web.Request) -> web.Response:
 
 async def approvals(request: web.Request) -> web.Response:
     dist = _dist(request)
+    if not request["admin"]:
+        try:
+            person = await _person(request, "")
+            await dist.approvers.authorize(person, "list", "")
+        except ApproverError as exc:
+            return _error(exc.status, str(exc))
     rows = await dist.store.call(dist.store.store.approvals, request.query.get("status"))
     return web.json_response({"approvals": rows})
+
+
+async def _person(request: web.Request, claimed: str) -> Approver:
+    """Who sent the request, from their own bearer token (never the admin token)."""
+    dist = _dist(request)
+    if not dist.approvers.admin_token_gates and _is_admin_token(request):
+        raise ApproverError(
+            "the shared admin token cannot answer approvals: send your own Kubernetes token", 401
+        )
+    return await dist.approvers.authenticate(_bearer(request), claimed)
+
+
+async def _namespace_of(dist: Distributor, row: dict[str, Any]) -> str:
+    """The namespace of the pod that asked (its live stream's, else its fleet row's)."""
+    sub = dist.hub.subscribers.get(row["client_id"])
+    if sub is not None:
+        return str(sub.identity.namespace or "")
+    return str(row.get("namespace") or "")
 
 
 async def decide(request: web.Request) -> web.Response:
@@ -144,17 +192,28 @@ async def decide(request: web.Request) -> web.Response:
     decision = body.get("decision")
     if decision not in ("approve", "deny"):
         return _error(400, "'decision' must be approve or deny")
-    by = str(body.get("by") or "")
-    if not by:
-        return _error(400, "'by' (who decides) is required")
     comment = str(body.get("comment") or "")
     approval_id = request.match_info["id"]
+    store = dist.store.store
+    try:
+        person = await _person(request, str(body.get("by") or ""))
+        found = await dist.store.call(store.approval, approval_id)
+        if found is None:
+            return _error(404, f"no approval {approval_id!r}")
+        namespace = await _namespace_of(dist, found)
+        await dist.approvers.authorize(person, str(decision), namespace, approval_id)
+    except ApproverError as exc:
+        log.info(
+            "approval answer refused",
+            extra={"approval": approval_id, "status": exc.status, "error": str(exc)},
+        )
+        return _error(exc.status, str(exc))
     try:
         row = await dist.store.call(
-            dist.store.store.decide_approval,
+            store.decide_approval,
             approval_id,
             decision == "approve",
-            by,
+            person.record(),
             comment,
             dist.settings.approval_window_s,
         )
@@ -164,11 +223,21 @@ async def decide(request: web.Request) -> web.Response:
     await _audit_admin(
         dist,
         "approval",
-        by,
+        person.username,
         {
             "approval_id": approval_id,
             "decision": row["status"],
+            "vote": decision,
             "comment": comment,
+            "approver": person.record(),
+            # every person who has approved so far, as the cluster named them
+            "approvers": [
+                {k: v[k] for k in ("username", "uid", "groups", "authenticated")}
+                for v in row["votes"]
+                if v["approve"]
+            ],
+            "required": row["required"],
+            "namespace": namespace,
             "agent": row["agent"],
             "tool": row["tool"],
             "call_digest": row["call_digest"],
@@ -177,7 +246,19 @@ async def decide(request: web.Request) -> web.Response:
         tool=row["tool"] or "",
         server=row["server"] or "",
     )
-    await dist.hub.deliver_approvals()
+    log.info(
+        "approval answered",
+        extra={
+            "approval": approval_id,
+            "by": person.username,
+            "vote": decision,
+            "status": row["status"],
+            "approvers": row["approvers"],
+            "required": row["required"],
+        },
+    )
+    if row["status"] != "pending":
+        await dist.hub.deliver_approvals()
     return web.json_response({"approval": row})
 
 
@@ -245,6 +326,45 @@ async def audit(request: web.Request) -> web.Response:
     return web.json_response({"records": rows, "count": len(rows)})
 
 
+async def audit_keys(request: web.Request) -> web.Response:
+    dist = _dist(request)
+    rows = await dist.store.call(dist.store.store.audit_keys, request.query.get("source", ""))
+    return web.json_response({"keys": rows})
+
+
+async def audit_chains(request: web.Request) -> web.Response:
+    dist = _dist(request)
+    return web.json_response({"chains": await dist.store.call(dist.store.store.audit_chains)})
+
+
+async def audit_chain(request: web.Request) -> web.Response:
+    dist = _dist(request)
+    q = request.query
+    source = q.get("source", "")
+    if not source:
+        return _error(400, "'source' is required")
+    try:
+        chain = int(q.get("chain", "1"))
+        after = int(q.get("after", "0"))
+        limit = max(1, min(int(q.get("limit", "1000")), 10_000))
+    except ValueError as exc:
+        return _error(400, f"bad query: {exc}")
+    blobs = await dist.store.call(dist.store.store.audit_chain, source, chain, after, limit)
+    records = [from_proto(audit_pb2.AuditRecord.FromString(b)) for b in blobs]
+    return web.json_response({"source": source, "chain": chain, "records": records})
+
+
+async def audit_intake(request: web.Request) -> web.Response:
+    hub = _dist(request).hub
+    return web.json_response(
+        {
+            "stored": hub.audit_stored,
+            "already_stored": hub.audit_already_stored,
+            "refused": dict(hub.audit_refused),
+        }
+    )
+
+
 def make_app(dist: Distributor) -> web.Application:
     app = web.Application(middlewares=[_auth], client_max_size=1 << 20)
     app[DIST_KEY] = dist
@@ -256,4 +376,8 @@ def make_app(dist: Distributor) -> web.Application:
     app.router.add_get("/v1/approvals", approvals)
     app.router.add_post("/v1/approvals/{id}", decide)
     app.router.add_get("/v1/audit", audit)
+    app.router.add_get("/v1/audit/keys", audit_keys)
+    app.router.add_get("/v1/audit/chains", audit_chains)
+    app.router.add_get("/v1/audit/chain", audit_chain)
+    app.router.add_get("/v1/audit/intake", audit_intake)
     return app

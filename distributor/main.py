@@ -24,6 +24,12 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from distributor.approvers import (
+    Approvers,
+    DevApprovers,
+    KubernetesApprovers,
+    KubernetesAsyncioReviews,
+)
 from distributor.server import Distributor, Settings, Source
 from distributor.signing_keys import SigningKeyError
 from distributor.sources import FileSource
@@ -143,6 +149,19 @@ def register(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="dev/local only: believe whatever a client's Hello says about who it is",
     )
+    parser.add_argument(
+        "--approver-audience",
+        action="append",
+        default=[],
+        metavar="AUD",
+        help="audience approvers' tokens must carry (repeatable; default: the API server's)",
+    )
+    parser.add_argument(
+        "--insecure-approvers",
+        action="store_true",
+        help="dev/local only: believe the 'by' of an approval answer (behind the admin token"
+        " when there is one) instead of verifying the person's token",
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.set_defaults(func=_run)
 
@@ -195,6 +214,44 @@ async def _api_client(args: argparse.Namespace) -> Any:
     return client.ApiClient()
 
 
+async def _optional_api_client(args: argparse.Namespace) -> Any:
+    """The Kubernetes API for approvers only: None (approvals refused) outside a cluster."""
+    from kubernetes_asyncio.config import ConfigException
+
+    try:
+        return await _api_client(args)
+    except (ConfigException, OSError) as exc:
+        log.warning(
+            "no Kubernetes API (%s): approval answers will be refused, as approvers cannot be"
+            " authenticated; give --kubeconfig, run in a cluster, or on a laptop"
+            " --insecure-approvers",
+            exc,
+        )
+        return None
+
+
+def approvers_from(args: argparse.Namespace, api_client: Any) -> Approvers | None:
+    """Who may answer approvals (None: nobody; the replica refuses every answer)."""
+    if args.insecure_approvers:
+        log.warning(
+            "INSECURE APPROVERS: approval answers name whoever their 'by' says; anyone holding"
+            " the admin token (or anyone at all without one) can approve held calls as anybody."
+            " For a laptop or tests only; in a cluster approvers send their own token"
+            " (TokenReview + SubjectAccessReview), the default."
+        )
+        return DevApprovers()
+    if api_client is None:
+        return None
+    log.info(
+        "approvers authenticate with their own Kubernetes tokens (TokenReview) and need"
+        " the approve/deny verbs on approvals.palisade.dev (SubjectAccessReview)",
+        extra={"audiences": list(args.approver_audience)},
+    )
+    return KubernetesApprovers(
+        KubernetesAsyncioReviews(api_client), audiences=args.approver_audience
+    )
+
+
 async def _until_stopped(stop: asyncio.Event, work: Any) -> Any:
     """``await work``, or None as soon as ``stop`` is set (the work is cancelled)."""
     task = asyncio.ensure_future(work)
@@ -222,6 +279,8 @@ async def _serve(args: argparse.Namespace) -> None:
     api_client: Any = None
     if args.crd or args.signing_key_secret or args.trust_configmap or args.subscriber_auth:
         api_client = await _api_client(args)
+    elif not args.insecure_approvers:
+        api_client = await _optional_api_client(args)
     try:
         await _serve_with(args, settings, stop, api_client)
     finally:
@@ -296,6 +355,7 @@ async def _serve_with(
         source,
         status_writer=reporter.write if reporter else None,
         authenticator=authenticator,
+        approvers=approvers_from(args, api_client),
     )
     await dist.start()
     extras: list[asyncio.Task[None]] = []

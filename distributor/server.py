@@ -29,6 +29,7 @@ import grpc
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from distributor.approvers import Approvers, NoApprovers
 from distributor.compiler import CompileError, SourceError, compile_bundle
 from distributor.forward import JsonLinesForwarder
 from distributor.service import Hub, generic_handler
@@ -85,12 +86,18 @@ class Distributor:
         *,
         status_writer: Callable[[list[SourceError], int, str], Any] | None = None,
         authenticator: Authenticator | None = None,
+        approvers: Approvers | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not keys:
             raise ValueError("at least one signing key is required")
         self.settings = settings
         self.clock = clock
+        #: Who may answer approval requests (distributor/approvers.py); fail closed.
+        self.approvers: Approvers = approvers or NoApprovers(
+            "this replica cannot authenticate approvers: give it a Kubernetes API"
+            " (in-cluster, or --kubeconfig), or --insecure-approvers on a laptop"
+        )
         if settings.audit_store:
             from distributor.store_postgres import open_store
 

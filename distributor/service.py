@@ -34,8 +34,11 @@ from google.protobuf.message import DecodeError, Message
 
 from distributor.compiler import FULL, NODE_AGENT, SIDECAR, scope_for, scope_key
 from distributor.forward import JsonLinesForwarder
-from distributor.store import AsyncStore, AuditRow, Revision
+from distributor.store import AsyncStore, AuditRow, Revision, StoreError
 from distributor.subscriber_auth import Authenticator, AuthError, Peer, bearer
+from palisade.audit import intake
+from palisade.audit.keys import verify_registration
+from palisade.audit.proto import from_proto
 from palisade.bundle import canonical_json, sign_document
 from palisade.distribution.approvals import sign_decision
 from palisade.v1 import distribution_pb2, policy_pb2
@@ -149,6 +152,10 @@ class Hub:
         #: Verifies each caller's bearer token; None only in the dev mode
         #: (``--insecure-subscribers``), where the Hello is believed.
         self.authenticator: Authenticator | None = None
+        #: Audit intake since start: records stored, already stored, refused by reason.
+        self.audit_stored = 0
+        self.audit_already_stored = 0
+        self.audit_refused: collections.Counter[str] = collections.Counter()
 
     # -- revisions ---------------------------------------------------------
     def set_current(self, rev: Revision) -> None:
@@ -384,6 +391,7 @@ class Hub:
             "call_digest": ar.call_digest,
             "request": ar.SerializeToString(),
             "arguments": json_format.MessageToDict(ar.call.arguments),
+            "required": ar.approvers or 1,
         }
         try:
             await self.store.call(self.store.store.add_approval, row)
@@ -423,6 +431,7 @@ class Hub:
                 by=d["by"],
                 comment=d["comment"],
                 call_digest=d["call_digest"],
+                approvers=d["approvers"] if d["status"] == "approved" else [d["by"]],
             )
             if d["expires"]:
                 dec.expires.FromNanoseconds(int(d["expires"] * 1e9))
@@ -434,6 +443,68 @@ class Hub:
             await self.store.call(self.store.store.mark_delivered, d["id"])
 
     # -- audit intake --------------------------------------------------------
+    def _audit_source(
+        self,
+        peer: Peer | None,
+        identity: distribution_pb2.ClientIdentity,
+        claimed: Iterable[str],
+    ) -> tuple[str, str]:
+        """(source, problem): the caller's audit source, and why ``claimed`` sources are
+        not its own ("" when they are). Without authentication the claim is believed."""
+        wanted = {c for c in claimed if c}
+        if peer is not None:
+            source = peer.audit_source
+            foreign = wanted - {source}
+            if foreign:
+                return source, f"records must have source {source!r}, not {sorted(foreign)[0]!r}"
+            return source, ""
+        if len(wanted) > 1:
+            return "", "one source per call"
+        return (next(iter(wanted)) if wanted else identity.id), ""
+
+    async def register_audit_key(
+        self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> bytes:
+        peer = await self._authenticate(context)
+        req = _parse(distribution_pb2.RegisterAuditKeyRequest, request)
+        if req is None or not req.keys:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no audit key to register")
+            return b""
+        source, problem = self._audit_source(peer, req.identity, (k.source for k in req.keys))
+        client = peer.id if peer is not None else req.identity.id
+        if problem or not source:
+            log.warning(
+                "audit key for another source refused", extra={"client": client, "error": problem}
+            )
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem or "no source")
+            return b""
+        for k in req.keys:
+            if not verify_registration(k.key_id, k.source or source, k.proof):
+                log.warning(
+                    "audit key without proof refused", extra={"client": client, "key": k.key_id}
+                )
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"key {k.key_id[:60]}: the proof is not a signature by that key for"
+                    f" source {source!r}",
+                )
+                return b""
+        try:
+            kids = await self.store.call(
+                self.store.store.register_audit_keys, source, [k.key_id for k in req.keys], client
+            )
+        except StoreError as exc:
+            log.warning("audit key refused", extra={"client": client, "error": str(exc)})
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            return b""
+        except Exception:
+            log.exception("cannot store audit key", extra={"client": client})
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "audit store unavailable; retry")
+            return b""
+        log.info("audit key registered", extra={"source": source, "keys": len(kids)})
+        resp = distribution_pb2.RegisterAuditKeyResponse(source=source, key_ids=kids)
+        return bytes(resp.SerializeToString())
+
     async def send_audit(
         self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
@@ -442,57 +513,85 @@ class Hub:
         if batch is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed AuditBatch")
             return b""
-        default_source = batch.identity.id
-        if peer is not None:
-            # Records are stored under the authenticated source, never a claimed one.
-            default_source = peer.audit_source
-            foreign = {r.source for r in batch.records} - {"", default_source}
-            if foreign:
-                log.warning(
-                    "audit records for another source refused",
-                    extra={"client": peer.id, "sources": sorted(foreign)[:5]},
-                )
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"records must have source {default_source!r}, not {sorted(foreign)[0]!r}",
-                )
-                return b""
-        rows = []
-        top = 0
+        # Records are stored under the authenticated source, never a claimed one.
+        source, problem = self._audit_source(
+            peer, batch.identity, (r.source for r in batch.records)
+        )
+        if problem:
+            log.warning(
+                "audit records for another source refused",
+                extra={"client": peer.id if peer else batch.identity.id, "error": problem},
+            )
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
+            return b""
+        candidates = []
         for r in batch.records:
-            top = max(top, r.seq)
             doc = json_format.MessageToDict(r, preserving_proto_field_name=True)
             doc.pop("signature", None)
-            rows.append(
-                AuditRow(
-                    source=r.source or default_source,
-                    seq=r.seq,
-                    hash=r.hash,
-                    time=r.time.ToNanoseconds() / 1e9 if r.HasField("time") else self.clock(),
-                    kind=r.kind or "decision",
-                    agent=r.agent,
-                    tenant=r.tenant,
-                    server=r.server,
-                    tool=r.tool,
-                    decision=_decision_name(r.decision),
-                    rule_id=r.rule_id,
-                    record=r.SerializeToString(),
-                    json=json.dumps(doc, sort_keys=True),
-                )
+            row = AuditRow(
+                source=source,
+                seq=r.seq,
+                hash=r.hash,
+                time=r.time.ToNanoseconds() / 1e9 if r.HasField("time") else self.clock(),
+                kind=r.kind or "decision",
+                agent=r.agent,
+                tenant=r.tenant,
+                server=r.server,
+                tool=r.tool,
+                decision=_decision_name(r.decision),
+                rule_id=r.rule_id,
+                record=r.SerializeToString(),
+                json=json.dumps(doc, sort_keys=True),
             )
+            candidates.append((from_proto(r), row))
         try:
-            new = await self.store.call(self.store.store.add_audit, rows)
+            result = await self.store.call(self.store.store.admit_audit, source, candidates)
         except Exception:
-            log.exception("cannot store audit batch", extra={"client": default_source})
+            log.exception("cannot store audit batch", extra={"client": source})
             await context.abort(grpc.StatusCode.UNAVAILABLE, "audit store unavailable; retry")
             return b""
-        if self.forwarder is not None and new:
+        verdict = result.verdict
+        self.audit_stored += len(result.new)
+        self.audit_already_stored += len(verdict.duplicates)
+        ack = distribution_pb2.AuditBatchAck(
+            stored_count=verdict.stored_count, already_stored=len(verdict.duplicates)
+        )
+        if verdict.stored_count:
+            ack.stored_through_seq = batch.records[verdict.stored_count - 1].seq
+        if verdict.duplicates:
+            log.info(
+                "audit records already stored, not stored again",
+                extra={"source": source, "records": len(verdict.duplicates)},
+            )
+        refused = verdict.refused
+        if refused is not None:
+            self.audit_refused[refused.reason] += 1
+            ack.refused.seq = refused.seq
+            ack.refused.hash = refused.hash
+            ack.refused.reason = _REFUSAL_CODES[refused.reason]
+            ack.refused.message = refused.message
+            log.warning(
+                "audit record refused",
+                extra={
+                    "source": source,
+                    "seq": refused.seq,
+                    "reason": refused.reason,
+                    "error": refused.message,
+                    "held_back": len(batch.records) - verdict.stored_count,
+                },
+            )
+        if self.forwarder is not None and result.new:
             try:
-                await self.forwarder.forward(new)
+                await self.forwarder.forward(result.new)
             except Exception:  # stored already: forwarding trouble must not fail the client
-                log.exception("cannot forward audit records", extra={"client": default_source})
-        ack = distribution_pb2.AuditBatchAck(stored_through_seq=top)
+                log.exception("cannot forward audit records", extra={"client": source})
         return bytes(ack.SerializeToString())
+
+
+_REFUSAL_CODES = {
+    reason: distribution_pb2.AuditRefusalReason.Value("AUDIT_REFUSAL_" + reason.upper())
+    for reason in intake.REASONS
+}
 
 
 M = TypeVar("M", bound=Message)
@@ -530,6 +629,9 @@ def generic_handler(hub: Hub) -> grpc.GenericRpcHandler:
         ),
         "SendAudit": grpc.unary_unary_rpc_method_handler(
             hub.send_audit, request_deserializer=_identity, response_serializer=_identity
+        ),
+        "RegisterAuditKey": grpc.unary_unary_rpc_method_handler(
+            hub.register_audit_key, request_deserializer=_identity, response_serializer=_identity
         ),
     }
     return grpc.method_handlers_generic_handler(SERVICE, dict(handlers))

@@ -25,17 +25,20 @@ thread (``AsyncStore``) so the event loop never waits on a lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from palisade.audit import intake
 from palisade.bundle import digest_of
 
 T = TypeVar("T")
@@ -78,7 +81,28 @@ CREATE TABLE IF NOT EXISTS audit (
   PRIMARY KEY (source, seq, hash)
 );
 CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
+CREATE TABLE IF NOT EXISTS audit_keys (
+  key_id TEXT PRIMARY KEY, source TEXT NOT NULL, client TEXT NOT NULL DEFAULT '',
+  registered REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_keys_source ON audit_keys (source);
+CREATE TABLE IF NOT EXISTS audit_heads (
+  source TEXT PRIMARY KEY, chain INTEGER NOT NULL, seq INTEGER NOT NULL, hash TEXT NOT NULL,
+  updated REAL NOT NULL
+);
 CREATE INDEX IF NOT EXISTS approvals_undelivered ON approvals (delivered, status);
+"""
+
+
+#: One row per person's answer to an approval request (the approvals part of the
+#: store; ``approvals.required`` is added to stores made before it existed).
+APPROVAL_VOTES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS approval_votes (
+  approval_id TEXT NOT NULL, username TEXT NOT NULL, uid TEXT NOT NULL DEFAULT '',
+  groups TEXT NOT NULL DEFAULT '[]', authenticated INTEGER NOT NULL DEFAULT 1,
+  approve INTEGER NOT NULL, comment TEXT NOT NULL DEFAULT '', at REAL NOT NULL,
+  PRIMARY KEY (approval_id, username)
+);
 """
 
 
@@ -142,13 +166,41 @@ class AuditRow:
     rule_id: str
     record: bytes
     json: str
+    #: which of the source's chains (1, 2, ... a writer that lost its log starts the next)
+    chain: int = 1
 
     def columns(self, received: float) -> tuple[Any, ...]:
         """Values in the audit table's column order (both stores insert these)."""
         return (
             self.source, self.seq, self.hash, self.time, self.kind, self.agent, self.tenant,
             self.server, self.tool, self.decision, self.rule_id, self.record, self.json, received,
+            self.chain,
         )  # fmt: skip
+
+
+#: A shipped record as the writer wrote it (``palisade.audit.proto.from_proto``) and its row.
+AuditCandidate = tuple[Mapping[str, Any], AuditRow]
+
+
+def admit_rows(
+    batch: Sequence[AuditCandidate],
+    *,
+    head: intake.Head | None,
+    registered: Collection[str],
+    stored: Collection[str],
+) -> tuple[intake.Admission, list[AuditRow]]:
+    """The verifier's verdict on one source's batch and the rows to insert (both stores)."""
+    verdict = intake.admit([c[0] for c in batch], head=head, registered=registered, stored=stored)
+    rows = [dataclasses.replace(batch[i][1], chain=chain) for i, chain in verdict.accepted]
+    return verdict, rows
+
+
+@dataclass
+class AuditIntake:
+    """What ``admit_audit`` did with a batch."""
+
+    verdict: intake.Admission
+    new: list[AuditRow]
 
 
 class Store:
@@ -163,6 +215,8 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self._approvals_schema()
+        self._audit_schema()
         #: Damaged revisions already reported (each is logged once, not once per poll).
         self._reported: set[int] = set()
 
@@ -382,14 +436,23 @@ class Store:
         return out
 
     # -- approvals ---------------------------------------------------------
+    def _approvals_schema(self) -> None:
+        self.db.executescript(APPROVAL_VOTES_SCHEMA)
+        columns = {r["name"] for r in self.db.execute("PRAGMA table_info(approvals)")}
+        if "required" not in columns:
+            with contextlib.suppress(sqlite3.OperationalError):  # another replica was first
+                self.db.execute(
+                    "ALTER TABLE approvals ADD COLUMN required INTEGER NOT NULL DEFAULT 1"
+                )
+
     def add_approval(self, row: Mapping[str, Any]) -> bool:
         """Store a new pending request; False when that id is already known (a decided
         one is then delivered again to the client that asked)."""
         with self._lock:
             cur = self.db.execute(
                 "INSERT OR IGNORE INTO approvals(id, client_id, created, agent, server, tool,"
-                " tenant, rule_id, reason, call_digest, request, arguments)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " tenant, rule_id, reason, call_digest, request, arguments, required)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     row["id"],
                     row["client_id"],
@@ -403,6 +466,7 @@ class Store:
                     row["call_digest"],
                     row["request"],
                     json.dumps(row["arguments"]),
+                    max(int(row.get("required") or 1), 1),
                 ),
             )
             if cur.rowcount == 1:
@@ -417,38 +481,97 @@ class Store:
             return False
 
     def decide_approval(
-        self, approval_id: str, approved: bool, by: str, comment: str, window_s: float
+        self,
+        approval_id: str,
+        approved: bool,
+        approver: Mapping[str, Any],
+        comment: str,
+        window_s: float,
     ) -> dict[str, Any]:
+        """Record one person's answer; returns the request as it now stands.
+
+        ``approver`` is who answered (``username``, ``uid``, ``groups``,
+        ``authenticated``). A denial by anyone denies. An approval counts once per
+        person; the request is approved when ``required`` distinct people have
+        approved, and stays pending until then. The same person again is refused.
+        """
+        username = str(approver["username"])
+
         def run(db: sqlite3.Connection) -> dict[str, Any]:
             row = db.execute("SELECT * FROM approvals WHERE id=?", (approval_id,)).fetchone()
             if row is None:
                 raise StoreError(f"no approval {approval_id!r}")
             if row["status"] != "pending":
                 raise StoreError(f"approval {approval_id!r} is already {row['status']}")
+            required = max(int(row["required"] or 1), 1)
+            earlier = db.execute(
+                "SELECT 1 FROM approval_votes WHERE approval_id=? AND username=?",
+                (approval_id, username),
+            ).fetchone()
+            if earlier is not None and approved:
+                have = self._votes(db, approval_id)
+                raise StoreError(
+                    f"{username} has already approved {approval_id!r}; it needs"
+                    f" {required - len(have)} more approval(s) by other people"
+                )
             now = self.clock()
             db.execute(
-                "UPDATE approvals SET status=?, by=?, comment=?, decided_at=?, expires=?"
-                " WHERE id=?",
+                "INSERT OR REPLACE INTO approval_votes(approval_id, username, uid, groups,"
+                " authenticated, approve, comment, at) VALUES (?,?,?,?,?,?,?,?)",
                 (
-                    "approved" if approved else "denied",
-                    by,
+                    approval_id,
+                    username,
+                    str(approver.get("uid") or ""),
+                    json.dumps(list(approver.get("groups") or ())),
+                    1 if approver.get("authenticated", True) else 0,
+                    1 if approved else 0,
                     comment,
                     now,
-                    now + window_s if approved else now,
-                    approval_id,
                 ),
             )
+            yes = [v["username"] for v in self._votes(db, approval_id) if v["approve"]]
+            if not approved:
+                status, by, expires = "denied", username, now
+            elif len(yes) >= required:
+                status, by, expires = "approved", ", ".join(yes), now + window_s
+            else:
+                status, by, expires = "pending", "", None
+            if status != "pending":
+                db.execute(
+                    "UPDATE approvals SET status=?, by=?, comment=?, decided_at=?, expires=?"
+                    " WHERE id=?",
+                    (status, by, comment, now, expires, approval_id),
+                )
             out = db.execute("SELECT * FROM approvals WHERE id=?", (approval_id,)).fetchone()
-            return self._approval(out)
+            return self._approval(out, db)
 
         return self._tx(run)
 
     @staticmethod
-    def _approval(row: sqlite3.Row) -> dict[str, Any]:
+    def _votes(db: sqlite3.Connection, approval_id: str) -> list[dict[str, Any]]:
+        rows = db.execute(
+            "SELECT * FROM approval_votes WHERE approval_id=? ORDER BY at, username",
+            (approval_id,),
+        ).fetchall()
+        out = []
+        for r in rows:
+            v = dict(r)
+            v.pop("approval_id")
+            v["groups"] = json.loads(v["groups"])
+            v["approve"] = bool(v["approve"])
+            v["authenticated"] = bool(v["authenticated"])
+            out.append(v)
+        return out
+
+    def _approval(self, row: sqlite3.Row, db: sqlite3.Connection | None = None) -> dict[str, Any]:
         d = dict(row)
         d.pop("request", None)
         d["arguments"] = json.loads(d["arguments"])
         d["delivered"] = bool(d["delivered"])
+        d["required"] = max(int(d.get("required") or 1), 1)
+        d["votes"] = self._votes(db or self.db, d["id"])
+        #: who approved, distinct, in order (what the sidecar is told)
+        d["approvers"] = [v["username"] for v in d["votes"] if v["approve"]]
         return d
 
     def approvals(self, status: str | None = None) -> list[dict[str, Any]]:
@@ -459,7 +582,20 @@ class Store:
             args = (status,)
         with self._lock:
             rows = self.db.execute(sql + " ORDER BY created", args).fetchall()
-        return [self._approval(r) for r in rows]
+            return [self._approval(r) for r in rows]
+
+    def approval(self, approval_id: str) -> dict[str, Any] | None:
+        """One request with its votes and the namespace of the client that asked."""
+        with self._lock:
+            row = self.db.execute("SELECT * FROM approvals WHERE id=?", (approval_id,)).fetchone()
+            if row is None:
+                return None
+            out = self._approval(row)
+            client = self.db.execute(
+                "SELECT namespace FROM clients WHERE id=?", (out["client_id"],)
+            ).fetchone()
+        out["namespace"] = str(client["namespace"] or "") if client is not None else ""
+        return out
 
     def undelivered_decisions(self) -> list[dict[str, Any]]:
         """Decided approvals not yet handed to their sidecar (a small set, any replica's)."""
@@ -467,31 +603,141 @@ class Store:
             rows = self.db.execute(
                 "SELECT * FROM approvals WHERE status != 'pending' AND delivered=0"
             ).fetchall()
-        return [self._approval(r) for r in rows]
+            return [self._approval(r) for r in rows]
 
     def mark_delivered(self, approval_id: str) -> None:
         with self._lock:
             self.db.execute("UPDATE approvals SET delivered=1 WHERE id=?", (approval_id,))
 
     # -- audit -------------------------------------------------------------
+    _AUDIT_INSERT = (
+        "INSERT OR IGNORE INTO audit(source, seq, hash, time, kind, agent, tenant, server,"
+        " tool, decision, rule_id, record, json, received, chain)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    )
+
+    def _audit_schema(self) -> None:
+        columns = {r["name"] for r in self.db.execute("PRAGMA table_info(audit)")}
+        if "chain" not in columns:
+            with contextlib.suppress(sqlite3.OperationalError):  # another replica was first
+                self.db.execute("ALTER TABLE audit ADD COLUMN chain INTEGER NOT NULL DEFAULT 1")
+
     def add_audit(self, rows: Sequence[AuditRow]) -> list[AuditRow]:
-        """Store idempotently; returns the rows that were new (for forwarding)."""
+        """Store idempotently, unverified (the distributor's own administrative
+        records); returns the rows that were new (for forwarding)."""
         now = self.clock()
-        sql = (
-            "INSERT OR IGNORE INTO audit(source, seq, hash, time, kind, agent, tenant, server,"
-            " tool, decision, rule_id, record, json, received)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-        )
 
         def run(db: sqlite3.Connection) -> list[AuditRow]:
             new = []
             for r in rows:
-                cur = db.execute(sql, r.columns(now))
+                cur = db.execute(self._AUDIT_INSERT, r.columns(now))
                 if cur.rowcount == 1:
                     new.append(r)
             return new
 
         return self._tx(run)
+
+    def register_audit_keys(self, source: str, key_ids: Sequence[str], client: str) -> list[str]:
+        """Register ``key_ids`` for ``source`` (kept forever); every key of the source.
+
+        A key belongs to one source: one registered for another is refused."""
+        now = self.clock()
+
+        def run(db: sqlite3.Connection) -> list[str]:
+            for kid in key_ids:
+                row = db.execute("SELECT source FROM audit_keys WHERE key_id=?", (kid,)).fetchone()
+                if row is not None and row[0] != source:
+                    raise StoreError(f"audit key {kid} is registered for another source")
+                db.execute(
+                    "INSERT OR IGNORE INTO audit_keys(key_id, source, client, registered)"
+                    " VALUES (?,?,?,?)",
+                    (kid, source, client, now),
+                )
+            rows = db.execute(
+                "SELECT key_id FROM audit_keys WHERE source=? ORDER BY registered, key_id",
+                (source,),
+            ).fetchall()
+            return [str(r[0]) for r in rows]
+
+        return self._tx(run)
+
+    def audit_keys(self, source: str = "") -> list[dict[str, Any]]:
+        sql = "SELECT key_id, source, client, registered FROM audit_keys"
+        args: tuple[Any, ...] = ()
+        if source:
+            sql += " WHERE source=?"
+            args = (source,)
+        with self._lock:
+            rows = self.db.execute(sql + " ORDER BY source, registered, key_id", args).fetchall()
+        return [dict(r) for r in rows]
+
+    def admit_audit(self, source: str, batch: Sequence[AuditCandidate]) -> AuditIntake:
+        """Verify one source's batch against its registered keys and stored chain, store
+        what passes (one transaction: replicas admitting the same source serialise)."""
+        now = self.clock()
+
+        def run(db: sqlite3.Connection) -> AuditIntake:
+            registered = {
+                str(r[0])
+                for r in db.execute("SELECT key_id FROM audit_keys WHERE source=?", (source,))
+            }
+            row = db.execute(
+                "SELECT chain, seq, hash FROM audit_heads WHERE source=?", (source,)
+            ).fetchone()
+            if row is None:  # records stored before heads were kept: continue from them
+                row = db.execute(
+                    "SELECT chain, seq, hash FROM audit WHERE source=? AND hash != ''"
+                    " ORDER BY chain DESC, seq DESC LIMIT 1",
+                    (source,),
+                ).fetchone()
+            head = intake.Head(int(row[0]), int(row[1]), str(row[2])) if row else None
+            hashes = [c[1].hash for c in batch if c[1].hash]
+            stored: set[str] = set()
+            for i in range(0, len(hashes), 500):
+                part = hashes[i : i + 500]
+                marks = ",".join("?" for _ in part)
+                stored.update(
+                    str(r[0])
+                    for r in db.execute(
+                        f"SELECT hash FROM audit WHERE source=? AND hash IN ({marks})",  # noqa: S608
+                        (source, *part),
+                    )
+                )
+            verdict, rows = admit_rows(batch, head=head, registered=registered, stored=stored)
+            new = []
+            for r in rows:
+                if db.execute(self._AUDIT_INSERT, r.columns(now)).rowcount == 1:
+                    new.append(r)
+            if verdict.head is not None and verdict.head != head:
+                h = verdict.head
+                db.execute(
+                    "INSERT OR REPLACE INTO audit_heads(source, chain, seq, hash, updated)"
+                    " VALUES (?,?,?,?,?)",
+                    (source, h.chain, h.seq, h.hash, now),
+                )
+            return AuditIntake(verdict, new)
+
+        return self._tx(run)
+
+    def audit_chains(self) -> list[dict[str, Any]]:
+        """Every verified chain stored: source, chain, records, first and last seq."""
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT source, chain, count(*) AS records, min(seq) AS first_seq,"
+                " max(seq) AS last_seq FROM audit WHERE hash != ''"
+                " GROUP BY source, chain ORDER BY source, chain"
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def audit_chain(self, source: str, chain: int, after: int, limit: int) -> list[bytes]:
+        """The records (serialized ``AuditRecord``) of one chain after seq ``after``."""
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT record FROM audit WHERE source=? AND chain=? AND seq>? AND hash != ''"
+                " ORDER BY seq LIMIT ?",
+                (source, chain, after, limit),
+            ).fetchall()
+        return [bytes(r[0]) for r in rows]
 
     def query_audit(
         self,

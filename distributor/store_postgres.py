@@ -8,6 +8,10 @@ protocol in the SQLite file. So only audit moves: ``SplitStore`` is a
 ``PostgresAuditStore``, and every caller (gRPC intake, the HTTP audit API,
 administrative records) keeps calling the same three methods.
 
+The audit key registry and the chain heads the intake verifies against
+(``register_audit_keys``, ``admit_audit``, ``audit_keys``, ``audit_chains``,
+``audit_chain``) live in PostgreSQL too, next to the records they verify.
+
 Behaviour matches the SQLite table exactly: the key is (source, seq, hash), a
 re-sent record is ignored (``ON CONFLICT DO NOTHING``) and not returned as new
 (so it is never forwarded twice), the same filters, ``ORDER BY time, source,
@@ -32,7 +36,15 @@ from typing import Any
 import psycopg
 from psycopg import conninfo
 
-from distributor.store import AuditRow, Store, StoreError
+from distributor.store import (
+    AuditCandidate,
+    AuditIntake,
+    AuditRow,
+    Store,
+    StoreError,
+    admit_rows,
+)
+from palisade.audit import intake
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS palisade_audit (
@@ -44,12 +56,23 @@ CREATE TABLE IF NOT EXISTS palisade_audit (
 );
 CREATE INDEX IF NOT EXISTS palisade_audit_time ON palisade_audit (time);
 CREATE INDEX IF NOT EXISTS palisade_audit_agent_time ON palisade_audit (agent, time);
+ALTER TABLE palisade_audit ADD COLUMN IF NOT EXISTS chain BIGINT NOT NULL DEFAULT 1;
+CREATE INDEX IF NOT EXISTS palisade_audit_source_hash ON palisade_audit (source, hash);
+CREATE TABLE IF NOT EXISTS palisade_audit_keys (
+  key_id TEXT PRIMARY KEY, source TEXT NOT NULL, client TEXT NOT NULL DEFAULT '',
+  registered DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS palisade_audit_keys_source ON palisade_audit_keys (source);
+CREATE TABLE IF NOT EXISTS palisade_audit_heads (
+  source TEXT PRIMARY KEY, chain BIGINT NOT NULL, seq BIGINT NOT NULL, hash TEXT NOT NULL,
+  updated DOUBLE PRECISION NOT NULL
+);
 """
 
 INSERT = (
     "INSERT INTO palisade_audit(source, seq, hash, time, kind, agent, tenant, server,"
-    " tool, decision, rule_id, record, json, received)"
-    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+    " tool, decision, rule_id, record, json, received, chain)"
+    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
     " ON CONFLICT DO NOTHING RETURNING 1"
 )
 
@@ -169,6 +192,133 @@ class PostgresAuditStore:
                 raise StoreError(f"audit store {self.target}: {_reason(exc)}") from None
         return [r for r, new in zip(rows, inserted, strict=True) if new]
 
+    def register_audit_keys(self, source: str, key_ids: Sequence[str], client: str) -> list[str]:
+        """As ``Store.register_audit_keys``: kept forever, one source per key."""
+        now = self.clock()
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.transaction():
+                    for kid in key_ids:
+                        conn.execute(
+                            "INSERT INTO palisade_audit_keys(key_id, source, client, registered)"
+                            " VALUES (%s,%s,%s,%s) ON CONFLICT (key_id) DO NOTHING",
+                            (kid, source, client, now),
+                        )
+                        row = conn.execute(
+                            "SELECT source FROM palisade_audit_keys WHERE key_id=%s", (kid,)
+                        ).fetchone()
+                        if row is not None and row[0] != source:
+                            raise StoreError(f"audit key {kid} is registered for another source")
+                    rows = conn.execute(
+                        "SELECT key_id FROM palisade_audit_keys WHERE source=%s"
+                        " ORDER BY registered, key_id",
+                        (source,),
+                    ).fetchall()
+            except psycopg.Error as exc:
+                raise StoreError(f"audit store {self.target}: {_reason(exc)}") from None
+        return [str(r[0]) for r in rows]
+
+    def audit_keys(self, source: str = "") -> list[dict[str, Any]]:
+        sql = "SELECT key_id, source, client, registered FROM palisade_audit_keys"
+        args: tuple[Any, ...] = ()
+        if source:
+            sql += " WHERE source=%s"
+            args = (source,)
+        with self._lock:
+            conn = self._connection()
+            try:
+                rows = conn.execute(
+                    sql + ' ORDER BY source COLLATE "C", registered, key_id', args
+                ).fetchall()
+            except psycopg.Error as exc:
+                raise StoreError(f"audit store {self.target}: {_reason(exc)}") from None
+        return [{"key_id": r[0], "source": r[1], "client": r[2], "registered": r[3]} for r in rows]
+
+    def admit_audit(self, source: str, batch: Sequence[AuditCandidate]) -> AuditIntake:
+        """As ``Store.admit_audit``; a transaction-scoped advisory lock on the source
+        serialises replicas admitting the same source."""
+        now = self.clock()
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (source,))
+                    registered = {
+                        str(r[0])
+                        for r in conn.execute(
+                            "SELECT key_id FROM palisade_audit_keys WHERE source=%s", (source,)
+                        )
+                    }
+                    row = conn.execute(
+                        "SELECT chain, seq, hash FROM palisade_audit_heads WHERE source=%s",
+                        (source,),
+                    ).fetchone()
+                    if row is None:  # records stored before heads were kept
+                        row = conn.execute(
+                            "SELECT chain, seq, hash FROM palisade_audit"
+                            " WHERE source=%s AND hash != ''"
+                            " ORDER BY chain DESC, seq DESC LIMIT 1",
+                            (source,),
+                        ).fetchone()
+                    head = intake.Head(int(row[0]), int(row[1]), str(row[2])) if row else None
+                    hashes = [c[1].hash for c in batch if c[1].hash]
+                    stored = {
+                        str(r[0])
+                        for r in conn.execute(
+                            "SELECT hash FROM palisade_audit WHERE source=%s AND hash = ANY(%s)",
+                            (source, hashes),
+                        )
+                    }
+                    verdict, rows = admit_rows(
+                        batch, head=head, registered=registered, stored=stored
+                    )
+                    new: list[AuditRow] = []
+                    for r in rows:
+                        if conn.execute(INSERT, r.columns(now)).fetchone() is not None:
+                            new.append(r)
+                    if verdict.head is not None and verdict.head != head:
+                        h = verdict.head
+                        conn.execute(
+                            "INSERT INTO palisade_audit_heads(source, chain, seq, hash, updated)"
+                            " VALUES (%s,%s,%s,%s,%s) ON CONFLICT (source) DO UPDATE SET"
+                            " chain=EXCLUDED.chain, seq=EXCLUDED.seq, hash=EXCLUDED.hash,"
+                            " updated=EXCLUDED.updated",
+                            (source, h.chain, h.seq, h.hash, now),
+                        )
+            except psycopg.Error as exc:
+                raise StoreError(f"audit store {self.target}: {_reason(exc)}") from None
+        return AuditIntake(verdict, new)
+
+    def audit_chains(self) -> list[dict[str, Any]]:
+        with self._lock:
+            conn = self._connection()
+            try:
+                rows = conn.execute(
+                    "SELECT source, chain, count(*), min(seq), max(seq) FROM palisade_audit"
+                    " WHERE hash != '' GROUP BY source, chain"
+                    ' ORDER BY source COLLATE "C", chain'
+                ).fetchall()
+            except psycopg.Error as exc:
+                raise StoreError(f"audit store {self.target}: {_reason(exc)}") from None
+        return [
+            {"source": r[0], "chain": r[1], "records": r[2], "first_seq": r[3], "last_seq": r[4]}
+            for r in rows
+        ]
+
+    def audit_chain(self, source: str, chain: int, after: int, limit: int) -> list[bytes]:
+        with self._lock:
+            conn = self._connection()
+            try:
+                rows = conn.execute(
+                    "SELECT record FROM palisade_audit WHERE source=%s AND chain=%s AND seq>%s"
+                    " AND hash != '' ORDER BY seq LIMIT %s",
+                    (source, chain, after, limit),
+                ).fetchall()
+            except psycopg.Error as exc:
+                raise StoreError(f"audit store {self.target}: {_reason(exc)}") from None
+        return [bytes(r[0]) for r in rows]
+
     def query_audit(self, **filters: Any) -> list[dict[str, Any]]:
         sql, args = audit_query_sql(**filters)
         with self._lock:
@@ -238,6 +388,21 @@ class SplitStore(Store):
 
     def audit_count(self) -> int:
         return self.audit.audit_count()
+
+    def register_audit_keys(self, source: str, key_ids: Sequence[str], client: str) -> list[str]:
+        return self.audit.register_audit_keys(source, key_ids, client)
+
+    def audit_keys(self, source: str = "") -> list[dict[str, Any]]:
+        return self.audit.audit_keys(source)
+
+    def admit_audit(self, source: str, batch: Sequence[AuditCandidate]) -> AuditIntake:
+        return self.audit.admit_audit(source, batch)
+
+    def audit_chains(self) -> list[dict[str, Any]]:
+        return self.audit.audit_chains()
+
+    def audit_chain(self, source: str, chain: int, after: int, limit: int) -> list[bytes]:
+        return self.audit.audit_chain(source, chain, after, limit)
 
 
 def open_store(

@@ -16,6 +16,9 @@ from injector.settings import SidecarSettings
 ANNOTATION_AUDIENCE = "palisade.dev/audience"
 ANNOTATION_FIREWALL = "palisade.dev/pod-firewall"
 ANNOTATION_PROTECT_PORTS = "palisade.dev/protect-ports"
+ANNOTATION_UPSTREAM_CREDENTIAL = "palisade.dev/upstream-credential"
+#: What the annotation may ask for (docs/credentials.md); absent: the chart's sidecar args.
+UPSTREAM_CREDENTIALS = ("kube-token-request",)
 #: The Pod Security admission level a namespace enforces.
 POD_SECURITY_ENFORCE = "pod-security.kubernetes.io/enforce"
 
@@ -67,6 +70,22 @@ def audience(template: str, namespace: str, server: str, annotations: Mapping[st
     if raw is None:
         return valid_audience(template.format(namespace=namespace, server=server), "the template")
     return valid_audience(str(raw).strip(), f"annotation {ANNOTATION_AUDIENCE}")
+
+
+def upstream_credential(annotations: Mapping[str, Any]) -> str:
+    """The per-server upstream credential the pod asks for ("" when it asks for none):
+    ``kube-token-request`` gives the MCP server, for each call, a short-lived token of
+    the calling agent's own ServiceAccount."""
+    raw = annotations.get(ANNOTATION_UPSTREAM_CREDENTIAL)
+    if raw is None:
+        return ""
+    value = str(raw).strip()
+    if value not in UPSTREAM_CREDENTIALS:
+        raise Unacceptable(
+            f"annotation {ANNOTATION_UPSTREAM_CREDENTIAL} is {value!r}; the sidecar knows "
+            f"{', '.join(UPSTREAM_CREDENTIALS)}"
+        )
+    return value
 
 
 def _port(text: str) -> int | None:

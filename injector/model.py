@@ -333,8 +333,22 @@ def _plan(
         firewall, firewall_state = choices.firewall(
             annotations, ns_labels, label, upstream, sidecar_port, sidecar.pod_firewall
         )
+        upstream_credential = choices.upstream_credential(annotations)
     except Unacceptable as exc:
         return Refuse(str(exc))
+    if upstream_credential and not patch.uses_kube_api(sidecar):
+        return Refuse(
+            f"pod {label}: {choices.ANNOTATION_UPSTREAM_CREDENTIAL}: {upstream_credential} needs "
+            "the sidecar's ServiceAccount token, which this injector's identity mode 'none' "
+            "does not mount"
+        )
+    if upstream_credential and spec.get("automountServiceAccountToken") is not False:
+        warnings.append(
+            f"palisade: pod {label} asks for per-agent cluster credentials but mounts its "
+            "ServiceAccount token into every container: the MCP server could read the token "
+            "that mints them; set automountServiceAccountToken: false (the sidecar gets its "
+            "own projected token)"
+        )
     probe_rewrites: tuple[ProbeRewrite, ...] = ()
     if firewall:
         probe_rewrites, probe_warnings = probes.plan(app, app_index, firewall)
@@ -418,4 +432,10 @@ def _plan(
         firewall_ports=firewall,
         probe_rewrites=probe_rewrites,
         guaranteed=shapes.guaranteed(containers, inits),
+        termination_grace_s=_grace(spec.get("terminationGracePeriodSeconds")),
+        upstream_credential=upstream_credential,
     )
+
+
+def _grace(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

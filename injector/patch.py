@@ -166,8 +166,14 @@ def sidecar_args(plan: Plan, sidecar: SidecarSettings) -> list[str]:
     ]
     if bundle_configmap(sidecar):
         args += ["--bundle", BUNDLE_SOURCE_DIR]
+    args += identity_args(plan, sidecar)
+    if plan.upstream_credential:
+        # minted with the pod's own token (its Role names the agents' accounts)
+        args += ["--upstream-credential", plan.upstream_credential]
+        args += ["--kube-api-server", IN_CLUSTER_API, "--kube-token-file", f"{KUBE_API_DIR}/token"]
+        args += ["--kube-ca-file", f"{KUBE_API_DIR}/ca.crt"]
     # Extra arguments last: a later flag wins, so the chart can override any of these.
-    return args + identity_args(plan, sidecar) + list(sidecar.extra_args)
+    return args + list(sidecar.extra_args)
 
 
 def resources(
@@ -317,6 +323,13 @@ def probe_ops(plan: Plan) -> list[PatchOp]:
     return ops
 
 
+#: What the sidecar needs between SIGTERM and SIGKILL: its default ``--shutdown-grace``
+#: (20 s) for the calls in flight, then at least 5 s to deliver the audit spool to the
+#: distributor (the pod's volumes go with it), and its own margin. The API server's
+#: default period (30 s) covers it; a shorter one the pod asks for is raised to this.
+TERMINATION_GRACE_S = 30
+
+
 def build(plan: Plan, sidecar: SidecarSettings) -> list[PatchOp]:
     """All operations for one injection, in an order valid against the received pod."""
     ops: list[PatchOp] = []
@@ -357,6 +370,9 @@ def build(plan: Plan, sidecar: SidecarSettings) -> list[PatchOp]:
         ops.append({"op": "add", "path": "/spec/initContainers", "value": first})
     if not plan.native:
         ops.append({"op": "add", "path": "/spec/containers/-", "value": container})
+    if plan.termination_grace_s is not None and plan.termination_grace_s < TERMINATION_GRACE_S:
+        path = "/spec/terminationGracePeriodSeconds"
+        ops.append({"op": "replace", "path": path, "value": TERMINATION_GRACE_S})
     ops.append(annotation_op(plan.has_annotations, ANNOTATION_STATUS, plan.status))
     return ops
 

@@ -98,6 +98,10 @@ class Plan:
     guaranteed: bool = False
     """The pod is in the Guaranteed QoS class: what is injected gets requests ==
     limits, so that it stays there."""
+    termination_grace_s: int | None = None
+    """The pod's ``terminationGracePeriodSeconds`` as received (None: not set)."""
+    upstream_credential: str = ""
+    """``palisade.dev/upstream-credential`` (``kube-token-request``), or "" for none."""
 
 
 Decision = Plan | Skip | Refuse

@@ -204,7 +204,7 @@ async def serve(opts: Options) -> int:
         cgroup_ns=ns,
     )
     agent_box.append(agent)
-    dist, trust = _distribution_link(opts, agent_box)
+    dist, trust = _distribution_link(opts, agent_box, writer)
     if dist is not None:
         enforcer.set_audit(_ShippingAudit(writer, dist))
     if initial is not None:
@@ -254,7 +254,7 @@ async def _shutdown(
 
 
 def _distribution_link(
-    opts: Options, agent_box: list[Agent]
+    opts: Options, agent_box: list[Agent], writer: Any = None
 ) -> tuple[DistributorLink | None, TrustWatcher | None]:
     """The shared distributor client (quotas in, heartbeats out) and its key watch."""
     if not opts.distributors:
@@ -284,6 +284,8 @@ def _distribution_link(
         trusted=trust.load(),
         heartbeat_interval_s=opts.heartbeat_interval_s,
         token_file=opts.distributor_token_file,
+        # the distributor stores only records signed by a key registered for this agent
+        audit_keys=(_audit_key(writer),) if writer is not None else (),
     )
 
     def make(keys: TrustedKeys) -> DistributionClient:
@@ -301,6 +303,13 @@ def _distribution_link(
         agent_box[0].link = link.view
         agent_box[0].trust = trust.document
     return link, trust
+
+
+def _audit_key(writer: Any) -> Any:
+    from palisade.v1 import distribution_pb2
+
+    kid, source, proof = writer.key_proof()
+    return distribution_pb2.AuditKey(key_id=kid, source=source, proof=proof)
 
 
 def _usable_socket(path: Path) -> bool:

@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,7 +37,15 @@ from sidecar.jsonrpc import BadMessage, Message
 from sidecar.metrics import SidecarMetrics
 from sidecar.policy import PolicyHolder
 from sidecar.quarantine import OutputGuard
-from sidecar.sessions import Pending, Session, SessionBook, SessionTaken, id_keys, owner_of
+from sidecar.sessions import (
+    Pending,
+    Session,
+    SessionBook,
+    SessionTaken,
+    id_keys,
+    owner_of,
+    tied_to,
+)
 from sidecar.settings import SidecarSettings
 from sidecar.sse import Block, Event, EventSplitter, encode_block, encode_event, parse_block
 from sidecar.upstream import Upstream
@@ -50,6 +58,23 @@ CONTENT_METHODS = frozenset({"resources/read", "prompts/get"})
 #: Methods whose answers the proxy inspects (``tools/call`` is watched per call).
 _INSPECTED = frozenset({"tools/list", "initialize", "server/discover"}) | CONTENT_METHODS
 
+
+#: Requests a server may send the client, by method, as the bundle's server entry
+#: allows them (``serverRequests``); any other but ``ping`` is refused.
+SERVER_REQUESTS = {
+    "sampling/createMessage": "sampling",
+    "elicitation/create": "elicitation",
+    "roots/list": "roots",
+}
+#: Those whose params put text before the client's model or user: refused while a
+#: call of an untrusted tool runs, whatever the bundle allows (the text would be
+#: that tool's, unquarantined).
+_TEXT_REQUESTS = frozenset({"sampling/createMessage", "elicitation/create"})
+#: ``kind`` of the audit record of a server's request.
+SERVER_REQUEST_KIND = "server_request"
+
+#: Sends one JSON-RPC message to the upstream on the stream's session (a refusal).
+Reply = Callable[[dict[str, Any]], None]
 
 _MODERN = "2026-07-28"
 _PV_META = "io.modelcontextprotocol/protocolVersion"
@@ -446,6 +471,7 @@ class ProxyCore:
                     "dev_identity": principal.dev_mode,
                 },
             )
+        meta = msg.params.get("_meta")
         pending = Pending(
             msg.method or "tools/call",
             tool=call.tool,
@@ -454,6 +480,7 @@ class ProxyCore:
             request_id=msg.id,
             call_id=call_id if verdict.allowed else "",
             owner=owner_of(principal),
+            progress_token=meta.get("progressToken") if isinstance(meta, Mapping) else None,
         )
         return verdict, pending
 
@@ -594,6 +621,11 @@ class ProxyCore:
         """Rewrite one JSON-RPC answer the proxy is watching; other answers pass unchanged."""
         result = doc.get("result")
         if pending.method == "tools/call" and self.outputs is not None and "error" in doc:
+            if pending.untrusted:
+                # its message and data are the tool's text: quarantined like a result
+                return await self.outputs.quarantine_error(
+                    doc, scope=self.outputs.scope(principal.agent, session_id), tool=pending.tool
+                )
             return self.outputs.rewrite_error(doc)
         if pending.method in CONTENT_METHODS:
             if self.outputs is not None:
@@ -652,6 +684,8 @@ class ProxyCore:
                 scope=self.outputs.scope(principal.agent, session_id),
                 tool=pending.tool,
             )
+            if pending.untrusted:  # nothing of the upstream's message but its result's facts
+                return {"jsonrpc": "2.0", "id": doc["id"], "result": new}
             return doc if new is result else {**doc, "result": new}
         if pending.method == "tools/call" and pending.untrusted:
             return {**doc, "result": gate.mark_untrusted(result)}
@@ -664,6 +698,9 @@ class ProxyCore:
         principal: Principal,
         expect: tuple[object, Pending] | None,
         response_session: str = "",
+        *,
+        reply: Reply | None = None,
+        last_event_id: str = "",
     ) -> tuple[bytes, Pending | None]:
         """What to send on for one upstream SSE block, and the request it answered.
 
@@ -675,9 +712,15 @@ class ProxyCore:
         JSON object, and messages :meth:`inspect_message` withholds keep only that.
 
         ``expect`` is the request a POST stream answers; on GET and legacy streams
-        the session's forwarded requests are matched instead.
+        the session's forwarded requests are matched instead. Event ids of a POST
+        stream are remembered for its request, so a stream resumed from one
+        (``last_event_id``) is known to be that request's.
         """
         block = parse_block(raw)
+        if block.id and expect is not None and session_id:
+            s = self.sessions.peek(session_id)
+            if s is not None:
+                s.note_event(block.id, expect[1])
         ev = block.event
         if ev is None:
             return encode_block(block), None
@@ -697,7 +740,13 @@ class ProxyCore:
             log.warning("upstream SSE message is not a JSON-RPC object; withheld")
             return quiet, None
         out, answered = await self.inspect_message(
-            doc, session_id, principal, expect, response_session
+            doc,
+            session_id,
+            principal,
+            expect,
+            response_session,
+            reply=reply,
+            last_event_id=last_event_id,
         )
         if out is None:
             return quiet, None
@@ -711,13 +760,19 @@ class ProxyCore:
         principal: Principal,
         expect: tuple[object, Pending] | None,
         response_session: str = "",
+        *,
+        reply: Reply | None = None,
+        last_event_id: str = "",
     ) -> tuple[dict[str, Any] | None, Pending | None]:
         """One upstream message as it may reach the client (None: withheld), and the
         request it answers.
 
-        A server's request or notification passes (an untrusted tool's progress and
-        log text quarantined; ``notifications/tools/list_changed`` drops the tools
-        cached for the session). An answer must match the request it answers as any
+        A server's notification passes, quarantined when it is sent under a call of
+        an untrusted tool (:meth:`untrusted_call_of`), redacted always;
+        ``notifications/tools/list_changed`` drops the tools cached for the session.
+        A server's request is decided and audited (:meth:`server_request`); a refused
+        one is withheld and answered towards the upstream with an error through
+        ``reply``. An answer must match the request it answers as any
         client would match it (:func:`sidecar.sessions.id_keys`: ``"1"``, ``1.0`` and
         ``true`` all answer ``1``): it then carries that request's id exactly and is
         rewritten when watched. An answer that matches no request, or several, and a
@@ -730,11 +785,13 @@ class ProxyCore:
                 return None, None
             if method == "notifications/tools/list_changed":
                 self.tools_changed(session_id)
+            under = self.untrusted_call_of(doc, session_id, principal, expect, last_event_id)
+            if "id" in doc:
+                return await self.server_request(doc, session_id, principal, under, reply), None
             if self.outputs is not None:
                 # secrets redacted from every server message; progress and log text
                 # of an untrusted tool is untrusted output too
-                untrusted = expect is not None and expect[1].untrusted
-                return self.outputs.rewrite_notification(doc, untrusted=untrusted), None
+                return self.outputs.rewrite_notification(doc, untrusted=under is not None), None
             return doc, None
         if "id" not in doc or ("result" in doc) == ("error" in doc):
             log.warning("upstream message is neither a request, a notification nor an answer")
@@ -751,6 +808,139 @@ class ProxyCore:
             doc = await self.rewrite_result(pending, doc, session_id, principal, response_session)
         pending.answered = True
         return doc, pending
+
+    def untrusted_call_of(
+        self,
+        doc: Mapping[str, Any],
+        session_id: str,
+        principal: Principal,
+        expect: tuple[object, Pending] | None,
+        last_event_id: str = "",
+    ) -> Pending | None:
+        """The call of an untrusted tool a server message is sent under, if any.
+
+        On that call's own POST stream, every message; on any stream, one that names
+        the call by ``progressToken`` (also under ``_meta``) or ``requestId``. On a
+        stream that is no request's own (standalone GET, legacy SSE), a message
+        naming nothing is taken to be sent under any open untrusted call of the
+        session (over-quarantine is the safe side); on a resumed stream, under the
+        request whose POST stream it resumes, or, when that is unknown, under any
+        untrusted call the session still remembers.
+        """
+        if expect is not None and expect[1].untrusted:
+            return expect[1]
+        s = self.sessions.peek(session_id) if session_id else None
+        if s is None or s.owner != owner_of(principal):
+            return None
+        origin = s.events.get(last_event_id) if last_event_id else None
+        if origin is not None and origin.untrusted:
+            return origin
+        calls = s.untrusted_calls()
+        if not calls:
+            return None
+        params = doc.get("params")
+        params = params if isinstance(params, Mapping) else {}
+        meta = params.get("_meta")
+        token = params.get("progressToken")
+        if token is None and isinstance(meta, Mapping):
+            token = meta.get("progressToken")
+        tied = tied_to(calls, token, params.get("requestId"))
+        if tied is not None or expect is not None:
+            return tied  # on a trusted request's own stream, only what names the call
+        if origin is not None:
+            return None  # the resumed stream is a trusted request's
+        if not last_event_id:  # not resumed: the open calls (resumed from where? any call)
+            calls = [p for p in calls if not (p.answered or p.expired)]
+        return calls[-1] if calls else None
+
+    def allowed_server_requests(self) -> frozenset[str]:
+        """The ``serverRequests`` of this server's entry in the active bundle."""
+        snap = self.policy.snapshot
+        bundle = getattr(snap.compiled, "bundle", None) if snap is not None else None
+        server = bundle.server(self.settings.server_name) if bundle is not None else None
+        return frozenset(server.server_requests) if server is not None else frozenset()
+
+    async def server_request(
+        self,
+        doc: dict[str, Any],
+        session_id: str,
+        principal: Principal,
+        under: Pending | None,
+        reply: Reply | None,
+    ) -> dict[str, Any] | None:
+        """A request the server sends the client: decided, audited, then passed or refused.
+
+        ``ping`` passes bare (it carries nothing). ``sampling/createMessage``,
+        ``elicitation/create`` and ``roots/list`` pass when the bundle's server entry
+        lists ``sampling``, ``elicitation``, ``roots`` in ``serverRequests``; the first
+        two never while an untrusted call runs (``under``): their text would reach
+        the client's model or user unquarantined. Any other method is refused. Each
+        decision is recorded (kind ``server_request``, ``tool`` the method) before it
+        is carried out; when that fails the request is refused. A refused request is
+        withheld and answered towards the upstream with a -32010 error (``reply``).
+        """
+        method = str(doc["method"])
+        if method == "ping":
+            return {"jsonrpc": "2.0", "id": doc["id"], "method": "ping"}
+        kind = SERVER_REQUESTS.get(method)
+        snap = self.policy.snapshot
+        if kind is None:
+            allowed, rule = False, "server-requests"
+            reason = f"{method[:100]!r} is not a request a server may send through Palisade"
+        elif under is not None and method in _TEXT_REQUESTS:
+            allowed, rule = False, "untrusted-call"
+            reason = (
+                f"sent while {under.tool}, whose output is untrusted, runs: its text would "
+                "reach the client unquarantined"
+            )
+        elif kind not in self.allowed_server_requests():
+            allowed, rule = False, "server-requests"
+            reason = f"the bundle does not let this server send {kind} requests (serverRequests)"
+        else:
+            allowed, rule = True, "server-requests"
+            reason = f"the bundle lets this server send {kind} requests"
+        details: dict[str, Any] = {}
+        if under is not None:
+            details.update({"untrusted_call": under.call_id, "during": under.tool})
+        entry = Entry(
+            agent=principal.agent,
+            tenant=principal.tenant,
+            on_behalf_of=principal.on_behalf_of,
+            server=self.settings.server_name,
+            tool=method[:200],
+            session=session_id,
+            decision="allow" if allowed else "deny",
+            rule_id=rule,
+            reason=reason,
+            bundle_revision=snap.revision if snap is not None else 0,
+            request_id=str(doc["id"])[:200],
+            dev_identity=principal.dev_mode,
+            kind=SERVER_REQUEST_KIND,
+            details=details,
+        )
+        try:
+            await self.audit.commit(entry)
+        except Exception:
+            log.exception("audit write failed; refusing the server's request")
+            allowed, reason = False, "the audit log cannot be written; refused (fail closed)"
+        if not allowed:
+            log.info(
+                "server request refused",
+                extra={"method": method[:200], "rule": rule, "session": session_id},
+            )
+            if reply is not None:
+                error = {
+                    "code": jsonrpc.POLICY_DENIED,
+                    "message": f"Palisade refused {method[:100]}: {reason}",
+                    "data": {"decision": "deny", "rule": rule, "reason": reason},
+                }
+                reply({"jsonrpc": "2.0", "id": doc["id"], "error": error})
+            return None
+        if under is not None:  # roots/list under an untrusted call: none of its params
+            return {"jsonrpc": "2.0", "id": doc["id"], "method": method}
+        if self.outputs is not None:
+            return self.outputs.rewrite_notification(doc, untrusted=False)  # redacted
+        return doc
 
     def match_answer(
         self,
@@ -853,14 +1043,30 @@ class ProxyCore:
             "method": "notifications/cancelled",
             "params": {"requestId": request_id, "reason": reason},
         }
+        task = self.send_upstream(note, headers, path_qs, delay_s=delay_s)
+        if delay_s > 0 and session_id:
+            waiting = self._resumable.setdefault(session_id, set())
+            waiting.add(task)
+            task.add_done_callback(waiting.discard)
+
+    def send_upstream(
+        self,
+        doc: dict[str, Any],
+        headers: Mapping[str, str],
+        path_qs: str,
+        *,
+        delay_s: float = 0.0,
+    ) -> asyncio.Task[None]:
+        """POST one message of the proxy's own to the upstream, in the background, with
+        the session headers of the client's request ``headers`` (best effort)."""
+        method = doc.get("method")
         fwd = forward_headers(headers)
-        fwd.pop("last-event-id", None)
-        fwd.pop("Last-Event-ID", None)
+        own = ("mcp-method", "mcp-name", "last-event-id", "content-type", "accept")
         for k in list(fwd):
-            if k.lower() in ("mcp-method", "mcp-name") or k.lower().startswith("mcp-param-"):
+            if k.lower() in own or k.lower().startswith("mcp-param-"):
                 del fwd[k]
-        if any(k.lower() == "mcp-protocol-version" for k in fwd):
-            fwd["Mcp-Method"] = "notifications/cancelled"
+        if isinstance(method, str) and any(k.lower() == "mcp-protocol-version" for k in fwd):
+            fwd["Mcp-Method"] = method
         fwd["Content-Type"] = "application/json"
         fwd["Accept"] = "application/json, text/event-stream"
 
@@ -868,20 +1074,17 @@ class ProxyCore:
             try:
                 if delay_s > 0:
                     await asyncio.sleep(delay_s)
-                async with self.upstream.request("POST", path_qs, fwd, jsonrpc.dumps(note)):
+                async with self.upstream.request("POST", path_qs, fwd, jsonrpc.dumps(doc)):
                     pass
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # best effort; the upstream may be gone too
-                log.debug("could not send cancellation upstream: %s", exc)
+                log.debug("could not send a message upstream: %s", exc)
 
         task = asyncio.get_running_loop().create_task(send())
         self.background.add(task)
         task.add_done_callback(self.background.discard)
-        if delay_s > 0 and session_id:
-            waiting = self._resumable.setdefault(session_id, set())
-            waiting.add(task)
-            task.add_done_callback(waiting.discard)
+        return task
 
     def close_listening_streams(self) -> None:
         """At shutdown: end standalone GET streams (they carry no call's answer)."""

@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -78,7 +80,7 @@ class LegacyHandlers:
                 headers["Content-Type"] = "text/event-stream"
                 resp = web.StreamResponse(status=up.status, headers=headers)
                 await resp.prepare(request)
-                await self._relay(up, resp, principal)
+                await self._relay(up, resp, principal, request.headers)
                 return resp
         except UpstreamError as exc:
             return error_http(
@@ -87,13 +89,25 @@ class LegacyHandlers:
             )
 
     async def _relay(
-        self, up: aiohttp.ClientResponse, resp: web.StreamResponse, principal: Principal
+        self,
+        up: aiohttp.ClientResponse,
+        resp: web.StreamResponse,
+        principal: Principal,
+        headers: Mapping[str, str],
     ) -> None:
         core = self.core
         limits = core.settings.limits
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=256)
         sid: list[str] = []
+        #: The upstream's message endpoint (the ``endpoint`` event's path and query).
+        endpoint: list[str] = []
+
+        def reply(doc: dict[str, Any]) -> None:
+            # the proxy's answer to a server's request: to the session's message endpoint
+            if endpoint:
+                core.send_upstream(doc, headers, endpoint[0])
+
         last_message = [loop.time()]
         ended = ["the upstream ended the stream before answering"]
 
@@ -103,11 +117,13 @@ class LegacyHandlers:
                 while chunk := await up.content.readany():
                     for raw in splitter.feed(chunk):
                         if not sid:
-                            out = self._endpoint(raw, principal, queue, sid)
+                            out = self._endpoint(raw, principal, queue, sid, endpoint)
                             if out is None:
                                 return  # the stream cannot be bound: end it
                         else:
-                            out, got = await core.relay_block(raw, _key(sid[0]), principal, None)
+                            out, got = await core.relay_block(
+                                raw, _key(sid[0]), principal, None, reply=reply
+                            )
                             if got is not None:
                                 core.outcome(got, principal, _key(sid[0]), COMPLETED)
                         if out:
@@ -211,6 +227,7 @@ class LegacyHandlers:
         principal: Principal,
         queue: asyncio.Queue[bytes | None],
         sid: list[str],
+        endpoint: list[str],
     ) -> bytes | None:
         """Bind the session named by the ``endpoint`` event; make its URL relative.
 
@@ -241,6 +258,7 @@ class LegacyHandlers:
         sid.append(ids[0])
         session.inject = queue
         rel = url.path + ("?" + url.query if url.query else "")
+        endpoint.append(rel)
         return encode_event(Event(rel, event="endpoint", id=ev.id, retry=ev.retry))
 
     async def message(self, request: web.Request) -> web.StreamResponse:

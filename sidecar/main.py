@@ -30,9 +30,17 @@ from sidecar.app_health import parse as app_health_parse
 from sidecar.audit import AuditSink, LogSink, WriterSink
 from sidecar.core import ProxyCore
 from sidecar.credentials import FileCredential
+from sidecar.credentials.caller import CallerBinding
+from sidecar.credentials.kube_token import (
+    AccountLookup,
+    BundleAccounts,
+    KubeTokenCredential,
+    TokenRequestSettings,
+)
 from sidecar.identity import DevAgent
 from sidecar.identity.jwks import IssuerConfig
 from sidecar.identity.mapping import IdentityMap
+from sidecar.identity.principal import Authenticator
 from sidecar.identity.stack import (
     IN_CLUSTER_API,
     SA_CA_FILE,
@@ -51,11 +59,16 @@ from sidecar.settings import DistributorSettings, Limits, SidecarSettings
 from sidecar.upstream import Upstream
 
 _DEFAULT_LIMITS = Limits()
+#: Seconds the audit spool is always given to reach the distributor at shutdown, on top of
+#: what ``--shutdown-grace`` leaves after the in-flight calls (the pod's volumes may be
+#: deleted with it). The injector keeps the pod's terminationGracePeriodSeconds above
+#: the default grace plus this.
+AUDIT_DRAIN_MIN_S = 5.0
 
 if TYPE_CHECKING:
     from palisade.service import EngineHolder
     from sidecar import fleet
-    from sidecar.credentials_vault import VaultCredential
+    from sidecar.credentials.vault import VaultCredential
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +113,21 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     a("--upstream-credential-header", default=_env("upstream-credential-header", "Authorization"))
     a("--upstream-credential-scheme", default=_env("upstream-credential-scheme", "Bearer"))
+    # Per-agent TokenRequest tokens of each agent's own ServiceAccount (docs/credentials.md).
+    a(
+        "--upstream-credential",
+        choices=["", "kube-token-request"],
+        default=_env("upstream-credential", ""),
+        help="kube-token-request: send each agent's own short-lived ServiceAccount token",
+    )
+    # (minted at --kube-api-server with --kube-token-file, the pod's own token)
+    a("--upstream-token-expiration", type=int, default=int(_env("upstream-token-expiration", 600)))
+    a(
+        "--upstream-token-audience",
+        action="append",
+        default=_list_env("upstream-token-audience"),
+        help="audience of the minted tokens (repeat; default: the API server's)",
+    )
     # The upstream credential from Vault KV v2 instead (docs/credentials.md).
     a("--vault-addr", default=_env("vault-addr"), help="Vault/OpenBao URL: credential from KV v2")
     a("--vault-kv-mount", default=_env("vault-kv-mount", "secret"), help="KV v2 mount")
@@ -353,10 +381,36 @@ def identity_from(ns: argparse.Namespace, s: SidecarSettings) -> IdentitySetting
     )
 
 
-def credentials_from(ns: argparse.Namespace) -> FileCredential | VaultCredential | None:
-    """The upstream credential source the flags select (a file, Vault, or none)."""
-    if ns.vault_addr and ns.upstream_credential_file:
-        raise SystemExit("palisade sidecar: give --vault-addr or --upstream-credential-file")
+def credentials_from(
+    ns: argparse.Namespace, accounts: AccountLookup | None = None
+) -> FileCredential | VaultCredential | KubeTokenCredential | None:
+    """The upstream credential source the flags select (a file, Vault, per-agent
+    ServiceAccount tokens, or none); ``accounts`` maps agents to their accounts."""
+    chosen = [
+        f
+        for f, on in (
+            ("--vault-addr", ns.vault_addr),
+            ("--upstream-credential-file", ns.upstream_credential_file),
+            ("--upstream-credential kube-token-request", ns.upstream_credential),
+        )
+        if on
+    ]
+    if len(chosen) > 1:
+        raise SystemExit(f"palisade sidecar: give only one: {' or '.join(chosen)}")
+    if ns.upstream_credential == "kube-token-request":
+        try:
+            settings = TokenRequestSettings(
+                api_server=ns.kube_api_server or IN_CLUSTER_API,
+                ca_file=ns.kube_ca_file or None,
+                token_file=ns.kube_token_file,
+                expiration_s=ns.upstream_token_expiration,
+                audiences=tuple(ns.upstream_token_audience),
+                header=ns.upstream_credential_header,
+                scheme=ns.upstream_credential_scheme,
+            )
+        except ValueError as exc:
+            raise SystemExit(f"palisade sidecar: bad --upstream-token-* settings: {exc}") from None
+        return KubeTokenCredential(settings, accounts or (lambda _agent: None))
     if ns.upstream_credential_file:
         return FileCredential(
             ns.upstream_credential_file,
@@ -366,7 +420,7 @@ def credentials_from(ns: argparse.Namespace) -> FileCredential | VaultCredential
     if not ns.vault_addr:
         return None
     # Imported only when Vault is configured: hvac and requests cost ~10 MB resident.
-    from sidecar.credentials_vault import (
+    from sidecar.credentials.vault import (
         KubernetesAuth,
         TokenFileAuth,
         VaultAuth,
@@ -541,13 +595,18 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
             log.error("no --bundle: every call is denied until one is given")
         assert stack.authenticator is not None
         outputs = quarantine_config.guard_from(ns)
-        credentials = credentials_from(ns)
+        credentials = credentials_from(ns, BundleAccounts(policy))
         if credentials is not None and not isinstance(credentials, FileCredential):
             await credentials.start()  # never raises: calls fail closed until Vault answers
+        authenticator: Authenticator = stack.authenticator
+        if isinstance(credentials, KubeTokenCredential):
+            # the per-agent source reads the caller each request binds (and the
+            # audit names the identity the upstream acts as)
+            authenticator = CallerBinding(authenticator, credentials.identity_of)
         core = ProxyCore(
             settings=s,
             policy=policy,
-            authenticator=stack.authenticator,
+            authenticator=authenticator,
             audit=sink,
             upstream=Upstream(
                 s.upstream,
@@ -601,6 +660,7 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
                 if intake is not None and not stop.is_set():
                     intake.poll()
         finally:
+            deadline = asyncio.get_running_loop().time() + s.shutdown_grace_s
             core.draining = True
             core.close_listening_streams()
             log.info(
@@ -616,14 +676,17 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
                 await credentials.aclose()
             await outputs.close()
             if link is not None:
-                await link.stop(drain_s=min(2.0, s.shutdown_grace_s))
+                left = deadline - asyncio.get_running_loop().time()
+                await link.stop(drain_s=max(AUDIT_DRAIN_MIN_S, left))
             if writer is not None:
                 await writer.aclose()
 
 
 def run(ns: argparse.Namespace) -> int:
     setup_logging(ns.log_level)
-    return run_daemon(lambda stop: serve(ns, stop), grace_s=ns.shutdown_grace + 2.0)
+    return run_daemon(
+        lambda stop: serve(ns, stop), grace_s=ns.shutdown_grace + AUDIT_DRAIN_MIN_S + 2.0
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

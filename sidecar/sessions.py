@@ -146,6 +146,9 @@ class Pending:
     started: float = 0.0
     #: The proxy already answered it with an error (timed out): a late answer is withheld.
     expired: bool = False
+    #: The call's ``params._meta.progressToken``: progress sent on another stream that
+    #: names it belongs to this call (an untrusted call's is quarantined).
+    progress_token: object = None
 
 
 @dataclass(slots=True)
@@ -160,6 +163,9 @@ class Session:
     _index: dict[IdKey, set[int]] = field(default_factory=dict)
     #: Legacy SSE only: answers the proxy itself must put on the client's stream.
     inject: asyncio.Queue[bytes | None] | None = None
+    #: SSE event ids seen on a request's POST stream -> that request: a stream resumed
+    #: with ``Last-Event-ID`` continues that request's stream (bounded, oldest go).
+    events: OrderedDict[str, Pending] = field(default_factory=OrderedDict)
 
     @property
     def agent(self) -> str:
@@ -206,6 +212,30 @@ class Session:
 
     def unanswered(self) -> list[Pending]:
         return [p for p in self.pending.values() if not p.answered]
+
+    def note_event(self, event_id: str, item: Pending, limit: int = 1024) -> None:
+        """An event with this id went out on ``item``'s POST stream."""
+        self.events[event_id] = item
+        self.events.move_to_end(event_id)
+        while len(self.events) > limit:
+            self.events.popitem(last=False)
+
+    def untrusted_calls(self) -> list[Pending]:
+        """The calls of untrusted tools remembered here, oldest first."""
+        return [p for p in self.pending.values() if p.untrusted]
+
+
+def tied_to(calls: list[Pending], progress_token: object, request_id: object) -> Pending | None:
+    """The last of ``calls`` a server message names by progress token or request id
+    (compared as clients compare ids, :func:`id_keys`)."""
+    tokens = id_keys(progress_token)
+    ids = id_keys(request_id)
+    if not tokens and not ids:
+        return None
+    for p in reversed(calls):
+        if (tokens & id_keys(p.progress_token)) or (ids & id_keys(p.request_id)):
+            return p
+    return None
 
 
 _numbers = count(1)

@@ -33,6 +33,7 @@ from sidecar.core import (
     TIMED_OUT,
     UPSTREAM_ERROR,
     ProxyCore,
+    Reply,
     withheld,
 )
 from sidecar.http import error_http, forward_headers, response_headers, send_body
@@ -95,6 +96,14 @@ def _set_content_type(headers: dict[str, str], value: str) -> None:
 class StreamableHandlers:
     def __init__(self, core: ProxyCore) -> None:
         self.core = core
+
+    def _reply_to(self, request: web.Request) -> Reply:
+        """Sends the proxy's answer to a server's request on this request's session."""
+
+        def reply(doc: dict[str, Any]) -> None:
+            self.core.send_upstream(doc, request.headers, _path_qs(request))
+
+        return reply
 
     async def post(self, request: web.Request) -> web.StreamResponse:
         core = self.core
@@ -196,7 +205,9 @@ class StreamableHandlers:
                 if data:
                     # any body, whatever its Content-Type says: a client that reads
                     # JSON out of it must read only what was inspected
-                    data = await self._rewrite_json(data, expect, session_id, principal, new_sid)
+                    data = await self._rewrite_json(
+                        data, expect, session_id, principal, new_sid, self._reply_to(request)
+                    )
                     _set_content_type(out_headers, "application/json" if data else "")
                 answered = True
                 status = up.status
@@ -304,6 +315,7 @@ class StreamableHandlers:
         session_id: str,
         principal: Principal,
         new_sid: str = "",
+        reply: Reply | None = None,
     ) -> bytes:
         """The body to send for an upstream's whole (non-SSE) answer: what was inspected.
 
@@ -320,7 +332,9 @@ class StreamableHandlers:
         why = "the upstream answer is not a JSON-RPC object"
         out: dict[str, Any] | None = None
         if isinstance(doc, dict):
-            out, _ = await self.core.inspect_message(doc, session_id, principal, expect, new_sid)
+            out, _ = await self.core.inspect_message(
+                doc, session_id, principal, expect, new_sid, reply=reply
+            )
             why = "the upstream answer does not answer this request"
         if out is not None:
             return jsonrpc.dumps_answer(out, standard)  # what was inspected, not ``data``
@@ -339,6 +353,7 @@ class StreamableHandlers:
         expect: tuple[object, Pending] | None,
         msg: Message | None,
         new_session: str = "",
+        last_event_id: str = "",
     ) -> web.StreamResponse:
         """Relay an SSE stream event by event, every event parsed, inspected, re-encoded.
 
@@ -356,6 +371,7 @@ class StreamableHandlers:
         resp = web.StreamResponse(status=up.status, headers=headers)
         await resp.prepare(request)
         splitter = EventSplitter(limits.max_inspect_bytes)
+        reply = self._reply_to(request)
         completed = False
         resumable = False
         answered = False
@@ -400,7 +416,13 @@ class StreamableHandlers:
                     break
                 for raw in blocks:
                     out, got = await core.relay_block(
-                        raw, session_id, principal, expect, new_session
+                        raw,
+                        session_id,
+                        principal,
+                        expect,
+                        new_session,
+                        reply=reply,
+                        last_event_id=last_event_id,
                     )
                     if not out:
                         continue
@@ -470,7 +492,8 @@ class StreamableHandlers:
             core.session_for(session_id, principal)
         except BadMessage as exc:
             return core.bad_input(exc, principal, session_id)
-        resuming = bool(request.headers.get("Last-Event-ID"))
+        last_event_id = request.headers.get("Last-Event-ID", "")
+        resuming = bool(last_event_id)
         if session_id and resuming:
             core.resumed(session_id)
         core.metrics.count_request("GET", "forwarded")
@@ -486,7 +509,7 @@ class StreamableHandlers:
                 if "text/event-stream" in up.headers.get("Content-Type", "").lower():
                     _set_content_type(headers, "text/event-stream")
                     return await self._stream(
-                        request, up, headers, session_id, principal, None, None
+                        request, up, headers, session_id, principal, None, None, "", last_event_id
                     )
                 body = await self._whole_body(up, session_id, principal)
                 _set_content_type(headers, "application/json" if body else "")

@@ -13,6 +13,8 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 
+from sidecar.credentials.base import CredentialUnavailable
+
 CredentialSource = Callable[[], Awaitable[Mapping[str, str]]]
 
 
@@ -81,6 +83,12 @@ class Upstream:
         if self._credentials is not None:
             try:
                 out.update(await self._credentials())
+            except CredentialUnavailable as exc:
+                if not exc.public:  # its reason is in the sidecar's log, not for the client
+                    raise UpstreamError(
+                        "the upstream credential is unavailable (CredentialUnavailable)"
+                    ) from None
+                raise UpstreamError(f"the upstream credential is unavailable: {exc}") from None
             except Exception as exc:  # fail closed: never forward without the credential
                 raise UpstreamError(
                     f"the upstream credential is unavailable ({type(exc).__name__})"

@@ -114,6 +114,29 @@ def load_public_key(text_or_path: str) -> Ed25519PublicKey:
     return public_key_from_id(KEY_ID_PREFIX + text_or_path.strip())
 
 
+#: What a client signs to register an audit key with the distributor (proof that it
+#: holds the private half, bound to the source the key signs for).
+REGISTRATION_CONTEXT = b"palisade.v1 audit key registration\n"
+
+
+def registration_payload(source: str, kid: str) -> bytes:
+    return REGISTRATION_CONTEXT + source.encode() + b"\n" + kid.encode()
+
+
+def registration_proof(signer: Signer, source: str) -> bytes:
+    """The signature a ``palisade.v1.AuditKey`` carries for ``signer`` and ``source``."""
+    return signer.sign(registration_payload(source, signer.key_id))
+
+
+def verify_registration(kid: str, source: str, proof: bytes) -> bool:
+    """Whether ``proof`` was made by the private key of ``kid`` for ``source``."""
+    try:
+        public = public_key_from_id(kid)
+    except AuditKeyError:
+        return False
+    return verify_signature(public, proof, registration_payload(source, kid))
+
+
 def verify_signature(public: Ed25519PublicKey, signature: bytes, data: bytes) -> bool:
     try:
         public.verify(signature, data)

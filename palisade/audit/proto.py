@@ -1,14 +1,23 @@
-"""Conversion of a JSON Lines audit record to ``palisade.v1.AuditRecord`` for shipping."""
+"""Conversion between a JSON Lines audit record and ``palisade.v1.AuditRecord``.
+
+:func:`to_proto` is what a client ships; :func:`from_proto` gives back the record
+as the writer wrote it (same fields, same values, so the same chain hash), which
+is how the distributor verifies what it receives and serves it for
+``palisade audit verify --distributor``. The round trip is exact for records
+the writer makes: times have microseconds, numbers in ``arguments`` and
+``details`` are canonicalised (integral doubles are written as integers).
+"""
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
+from palisade.audit import canonical
 from palisade.v1 import audit_pb2, policy_pb2
 
 _DECISIONS = {
@@ -17,6 +26,7 @@ _DECISIONS = {
     "require_approval": policy_pb2.DECISION_REQUIRE_APPROVAL,
     "throttle": policy_pb2.DECISION_THROTTLE,
 }
+_DECISION_NAMES = {v: k for k, v in _DECISIONS.items()}
 
 
 def to_proto(record: Mapping[str, Any]) -> audit_pb2.AuditRecord:
@@ -55,3 +65,45 @@ def to_proto(record: Mapping[str, Any]) -> audit_pb2.AuditRecord:
         key_id=str(record.get("key_id", "")),
         signature=base64.b64decode(str(record.get("signature", ""))),
     )
+
+
+def _time(ts: timestamp_pb2.Timestamp) -> str:
+    if not ts.seconds and not ts.nanos:
+        return ""
+    whole = datetime.fromtimestamp(ts.seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{whole}.{ts.nanos // 1000:06d}Z"
+
+
+def _struct(value: struct_pb2.Struct) -> Any:
+    return canonical.normalize(json_format.MessageToDict(value))
+
+
+def from_proto(msg: audit_pb2.AuditRecord) -> dict[str, Any]:
+    """The record as the writer wrote it (the inverse of :func:`to_proto`)."""
+    return {
+        "time": _time(msg.time),
+        "source": msg.source,
+        "agent": msg.agent,
+        "tenant": msg.tenant,
+        "on_behalf_of": msg.on_behalf_of,
+        "server": msg.server,
+        "tool": msg.tool,
+        "session": msg.session,
+        "arguments_digest": msg.arguments_digest,
+        "arguments": _struct(msg.arguments),
+        "decision": _DECISION_NAMES.get(msg.decision, ""),
+        "rule_id": msg.rule_id,
+        "reason": msg.reason,
+        "bundle_revision": msg.bundle_revision,
+        "latency_ns": msg.latency_ns,
+        "request_id": msg.request_id,
+        "dev_identity": msg.dev_identity,
+        "approval_id": msg.approval_id,
+        "kind": msg.kind,
+        "details": _struct(msg.details),
+        "seq": msg.seq,
+        "prev_hash": msg.prev_hash,
+        "key_id": msg.key_id,
+        "hash": msg.hash,
+        "signature": base64.b64encode(msg.signature).decode(),
+    }

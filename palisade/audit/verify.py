@@ -237,3 +237,40 @@ def verify_files(
             "records removed from the end",
         )
     return result
+
+
+def verify_records(
+    records: Iterable[dict[str, Any]],
+    *,
+    name: str,
+    trusted: Sequence[Ed25519PublicKey] = (),
+    allow_partial_start: bool = False,
+    expect_head: str = "",
+) -> Result:
+    """Verify one chain given as records (e.g. the distributor's copy) under ``name``;
+    findings say ``name:N`` with N the record's position, as for files."""
+    result = Result()
+    checker = _Checker(trusted, allow_partial_start, result)
+    for n, record in enumerate(records, start=1):
+        missing = [f for f in CHAIN_FIELDS if f not in record]
+        seq = record.get("seq")
+        if missing or not isinstance(seq, int) or isinstance(seq, bool):
+            checker.find(name, n, None, "not an audit record: missing or bad chain fields")
+            continue
+        checker.check_record(name, n, seq, record)
+    if checker.unsigned:
+        _, line, first = checker.unsigned[0]
+        final = checker.unsigned[-1][2]
+        span = f"seq {first}" if first == final else f"seqs {first}..{final}"
+        checker.find(name, line, first, f"unsigned tail: {span} not covered by any signature")
+    if result.records == 0 and not result.findings:
+        checker.find(name, 0, None, "no audit records found")
+    if expect_head and result.head != expect_head:
+        checker.find(
+            name,
+            0,
+            result.last_seq,
+            f"chain ends at {result.head or 'nothing'}, expected head {expect_head}: "
+            "records removed from the end",
+        )
+    return result

@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from palisade.audit import canonical, files
-from palisade.audit.keys import Signer
+from palisade.audit.keys import Signer, registration_proof
 from palisade.audit.record import Chained, Entry, chain, content_of, line_of, sign
 from palisade.audit.redact import Redactor
 
@@ -215,6 +215,15 @@ class AuditWriter:
     @property
     def key_id(self) -> str:
         return self._signer.key_id
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def key_proof(self) -> tuple[str, str, bytes]:
+        """(key id, source, proof): what registers this writer's key with a distributor
+        (``palisade.v1.AuditKey``); the proof shows the private key is held here."""
+        return self._signer.key_id, self._source, registration_proof(self._signer, self._source)
 
     # -- writing -----------------------------------------------------------------
 

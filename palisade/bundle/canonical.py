@@ -116,6 +116,8 @@ def to_document(bundle: Bundle) -> dict[str, Any]:
                     }
                     for t in s.tools
                 ],
+                # only when set: bundles without it keep their digest
+                **({"serverRequests": list(s.server_requests)} if s.server_requests else {}),
             }
             for s in bundle.servers
         ],
@@ -134,6 +136,12 @@ def to_document(bundle: Bundle) -> dict[str, Any]:
                 "namespaces": list(a.namespaces),
                 "scopes": list(a.scopes),
                 "identities": [{k: v for k, v in _identity(i).items() if v} for i in a.identities],
+                # only when set: bundles without one keep their digest
+                **(
+                    {"clusterCredential": {"serviceAccount": a.cluster_credential.service_account}}
+                    if a.cluster_credential
+                    else {}
+                ),
             }
             for a in bundle.agents
         ],
@@ -146,6 +154,8 @@ def to_document(bundle: Bundle) -> dict[str, Any]:
                 "decision": r.decision.value,
                 "reason": r.reason,
                 "retryAfterSeconds": _num(r.retry_after_seconds),
+                # only when not the default: bundles without it keep their digest
+                **({"approvers": r.approvers} if r.approvers != 1 else {}),
             }
             for r in bundle.rules
         ],

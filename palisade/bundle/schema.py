@@ -53,6 +53,9 @@ class Server:
     versions: tuple[str, ...] = ()
     images: tuple[str, ...] = ()
     tools: tuple[Tool, ...] = ()
+    #: Requests the server may send the client (``sampling``, ``elicitation``,
+    #: ``roots``); any other is refused by the sidecar (docs/bundle-format.md).
+    server_requests: tuple[str, ...] = ()
 
     def tool(self, name: str) -> Tool | None:
         for t in self.tools:
@@ -89,12 +92,37 @@ class Identity:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterCredential:
+    """The cluster credential the sidecar hands the upstream for this agent's calls:
+    a short-lived TokenRequest token of the agent's own ServiceAccount
+    (docs/credentials.md)."""
+
+    #: ``namespace/name`` of the ServiceAccount.
+    service_account: str
+
+    @property
+    def namespace(self) -> str:
+        return self.service_account.partition("/")[0]
+
+    @property
+    def name(self) -> str:
+        return self.service_account.partition("/")[2]
+
+    @property
+    def username(self) -> str:
+        """The identity the API server sees: ``system:serviceaccount:<ns>:<name>``."""
+        return f"system:serviceaccount:{self.namespace}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
 class Agent:
     id: str
     tenant: str = ""
     namespaces: tuple[str, ...] = ()
     scopes: tuple[str, ...] = ()
     identities: tuple[Identity, ...] = ()
+    #: None: the sidecar hands the upstream no cluster credential for this agent.
+    cluster_credential: ClusterCredential | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +146,8 @@ class Rule:
     reason: str = ""
     #: For ``throttle`` rules: how long the caller should wait.
     retry_after_seconds: float = 1.0
+    #: For ``require_approval`` rules: how many distinct people must approve.
+    approvers: int = 1
 
 
 @dataclass(frozen=True, slots=True)

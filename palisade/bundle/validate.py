@@ -26,6 +26,7 @@ from palisade.bundle.schema import (
     Agent,
     Budgets,
     Bundle,
+    ClusterCredential,
     Enforcement,
     FailureMode,
     GpuQuota,
@@ -48,6 +49,11 @@ T = TypeVar("T")
 
 #: Variables a ``when`` expression may use (comprehension variables aside).
 CEL_VARIABLES = frozenset({"args", "agent", "call"})
+#: The most distinct approvers a ``require_approval`` rule may ask for.
+MAX_APPROVERS = 10
+#: What a server entry's ``serverRequests`` may allow (sampling/createMessage,
+#: elicitation/create, roots/list).
+SERVER_REQUEST_KINDS = ("sampling", "elicitation", "roots")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
 _COMPREHENSION = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)")
@@ -75,10 +81,17 @@ def _tool(c: Checker, path: Path, raw: Any) -> Tool | None:
 
 
 def _server(c: Checker, path: Path, raw: Any) -> Server | None:
-    d = c.obj(raw, path, ["name", "tools"], ["versions", "images"])
+    d = c.obj(raw, path, ["name", "tools"], ["versions", "images", "serverRequests"])
     if d is None:
         return None
     images = c.strings(d, "images", path)
+    server_requests = c.strings(d, "serverRequests", path)
+    for i, kind in enumerate(server_requests):
+        if kind not in SERVER_REQUEST_KINDS:
+            c.err(
+                (*path, "serverRequests", i),
+                f"{kind!r} is not one of {', '.join(SERVER_REQUEST_KINDS)}",
+            )
     for i, image in enumerate(images):
         if not _SHA256.match(image):
             c.err((*path, "images", i), "must be an image digest 'sha256:<64 hex digits>'")
@@ -95,6 +108,9 @@ def _server(c: Checker, path: Path, raw: Any) -> Server | None:
         versions=c.strings(d, "versions", path, globs=True),
         images=images,
         tools=tuple(tools),
+        server_requests=tuple(
+            dict.fromkeys(k for k in server_requests if k in SERVER_REQUEST_KINDS)
+        ),
     )
 
 
@@ -148,7 +164,9 @@ def _tenant(c: Checker, path: Path, raw: Any) -> Tenant | None:
 
 
 def _agent(c: Checker, path: Path, raw: Any) -> Agent | None:
-    d = c.obj(raw, path, ["id"], ["tenant", "namespaces", "scopes", "identities"])
+    d = c.obj(
+        raw, path, ["id"], ["tenant", "namespaces", "scopes", "identities", "clusterCredential"]
+    )
     if d is None:
         return None
     identities: list[Identity] = []
@@ -170,7 +188,30 @@ def _agent(c: Checker, path: Path, raw: Any) -> Agent | None:
         namespaces=c.strings(d, "namespaces", path),
         scopes=c.strings(d, "scopes", path),
         identities=tuple(identities),
+        cluster_credential=_cluster_credential(c, (*path, "clusterCredential"), d),
     )
+
+
+#: A ServiceAccount's name (a DNS subdomain); its namespace is a DNS label (_DNS_LABEL).
+_SA_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def _cluster_credential(c: Checker, path: Path, d: dict[str, Any]) -> ClusterCredential | None:
+    """``clusterCredential: {serviceAccount: <namespace>/<name>}``, or None when absent."""
+    if "clusterCredential" not in d:
+        return None
+    cc = c.obj(d["clusterCredential"], path, ["serviceAccount"], [])
+    if cc is None:
+        return None
+    ref = c.string(cc, "serviceAccount", path)
+    namespace, slash, name = ref.partition("/")
+    if not (slash and _DNS_LABEL.fullmatch(namespace) and _SA_NAME.fullmatch(name)):
+        c.err(
+            (*path, "serviceAccount"),
+            f"{ref!r} is not '<namespace>/<name>' of a ServiceAccount",
+        )
+        return None
+    return ClusterCredential(service_account=ref)
 
 
 def _match(c: Checker, path: Path, raw: Any) -> Match:
@@ -218,10 +259,21 @@ def check_cel(expr: str) -> str:
 
 
 def _rule(c: Checker, path: Path, raw: Any) -> Rule | None:
-    d = c.obj(raw, path, ["id", "decision"], ["match", "when", "reason", "retryAfterSeconds"])
+    d = c.obj(
+        raw,
+        path,
+        ["id", "decision"],
+        ["match", "when", "reason", "retryAfterSeconds", "approvers"],
+    )
     if d is None:
         return None
     decision = c.enum(d, "decision", path, Decision, Decision.DENY)
+    approvers = c.integer(d, "approvers", path, 1, minimum=1) or 1
+    if approvers > MAX_APPROVERS:
+        c.err((*path, "approvers"), f"must be at most {MAX_APPROVERS}, got {approvers}")
+        approvers = 1
+    if "approvers" in d and decision is not Decision.REQUIRE_APPROVAL:
+        c.err((*path, "approvers"), "only a require_approval rule has approvers")
     when = c.string(d, "when", path)
     if when:
         problem = check_cel(when)
@@ -234,6 +286,7 @@ def _rule(c: Checker, path: Path, raw: Any) -> Rule | None:
         when=when,
         reason=c.string(d, "reason", path),
         retry_after_seconds=c.number(d, "retryAfterSeconds", path, 1.0) or 0.0,
+        approvers=approvers,
     )
 
 

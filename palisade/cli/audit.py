@@ -1,6 +1,7 @@
 """``palisade audit``: verify signed audit logs, generate audit signing keys.
 
   palisade audit verify FILE|DIR... [--trusted KEY]... [--expect-head HASH] [--partial]
+  palisade audit verify --distributor URL [--source S]... [--token-file F] [--partial]
   palisade audit show FILE|DIR... [--agent A] [--tool T] [--decision D] [--session S]
       [--last N] [--json]
   palisade audit keygen --out PATH
@@ -11,12 +12,19 @@ for the audit files in it (``*.jsonl`` and their rotated ``.NNNNNN``
 siblings); each ``x.jsonl`` with its siblings is one chain, verified alone.
 Without ``--trusted``, signatures are checked against the keys named in the
 records, which proves integrity but not authorship.
+
+With ``--distributor`` the central copy is verified instead: every chain the
+distributor stores (``GET /v1/audit/chains``, with the admin token), each
+against the keys registered for its source (``/v1/audit/keys``), its records as
+the writer wrote them (``/v1/audit/chain``). This works after the client that
+wrote them is gone: the distributor keeps records and keys.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections import deque
@@ -27,7 +35,9 @@ from rich.console import Console
 from rich.table import Table
 
 from palisade.audit import AuditKeyError, Signer, load_public_key, verify_files
-from palisade.audit.verify import order_files
+from palisade.audit import keys as keys_mod
+from palisade.audit.verify import Finding, order_files, verify_records
+from palisade.distribution.api import ApiError, FleetApi
 
 _AUDIT_NAME = re.compile(r".*\.jsonl(\.\d+)?$")
 _ROTATED = re.compile(r"\.\d+$")
@@ -53,7 +63,75 @@ def _chains(files: list[Path]) -> dict[Path, list[Path]]:
     return groups
 
 
+def _central(ns: argparse.Namespace, page: int = 1000) -> int:
+    """Verify the distributor's copy: each chain against its source's registered keys."""
+    token = os.environ.get("PALISADE_ADMIN_TOKEN", "")
+    if ns.token_file:
+        token = Path(ns.token_file).read_text().strip()
+    api = FleetApi(ns.distributor, token)
+    try:
+        chains = api.request("GET", "/v1/audit/chains")["chains"]
+        wanted = set(ns.source)
+        chains = [c for c in chains if not wanted or c["source"] in wanted]
+        if not chains:
+            print("palisade audit verify: the distributor holds no such chain", file=sys.stderr)
+            return 1
+        failed = 0
+        for c in chains:
+            source, chain = str(c["source"]), int(c["chain"])
+            keys = api.request("GET", "/v1/audit/keys", source=source)["keys"]
+            trusted = [keys_mod.public_key_from_id(k["key_id"]) for k in keys]
+            records: list[dict[str, Any]] = []
+            after = 0
+            while True:
+                got = api.request(
+                    "GET", "/v1/audit/chain", source=source, chain=chain, after=after, limit=page
+                )["records"]
+                records.extend(got)
+                if len(got) < page:
+                    break
+                after = int(got[-1]["seq"])
+            name = f"{ns.distributor.rstrip('/')}/{source}#{chain}"
+            result = verify_records(
+                records,
+                name=name,
+                trusted=trusted,
+                allow_partial_start=ns.partial,
+            )
+            if not trusted:
+                result.findings.append(
+                    Finding(name, 0, None, "no audit key is registered for this source")
+                )
+            for finding in result.findings:
+                print(finding)
+            if not result.ok:
+                failed += 1
+                problems = len(result.findings)
+                print(f"FAILED {name}: {problems} problem(s) in {result.records} record(s)")
+                continue
+            print(
+                f"OK {name}: {result.records} record(s), seq {result.first_seq}..{result.last_seq},"
+                f" {len(trusted)} registered key(s), head {result.head}"
+            )
+    except ApiError as exc:
+        print(f"palisade audit verify: {exc}", file=sys.stderr)
+        return 1
+    return 1 if failed else 0
+
+
 def _verify(ns: argparse.Namespace) -> int:
+    if ns.distributor:
+        if ns.files or ns.trusted or ns.expect_head:
+            print(
+                "palisade audit verify: --distributor verifies the central copy against the"
+                " registered keys; give no FILE, --trusted or --expect-head with it",
+                file=sys.stderr,
+            )
+            return 2
+        return _central(ns)
+    if not ns.files:
+        print("palisade audit verify: give FILE|DIR... or --distributor URL", file=sys.stderr)
+        return 2
     try:
         trusted = [load_public_key(k) for k in ns.trusted]
     except (AuditKeyError, OSError) as exc:
@@ -156,7 +234,19 @@ def _keygen(ns: argparse.Namespace) -> int:
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     v = sub.add_parser("verify", help="verify the hash chain and signatures of audit files")
-    v.add_argument("files", nargs="+", metavar="FILE", help="audit files or directories")
+    v.add_argument("files", nargs="*", metavar="FILE", help="audit files or directories")
+    v.add_argument(
+        "--distributor",
+        default="",
+        metavar="URL",
+        help="verify the distributor's central copy (its HTTP API) instead of files",
+    )
+    v.add_argument(
+        "--source", action="append", default=[], help="with --distributor: only this source"
+    )
+    v.add_argument(
+        "--token-file", default="", help="admin bearer token file (else env PALISADE_ADMIN_TOKEN)"
+    )
     v.add_argument(
         "--trusted",
         action="append",

@@ -44,7 +44,7 @@ _DECISION_CONTEXT = b"palisade.v1.ApprovalDecision\n"
 def signing_payload(decision: distribution_pb2.ApprovalDecision) -> bytes:
     """What a signature covers: every field of the answer but the signatures."""
     expires = decision.expires.ToNanoseconds() if decision.HasField("expires") else 0
-    doc = {
+    doc: dict[str, Any] = {
         "approval_id": decision.approval_id,
         "approved": decision.approved,
         "by": decision.by,
@@ -52,6 +52,8 @@ def signing_payload(decision: distribution_pb2.ApprovalDecision) -> bytes:
         "expires_ns": expires,
         "call_digest": decision.call_digest,
     }
+    if decision.approvers:  # absent when empty: answers signed before it still verify
+        doc["approvers"] = list(decision.approvers)
     return _DECISION_CONTEXT + canonical_json(doc)
 
 

@@ -15,8 +15,12 @@ One ``DistributionClient`` per process. It
    the previous bundle stays active;
 4. sends heartbeats (revision, counters, health, optional summary);
 5. carries approval requests out and approval answers in;
-6. ships spooled audit records in batches and advances the on-disk cursor only
-   when the distributor says they are stored.
+6. registers its audit signing keys (``RegisterAuditKey``, with proof of
+   possession) and ships spooled audit records in batches, each ending at a
+   signed record when the spool has one; it advances the on-disk cursor only
+   over the records the distributor says are stored. A refused record (the
+   distributor verifies signatures and the chain) and all after it stay in the
+   spool, and the refusal is logged with the distributor's reason.
 
 Errors never escape the background tasks: they are logged, reflected in
 ``status`` and retried.
@@ -105,6 +109,9 @@ class ClientSettings:
     token_file: Path | None = None
     """Bearer token sent to the distributor (the projected ServiceAccount token the
     kubelet rotates); read again on every connect. None: no token (dev mode)."""
+    audit_keys: tuple[distribution_pb2.AuditKey, ...] = ()
+    """The audit writer's signing key(s) with proofs (``AuditWriter.key_proof``),
+    registered on every connection before records are shipped."""
 
     def token_metadata(self) -> tuple[tuple[str, str], ...]:
         """``authorization`` metadata with the token as the file holds it now."""
@@ -173,7 +180,14 @@ class DistributionClient:
         self._write_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        #: cuts the reconnect backoff short (stop, or a shutdown that must deliver audit)
+        self._reconnect = asyncio.Event()
         self._changed = asyncio.Condition()
+        #: ``connects`` when the audit keys were last registered (-1: not yet)
+        self._keys_registered_at = -1
+        #: the distributor's last refusal of an audit record ("" when none since)
+        self.audit_refusal = ""
+        self.audit_refused = 0
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -185,6 +199,7 @@ class DistributionClient:
 
     async def stop(self) -> None:
         self._stopping.set()
+        self._reconnect.set()
         if self._call is not None:
             self._call.cancel()
         for task in self._tasks:
@@ -194,6 +209,34 @@ class DistributionClient:
                 await task
         self._tasks = []
         await self._close_channel()
+
+    async def drain_audit(self, timeout_s: float) -> bool:
+        """Ship the spool now, until it is empty or ``timeout_s`` passed (shutdown: the
+        pod may be deleted with its volumes). The background shipper is stopped first
+        so that one sender moves the cursor. True when nothing is left."""
+        deadline = time.monotonic() + timeout_s
+        for task in self._tasks:
+            if task.get_name() == "distribution-audit":
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._tasks = [t for t in self._tasks if t.get_name() != "distribution-audit"]
+        while self.spool.pending_bytes() and time.monotonic() < deadline:
+            if not self.status.connected:
+                self._reconnect.set()  # no waiting out a long backoff now
+            try:
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                    if self.status.connected and await self._ship_once():
+                        continue
+            except AuditRefused:
+                return False  # refused records cannot be delivered by waiting
+            except (TimeoutError, Exception) as exc:
+                log.info("audit drain: retrying", extra={"error": str(exc)})
+            await asyncio.sleep(0.1)
+        left = self.spool.pending_bytes()
+        if left:
+            log.warning("audit spool not drained at shutdown", extra={"bytes": left})
+        return not left
 
     def load_last_known_good(self) -> bool:
         """Activate the bundle persisted on disk, if it still verifies."""
@@ -224,8 +267,11 @@ class DistributionClient:
         rule_id: str = "",
         reason: str = "",
         approval_id: str = "",
+        approvers: int = 0,
     ) -> str:
-        """Send an approval request over the stream; returns its id. Raises if offline."""
+        """Send an approval request over the stream; returns its id. Raises if offline.
+
+        ``approvers``: how many distinct people must approve (0: one)."""
         approval_id = approval_id or uuid.uuid4().hex
         req = distribution_pb2.ApprovalRequest(
             approval_id=approval_id,
@@ -234,6 +280,7 @@ class DistributionClient:
             rule_id=rule_id,
             reason=reason,
             call_digest=call_digest,
+            approvers=approvers,
         )
         await self._send(distribution_pb2.SubscribeRequest(approval_request=req))
         return approval_id
@@ -328,7 +375,8 @@ class DistributionClient:
             attempt = 0 if got_response else attempt + 1
             delay = self.settings.backoff.delay(attempt, self._rand)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+                await asyncio.wait_for(self._reconnect.wait(), delay)
+            self._reconnect.clear()
 
     async def _session(self, channel: grpc.aio.Channel) -> bool:
         stub = distribution_pb2_grpc.DistributionServiceStub(channel)  # type: ignore[no-untyped-call]
@@ -427,6 +475,8 @@ class DistributionClient:
                 attempt = 0
             except asyncio.CancelledError:
                 raise
+            except AuditRefused:
+                attempt += 1  # logged where refused; retried with backoff
             except Exception as exc:
                 attempt += 1
                 log.info("audit shipping deferred", extra={"error": str(exc)})
@@ -440,20 +490,88 @@ class DistributionClient:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
 
+    async def _register_audit_keys(self, stub: Any) -> None:
+        """Register the audit keys once per connection (idempotent on the distributor)."""
+        if not self.settings.audit_keys or self._keys_registered_at == self.connects:
+            return
+        req = distribution_pb2.RegisterAuditKeyRequest(
+            identity=self.identity, keys=list(self.settings.audit_keys)
+        )
+        try:
+            resp = await stub.RegisterAuditKey(
+                req, timeout=self.settings.rpc_timeout_s, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                # a distributor from before audit keys: it stores records unverified
+                log.info("the distributor does not take audit keys; shipping anyway")
+                self._keys_registered_at = self.connects
+                return
+            log.warning(
+                "audit key not registered; records stay in the spool",
+                extra={"code": exc.code().name, "details": exc.details()},
+            )
+            raise AuditRefused(f"audit key not registered: {exc.details()}") from None
+        self._keys_registered_at = self.connects
+        log.info("audit key registered", extra={"source": resp.source, "keys": len(resp.key_ids)})
+
+    def _audit_batch(self) -> tuple[list[audit_pb2.AuditRecord], list[int]]:
+        """The next records to ship, ending at a signed record when one is in reach
+        (a group commit's unsigned records verify only with the record closing it)."""
+        size = self.settings.audit_batch
+        records, ends = self.spool.read_entries(size)
+        if records and not records[-1].signature:
+            more, more_ends = self.spool.read_entries(size + 1024)
+            last = max((i for i, r in enumerate(more) if r.signature), default=-1)
+            if last >= 0:
+                records, ends = more[: last + 1], more_ends[: last + 1]
+        return records, ends
+
     async def _ship_once(self) -> bool:
-        records, offset = self.spool.read_batch(self.settings.audit_batch)
+        records, ends = self._audit_batch()
         if not records:
             return False
         channel = self._channel
         if channel is None or not self.status.connected:
             raise ConnectionError("not connected to a distributor")
         stub = distribution_pb2_grpc.DistributionServiceStub(channel)  # type: ignore[no-untyped-call]
+        await self._register_audit_keys(stub)
         batch = distribution_pb2.AuditBatch(identity=self.identity, records=records)
         ack = await stub.SendAudit(
             batch, timeout=self.settings.rpc_timeout_s, metadata=self._metadata
         )
-        top = max(r.seq for r in records)
-        if ack.stored_through_seq < top:
-            raise ConnectionError(f"distributor stored through {ack.stored_through_seq} < {top}")
-        self.spool.commit(offset)
+        if ack.stored_count or ack.HasField("refused"):
+            stored = min(ack.stored_count, len(records))
+        else:  # a distributor from before partial answers: all or nothing
+            top = max(r.seq for r in records)
+            if ack.stored_through_seq < top:
+                raise ConnectionError(
+                    f"distributor stored through {ack.stored_through_seq} < {top}"
+                )
+            stored = len(records)
+        if stored:
+            self.spool.commit(ends[stored - 1])
+        if ack.HasField("refused"):
+            refused = ack.refused
+            reason = distribution_pb2.AuditRefusalReason.Name(refused.reason)
+            self.audit_refused += 1
+            self.audit_refusal = f"seq {refused.seq}: {reason}: {refused.message}"
+            if refused.reason == distribution_pb2.AUDIT_REFUSAL_UNKNOWN_KEY:
+                self._keys_registered_at = -1  # register again before the next try
+            log.warning(
+                "audit records refused by the distributor; they stay in the spool",
+                extra={
+                    "seq": refused.seq,
+                    "reason": reason,
+                    "error": refused.message,
+                    "stored": stored,
+                    "held_back": len(records) - stored,
+                },
+            )
+            raise AuditRefused(self.audit_refusal)
+        self.audit_refusal = ""
         return True
+
+
+class AuditRefused(Exception):
+    """The distributor refused an audit record (or the key): retried with backoff."""

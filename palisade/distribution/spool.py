@@ -71,12 +71,19 @@ class AuditSpool:
 
     def read_batch(self, max_records: int) -> tuple[list[audit_pb2.AuditRecord], int]:
         """Up to ``max_records`` unacknowledged records and the offset just past them."""
+        records, ends = self.read_entries(max_records)
+        return records, ends[-1] if ends else self.cursor()
+
+    def read_entries(self, max_records: int) -> tuple[list[audit_pb2.AuditRecord], list[int]]:
+        """Up to ``max_records`` unacknowledged records and, for each, the offset just past
+        it (so the receiver may acknowledge a part of a batch)."""
         offset = self.cursor()
         out: list[audit_pb2.AuditRecord] = []
+        ends: list[int] = []
         try:
             fh = open(self.records_path, "rb")  # noqa: SIM115 - closed below
         except FileNotFoundError:
-            return out, offset
+            return out, ends
         with fh:
             fh.seek(offset)
             while len(out) < max_records:
@@ -93,7 +100,8 @@ class AuditSpool:
                 record.ParseFromString(data)
                 out.append(record)
                 offset += _LEN.size + length
-        return out, offset
+                ends.append(offset)
+        return out, ends
 
     def commit(self, offset: int) -> None:
         """Everything before ``offset`` is stored upstream; reset when nothing is left."""

@@ -54,6 +54,7 @@ def labels_ok(wanted: LabelPreds, labels: Mapping[str, str]) -> bool:
 
 class CompiledRule:
     __slots__ = (
+        "approvers",
         "decision",
         "id",
         "index",
@@ -72,6 +73,7 @@ class CompiledRule:
         self.decision: Decision = rule.decision
         self.reason: str = rule.reason or f"rule {rule.id!r} decided {rule.decision.value}"
         self.retry_after: float = rule.retry_after_seconds
+        self.approvers: int = rule.approvers
         self.matcher = Matcher(rule.match)
         self.when: str = rule.when
         self.program: Any = cel.compile(rule.when) if rule.when else None

@@ -169,6 +169,7 @@ class Engine:
         retry_after: float = 0.0,
         agent: Agent | None = None,
         risk: Risk | None = None,
+        approvers: int = 1,
     ) -> Verdict:
         if route is not None:
             agent = route.agent
@@ -183,6 +184,7 @@ class Engine:
             risk,
             approval,
             retry_after,
+            approvers=approvers,
         )
 
     def _registry(self, reason: str, agent_id: str) -> Verdict:
@@ -315,6 +317,7 @@ class Engine:
                 approval=approval_id(
                     call.agent, call.server, call.tool, call.arguments, call.session
                 ),
+                approvers=decided.approvers,
             )
         else:
             decision = decided.decision
@@ -539,6 +542,7 @@ def _with_trace(v: Verdict, trace: tuple[RuleTrace, ...]) -> Verdict:
         v.approval_id,
         v.retry_after_s,
         trace,
+        v.approvers,
     )
 
 

@@ -78,6 +78,9 @@ class Verdict:
     approval_id: str = ""
     retry_after_s: float = 0.0
     explanation: tuple[RuleTrace, ...] = ()
+    #: For ``require_approval``: how many distinct people must approve (the rule's
+    #: ``approvers``).
+    approvers: int = 1
 
     @property
     def allowed(self) -> bool:

@@ -29,7 +29,7 @@ from palisade.v1 import bundle_pb2 as palisade_dot_v1_dot_bundle__pb2
 from palisade.v1 import policy_pb2 as palisade_dot_v1_dot_policy__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epalisade/v1/distribution.proto\x12\x0bpalisade.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17palisade/v1/audit.proto\x1a\x18palisade/v1/bundle.proto\x1a\x18palisade/v1/policy.proto\"\xa2\x01\n\x0e\x43lientIdentity\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.palisade.v1.ClientKind\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x0b\n\x03pod\x18\x05 \x01(\t\x12\x0e\n\x06tenant\x18\x06 \x01(\t\x12\x0e\n\x06server\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\"\'\n\x03\x41\x63k\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"7\n\x04Nack\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xea\x01\n\tHeartbeat\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x0e\n\x06health\x18\x03 \x01(\t\x12\x36\n\x08\x63ounters\x18\x04 \x03(\x0b\x32$.palisade.v1.Heartbeat.CountersEntry\x12(\n\x07summary\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x95\x01\n\x0f\x41pprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\'\n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\x19.palisade.v1.CheckRequest\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x0f\n\x07rule_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x13\n\x0b\x63\x61ll_digest\x18\x06 \x01(\t\"\xca\x01\n\x10\x41pprovalDecision\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x10\n\x08\x61pproved\x18\x02 \x01(\x08\x12\n\n\x02\x62y\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\x12+\n\x07\x65xpires\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63\x61ll_digest\x18\x06 \x01(\t\x12\x30\n\nsignatures\x18\x07 \x03(\x0b\x32\x1c.palisade.v1.BundleSignature\"\xe9\x01\n\x10SubscribeRequest\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.palisade.v1.HelloH\x00\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x10.palisade.v1.AckH\x00\x12!\n\x04nack\x18\x03 \x01(\x0b\x32\x11.palisade.v1.NackH\x00\x12+\n\theartbeat\x18\x04 \x01(\x0b\x32\x16.palisade.v1.HeartbeatH\x00\x12\x38\n\x10\x61pproval_request\x18\x05 \x01(\x0b\x32\x1c.palisade.v1.ApprovalRequestH\x00\x42\x05\n\x03msg\"h\n\x05Hello\x12-\n\x08identity\x18\x01 \x01(\x0b\x32\x1b.palisade.v1.ClientIdentity\x12\x18\n\x10\x63urrent_revision\x18\x02 \x01(\x04\x12\x16\n\x0e\x63urrent_digest\x18\x03 \x01(\t\"\xa2\x01\n\x11SubscribeResponse\x12+\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x19.palisade.v1.SignedBundleH\x00\x12&\n\nup_to_date\x18\x02 \x01(\x0b\x32\x10.palisade.v1.AckH\x00\x12\x31\n\x08\x61pproval\x18\x03 \x01(\x0b\x32\x1d.palisade.v1.ApprovalDecisionH\x00\x42\x05\n\x03msg\"f\n\nAuditBatch\x12-\n\x08identity\x18\x01 \x01(\x0b\x32\x1b.palisade.v1.ClientIdentity\x12)\n\x07records\x18\x02 \x03(\x0b\x32\x18.palisade.v1.AuditRecord\"+\n\rAuditBatchAck\x12\x1a\n\x12stored_through_seq\x18\x01 \x01(\x04*s\n\nClientKind\x12\x1b\n\x17\x43LIENT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43LIENT_KIND_SIDECAR\x10\x01\x12\x1a\n\x16\x43LIENT_KIND_NODE_AGENT\x10\x02\x12\x13\n\x0f\x43LIENT_KIND_CLI\x10\x03\x32\xa7\x01\n\x13\x44istributionService\x12N\n\tSubscribe\x12\x1d.palisade.v1.SubscribeRequest\x1a\x1e.palisade.v1.SubscribeResponse(\x01\x30\x01\x12@\n\tSendAudit\x12\x17.palisade.v1.AuditBatch\x1a\x1a.palisade.v1.AuditBatchAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epalisade/v1/distribution.proto\x12\x0bpalisade.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17palisade/v1/audit.proto\x1a\x18palisade/v1/bundle.proto\x1a\x18palisade/v1/policy.proto\"\xa2\x01\n\x0e\x43lientIdentity\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.palisade.v1.ClientKind\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x0b\n\x03pod\x18\x05 \x01(\t\x12\x0e\n\x06tenant\x18\x06 \x01(\t\x12\x0e\n\x06server\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\"\'\n\x03\x41\x63k\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"7\n\x04Nack\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xea\x01\n\tHeartbeat\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x0e\n\x06health\x18\x03 \x01(\t\x12\x36\n\x08\x63ounters\x18\x04 \x03(\x0b\x32$.palisade.v1.Heartbeat.CountersEntry\x12(\n\x07summary\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa8\x01\n\x0f\x41pprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\'\n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\x19.palisade.v1.CheckRequest\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x0f\n\x07rule_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x13\n\x0b\x63\x61ll_digest\x18\x06 \x01(\t\x12\x11\n\tapprovers\x18\x07 \x01(\r\"\xdd\x01\n\x10\x41pprovalDecision\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x10\n\x08\x61pproved\x18\x02 \x01(\x08\x12\n\n\x02\x62y\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\x12+\n\x07\x65xpires\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63\x61ll_digest\x18\x06 \x01(\t\x12\x30\n\nsignatures\x18\x07 \x03(\x0b\x32\x1c.palisade.v1.BundleSignature\x12\x11\n\tapprovers\x18\x08 \x03(\t\"\xe9\x01\n\x10SubscribeRequest\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.palisade.v1.HelloH\x00\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x10.palisade.v1.AckH\x00\x12!\n\x04nack\x18\x03 \x01(\x0b\x32\x11.palisade.v1.NackH\x00\x12+\n\theartbeat\x18\x04 \x01(\x0b\x32\x16.palisade.v1.HeartbeatH\x00\x12\x38\n\x10\x61pproval_request\x18\x05 \x01(\x0b\x32\x1c.palisade.v1.ApprovalRequestH\x00\x42\x05\n\x03msg\"h\n\x05Hello\x12-\n\x08identity\x18\x01 \x01(\x0b\x32\x1b.palisade.v1.ClientIdentity\x12\x18\n\x10\x63urrent_revision\x18\x02 \x01(\x04\x12\x16\n\x0e\x63urrent_digest\x18\x03 \x01(\t\"\xa2\x01\n\x11SubscribeResponse\x12+\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x19.palisade.v1.SignedBundleH\x00\x12&\n\nup_to_date\x18\x02 \x01(\x0b\x32\x10.palisade.v1.AckH\x00\x12\x31\n\x08\x61pproval\x18\x03 \x01(\x0b\x32\x1d.palisade.v1.ApprovalDecisionH\x00\x42\x05\n\x03msg\"f\n\nAuditBatch\x12-\n\x08identity\x18\x01 \x01(\x0b\x32\x1b.palisade.v1.ClientIdentity\x12)\n\x07records\x18\x02 \x03(\x0b\x32\x18.palisade.v1.AuditRecord\"\x85\x01\n\rAuditBatchAck\x12\x1a\n\x12stored_through_seq\x18\x01 \x01(\x04\x12\x14\n\x0cstored_count\x18\x02 \x01(\r\x12\x16\n\x0e\x61lready_stored\x18\x03 \x01(\r\x12*\n\x07refused\x18\x04 \x01(\x0b\x32\x19.palisade.v1.AuditRefusal\"k\n\x0c\x41uditRefusal\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12/\n\x06reason\x18\x03 \x01(\x0e\x32\x1f.palisade.v1.AuditRefusalReason\x12\x0f\n\x07message\x18\x04 \x01(\t\"9\n\x08\x41uditKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05proof\x18\x03 \x01(\x0c\"m\n\x17RegisterAuditKeyRequest\x12-\n\x08identity\x18\x01 \x01(\x0b\x32\x1b.palisade.v1.ClientIdentity\x12#\n\x04keys\x18\x02 \x03(\x0b\x32\x15.palisade.v1.AuditKey\";\n\x18RegisterAuditKeyResponse\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0f\n\x07key_ids\x18\x02 \x03(\t*s\n\nClientKind\x12\x1b\n\x17\x43LIENT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43LIENT_KIND_SIDECAR\x10\x01\x12\x1a\n\x16\x43LIENT_KIND_NODE_AGENT\x10\x02\x12\x13\n\x0f\x43LIENT_KIND_CLI\x10\x03*\xb6\x02\n\x12\x41uditRefusalReason\x12\x1d\n\x19\x41UDIT_REFUSAL_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41UDIT_REFUSAL_MALFORMED\x10\x01\x12\x18\n\x14\x41UDIT_REFUSAL_EDITED\x10\x02\x12\x1d\n\x19\x41UDIT_REFUSAL_UNKNOWN_KEY\x10\x03\x12\x1f\n\x1b\x41UDIT_REFUSAL_BAD_SIGNATURE\x10\x04\x12\x1b\n\x17\x41UDIT_REFUSAL_BAD_START\x10\x05\x12\x15\n\x11\x41UDIT_REFUSAL_GAP\x10\x06\x12\x1e\n\x1a\x41UDIT_REFUSAL_CHAIN_BROKEN\x10\x07\x12\x1a\n\x16\x41UDIT_REFUSAL_CONFLICT\x10\x08\x12\x1a\n\x16\x41UDIT_REFUSAL_UNSIGNED\x10\t2\x88\x02\n\x13\x44istributionService\x12N\n\tSubscribe\x12\x1d.palisade.v1.SubscribeRequest\x1a\x1e.palisade.v1.SubscribeResponse(\x01\x30\x01\x12@\n\tSendAudit\x12\x17.palisade.v1.AuditBatch\x1a\x1a.palisade.v1.AuditBatchAck\x12_\n\x10RegisterAuditKey\x12$.palisade.v1.RegisterAuditKeyRequest\x1a%.palisade.v1.RegisterAuditKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HEARTBEAT_COUNTERSENTRY']._loaded_options = None
   _globals['_HEARTBEAT_COUNTERSENTRY']._serialized_options = b'8\001'
-  _globals['_CLIENTKIND']._serialized_start=1700
-  _globals['_CLIENTKIND']._serialized_end=1815
+  _globals['_CLIENTKIND']._serialized_start=2169
+  _globals['_CLIENTKIND']._serialized_end=2284
+  _globals['_AUDITREFUSALREASON']._serialized_start=2287
+  _globals['_AUDITREFUSALREASON']._serialized_end=2597
   _globals['_CLIENTIDENTITY']._serialized_start=188
   _globals['_CLIENTIDENTITY']._serialized_end=350
   _globals['_ACK']._serialized_start=352
@@ -51,19 +53,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEAT_COUNTERSENTRY']._serialized_start=638
   _globals['_HEARTBEAT_COUNTERSENTRY']._serialized_end=685
   _globals['_APPROVALREQUEST']._serialized_start=688
-  _globals['_APPROVALREQUEST']._serialized_end=837
-  _globals['_APPROVALDECISION']._serialized_start=840
-  _globals['_APPROVALDECISION']._serialized_end=1042
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=1045
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=1278
-  _globals['_HELLO']._serialized_start=1280
-  _globals['_HELLO']._serialized_end=1384
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=1387
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1549
-  _globals['_AUDITBATCH']._serialized_start=1551
-  _globals['_AUDITBATCH']._serialized_end=1653
-  _globals['_AUDITBATCHACK']._serialized_start=1655
-  _globals['_AUDITBATCHACK']._serialized_end=1698
-  _globals['_DISTRIBUTIONSERVICE']._serialized_start=1818
-  _globals['_DISTRIBUTIONSERVICE']._serialized_end=1985
+  _globals['_APPROVALREQUEST']._serialized_end=856
+  _globals['_APPROVALDECISION']._serialized_start=859
+  _globals['_APPROVALDECISION']._serialized_end=1080
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1083
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1316
+  _globals['_HELLO']._serialized_start=1318
+  _globals['_HELLO']._serialized_end=1422
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1425
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1587
+  _globals['_AUDITBATCH']._serialized_start=1589
+  _globals['_AUDITBATCH']._serialized_end=1691
+  _globals['_AUDITBATCHACK']._serialized_start=1694
+  _globals['_AUDITBATCHACK']._serialized_end=1827
+  _globals['_AUDITREFUSAL']._serialized_start=1829
+  _globals['_AUDITREFUSAL']._serialized_end=1936
+  _globals['_AUDITKEY']._serialized_start=1938
+  _globals['_AUDITKEY']._serialized_end=1995
+  _globals['_REGISTERAUDITKEYREQUEST']._serialized_start=1997
+  _globals['_REGISTERAUDITKEYREQUEST']._serialized_end=2106
+  _globals['_REGISTERAUDITKEYRESPONSE']._serialized_start=2108
+  _globals['_REGISTERAUDITKEYRESPONSE']._serialized_end=2167
+  _globals['_DISTRIBUTIONSERVICE']._serialized_start=2600
+  _globals['_DISTRIBUTIONSERVICE']._serialized_end=2864
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,11 @@ class DistributionServiceStub:
                 request_serializer=palisade_dot_v1_dot_distribution__pb2.AuditBatch.SerializeToString,
                 response_deserializer=palisade_dot_v1_dot_distribution__pb2.AuditBatchAck.FromString,
                 _registered_method=True)
+        self.RegisterAuditKey = channel.unary_unary(
+                '/palisade.v1.DistributionService/RegisterAuditKey',
+                request_serializer=palisade_dot_v1_dot_distribution__pb2.RegisterAuditKeyRequest.SerializeToString,
+                response_deserializer=palisade_dot_v1_dot_distribution__pb2.RegisterAuditKeyResponse.FromString,
+                _registered_method=True)
 
 
 class DistributionServiceServicer:
@@ -56,6 +61,14 @@ class DistributionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SendAudit(self, request, context):
+        """Records are verified on intake: signed by a key registered for the caller
+        (RegisterAuditKey first), hash chain continuous with what is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterAuditKey(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -73,6 +86,11 @@ def add_DistributionServiceServicer_to_server(servicer, server):
                     servicer.SendAudit,
                     request_deserializer=palisade_dot_v1_dot_distribution__pb2.AuditBatch.FromString,
                     response_serializer=palisade_dot_v1_dot_distribution__pb2.AuditBatchAck.SerializeToString,
+            ),
+            'RegisterAuditKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterAuditKey,
+                    request_deserializer=palisade_dot_v1_dot_distribution__pb2.RegisterAuditKeyRequest.FromString,
+                    response_serializer=palisade_dot_v1_dot_distribution__pb2.RegisterAuditKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +147,33 @@ class DistributionService:
             '/palisade.v1.DistributionService/SendAudit',
             palisade_dot_v1_dot_distribution__pb2.AuditBatch.SerializeToString,
             palisade_dot_v1_dot_distribution__pb2.AuditBatchAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterAuditKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/palisade.v1.DistributionService/RegisterAuditKey',
+            palisade_dot_v1_dot_distribution__pb2.RegisterAuditKeyRequest.SerializeToString,
+            palisade_dot_v1_dot_distribution__pb2.RegisterAuditKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,9 +3,12 @@
 :class:`Approvals` is the proxy's :class:`~sidecar.core.ApprovalDesk`: an unexpired
 approval of this exact call (agent, server, tool, arguments, session: one digest)
 lets it through once; a denial answers it as a denial for a window; otherwise an
-``ApprovalRequest`` is queued for the stream. Pure apart from the injected clock,
-the :class:`~palisade.distribution.ApprovalBook` the client fills, and the
-optional state file.
+``ApprovalRequest`` is queued for the stream. A rule asking for N approvers
+(``Verdict.approvers``) is let through only by an answer naming N distinct
+people: the distributor counts them, and the sidecar checks the signed answer
+again, so a distributor bug or an old replica cannot grant it on fewer. Pure
+apart from the injected clock, the :class:`~palisade.distribution.ApprovalBook`
+the client fills, and the optional state file.
 
 With a state file (in the sidecar's ``--state-dir``), the requests not yet
 answered and used survive a restart: they are asked again once the stream is
@@ -72,6 +75,12 @@ def check_request_of(call: Call, secret_names: Iterable[str]) -> policy_pb2.Chec
     except (ValueError, TypeError):  # not representable as a Struct: digest still binds it
         req.arguments.Clear()
     return req
+
+
+def _enough(decision: distribution_pb2.ApprovalDecision, required: int) -> bool:
+    """Whether the approval names ``required`` distinct people (one needs no list: an
+    answer of a distributor from before approvers were counted names one in ``by``)."""
+    return required <= 1 or len(set(decision.approvers)) >= required
 
 
 class Approvals:
@@ -149,6 +158,20 @@ class Approvals:
         )
         self._collect()
         granted = self.book.consume(digest)
+        if granted is not None and not _enough(granted, verdict.approvers):
+            log.warning(
+                "approval with too few approvers ignored",
+                extra={
+                    "approval": granted.approval_id,
+                    "approvers": list(granted.approvers),
+                    "required": verdict.approvers,
+                },
+            )
+            self.refused += 1
+            granted = None
+            asked = self._asked.get(digest)
+            if asked is not None:
+                asked.answered = True  # asked for anew below
         if granted is not None:
             self._asked.pop(digest, None)
             self._save()
@@ -158,7 +181,10 @@ class Approvals:
             allowed = replace(
                 verdict, decision=Decision.ALLOW, reason=reason, approval_id=granted.approval_id
             )
-            return allowed, {"approval": "granted", "approved_by": granted.by}
+            details: dict[str, Any] = {"approval": "granted", "approved_by": granted.by}
+            if granted.approvers:
+                details["approvers"] = list(granted.approvers)
+            return allowed, details
         denied = self._denied.get(digest)
         if denied is not None and denied.until > self._clock():
             self.refused += 1
@@ -186,6 +212,7 @@ class Approvals:
             rule_id=verdict.rule_id,
             reason=verdict.reason,
             call_digest=digest,
+            approvers=max(verdict.approvers, 1),
         )
         asked = _Asked(approval_id, request)
         self._asked[digest] = asked

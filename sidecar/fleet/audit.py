@@ -21,11 +21,9 @@ from typing import Any
 
 from palisade.audit import AuditWriter, Entry, to_proto
 from palisade.distribution import AuditSpool
-from palisade.v1 import audit_pb2
+from palisade.v1 import audit_pb2, distribution_pb2
 
 log = logging.getLogger(__name__)
-
-#: Records waiting in memory for the shipper; beyond this the audit log on disk is read instead.
 
 #: Records waiting in memory for the shipper; beyond this the audit log on disk is read instead.
 TAP_LIMIT = 100_000
@@ -59,6 +57,15 @@ class ShippingWriter(AuditWriter):
         out = list(self._tap)
         self._tap.clear()
         return out
+
+
+def audit_keys(writer: AuditWriter | None) -> tuple[distribution_pb2.AuditKey, ...]:
+    """The writer's signing key as the client registers it with the distributor (the
+    distributor accepts only records signed by a key registered for the sender)."""
+    if writer is None:
+        return ()
+    kid, source, proof = writer.key_proof()
+    return (distribution_pb2.AuditKey(key_id=kid, source=source, proof=proof),)
 
 
 class AuditShipper:

@@ -8,7 +8,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import time
 from typing import Any
 
 from prometheus_client import Gauge
@@ -21,7 +20,7 @@ from palisade.distribution import (
     TrustedKeys,
 )
 from sidecar.fleet.approvals import Approvals
-from sidecar.fleet.audit import AuditShipper, ShippingWriter
+from sidecar.fleet.audit import AuditShipper, ShippingWriter, audit_keys
 from sidecar.fleet.identity import identity_of
 from sidecar.intake import BundleIntake
 from sidecar.metrics import SidecarMetrics
@@ -59,6 +58,7 @@ class SidecarFleet:
                 tls_key_file=settings.tls_key_file,
                 tls_server_name=settings.tls_server_name,
                 token_file=settings.token_file,
+                audit_keys=audit_keys(writer),
             ),
             identity_of(settings, server),
             self.activate,
@@ -157,11 +157,9 @@ class SidecarFleet:
                     pass
             except Exception as exc:
                 log.warning("audit not spooled at stop", extra={"error": str(exc)})
-            deadline = time.monotonic() + drain_s
-            while self.client.spool.pending_bytes() and time.monotonic() < deadline:
-                if not self.client.status.connected:
-                    break  # it waits on disk for the next start
-                await asyncio.sleep(0.05)
+            # The pod's volumes may go with it: deliver while the grace period lasts
+            # (waiting out a reconnect too); what is left waits on disk for a restart.
+            await self.client.drain_audit(drain_s)
         await self.client.stop()
 
     async def _ship_loop(self) -> None:
@@ -197,6 +195,7 @@ class SidecarFleet:
                     rule_id=req.rule_id,
                     reason=req.reason,
                     approval_id=req.approval_id,
+                    approvers=req.approvers,
                 )
             except Exception as exc:
                 log.info("approval request not sent yet", extra={"error": str(exc)})

@@ -59,12 +59,20 @@ class Principal:
     #: agent) first, then the earlier actors; every hop is of ``issuer``. Empty
     #: when the token names no actor.
     delegation: tuple[Actor, ...] = ()
+    #: Who the upstream acts as for this caller: the identity of the credential the
+    #: sidecar hands it (``system:serviceaccount:payments:sre-agent-payments``), set
+    #: by :mod:`sidecar.credentials.caller`; empty when the upstream gets none.
+    upstream_identity: str = ""
 
     def audit_details(self) -> dict[str, Any]:
-        """What audit records add to ``details`` about this caller (the whole chain)."""
-        if not self.delegation:
-            return {}
-        return {"delegation": [hop.as_record() for hop in self.delegation]}
+        """What audit records add to ``details`` about this caller (the whole chain,
+        and the identity the upstream acts as)."""
+        out: dict[str, Any] = {}
+        if self.delegation:
+            out["delegation"] = [hop.as_record() for hop in self.delegation]
+        if self.upstream_identity:
+            out["upstream_identity"] = self.upstream_identity
+        return out
 
 
 class AuthError(Exception):

@@ -205,6 +205,45 @@ class OutputGuard:
             return doc
         return {**doc, "error": {**error, **new}}
 
+    async def quarantine_error(
+        self, doc: dict[str, Any], *, scope: str, tool: str
+    ) -> dict[str, Any]:
+        """A JSON-RPC error answering an untrusted tool's call, as the agent may see it.
+
+        Its ``message`` and ``data`` are the tool's text (whoever can make the tool
+        fail writes them), so they are quarantined like a result: stored under a
+        handle, and the agent gets the code (an integer; any other becomes -32603),
+        a fixed message naming the handle and the validated facts, and no ``data``.
+        Without an extractor the error is only redacted (:meth:`rewrite_error`).
+        """
+        if self.extractor is None:
+            return self.rewrite_error(doc)
+        error = doc.get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+        if not isinstance(code, int) or isinstance(code, bool):
+            code = jsonrpc.INTERNAL_ERROR
+        try:
+            parts: list[str] = []
+            if isinstance(error, dict):
+                if isinstance(error.get("message"), str):
+                    parts.append(error["message"])
+                _strings(error.get("data"), parts)
+            text = clean_text("\n".join(parts))
+            redacted = 0
+            if self.redact:
+                text, redacted = redact_value(text)
+            handle, facts, _ = await self._extract(text, scope, tool, redacted, 0)
+            message = f"Palisade quarantined the error of {tool} as {handle}. " + render(facts)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # fail closed: never the unread text
+            log.error(
+                "error could not be inspected; withheld",
+                extra={"tool": tool, "error": type(exc).__name__},
+            )
+            message = f"Palisade withheld the error of {tool}: it could not be inspected."
+        return {"jsonrpc": "2.0", "id": doc.get("id"), "error": {"code": code, "message": message}}
+
     def redact_content(self, doc: dict[str, Any]) -> dict[str, Any]:
         """The answer to ``resources/read`` or ``prompts/get``, its secrets redacted.
 
@@ -239,11 +278,15 @@ class OutputGuard:
         ``total`` (its ``message`` goes); a log message keeps its ``level`` and gets
         :data:`WITHHELD_LOG_DATA` as ``data`` (the ``logger`` name is the tool's
         text too); a cancellation keeps ``requestId``; any other notification
-        loses its params. Requests the server makes (they carry an ``id``) pass.
+        loses its params; nothing else of the message is kept either. Requests the
+        server makes (they carry an ``id``) are decided by the proxy
+        (:meth:`sidecar.core.ProxyCore.server_request`) and pass here unchanged.
         """
         params = doc.get("params")
-        if self.extractor is None or "id" in doc or not isinstance(params, dict):
+        if self.extractor is None or "id" in doc:
             return doc
+        if not isinstance(params, dict):
+            params = {}
         method = doc.get("method")
         if method == "notifications/progress":
             kept = {k: params[k] for k in _PROGRESS_KEYS if k in params}
@@ -253,7 +296,10 @@ class OutputGuard:
             kept = {k: params[k] for k in ("requestId",) if k in params}
         else:
             kept = {}
-        return doc if kept == params else {**doc, "params": kept}
+        out: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if kept or "params" in doc:
+            out["params"] = kept
+        return doc if out == doc else out
 
     def rewrite_notification(self, doc: dict[str, Any], *, untrusted: bool) -> dict[str, Any]:
         """A message the server sends on a stream (``doc`` itself when nothing changes).
@@ -267,15 +313,26 @@ class OutputGuard:
         params = doc.get("params")
         if not self.redact or not isinstance(params, dict):
             return doc
+        # the client's own progress token, echoed: the client finds its request by it
+        # (a string one would be taken for a credential, its key ending in "token")
+        rest = (
+            {k: v for k, v in params.items() if k != "progressToken"}
+            if "progressToken" in params
+            else params
+        )
         try:
-            new, n = redact_value(params)
+            new, n = redact_value(rest)
         except Exception as exc:  # fail closed: never the unread text
             log.error(
                 "notification could not be inspected; params withheld",
                 extra={"error": type(exc).__name__},
             )
             return {**doc, "params": {}}
-        return {**doc, "params": new} if n else doc
+        if not n:
+            return doc
+        if "progressToken" in params:
+            new = {"progressToken": params["progressToken"], **new}
+        return {**doc, "params": new}
 
     def watches(self, untrusted: bool) -> bool:
         """Whether the proxy must hand this call's answer to :meth:`rewrite`."""
@@ -327,9 +384,27 @@ class OutputGuard:
     async def _quarantine(
         self, result: dict[str, Any], scope: str, tool: str, redacted: int
     ) -> dict[str, Any]:
-        assert self.extractor is not None
         text, other = raw_text(result)
-        text = clean_text(text)
+        handle, facts, report = await self._extract(clean_text(text), scope, tool, redacted, other)
+        rendering = f"Palisade quarantined the output of {tool} as {handle}. " + render(facts)
+        out: dict[str, Any] = {
+            "content": [{"type": "text", "text": rendering}],
+            "structuredContent": {
+                "result": rendering,
+                "handle": handle,
+                "facts": facts,
+            },
+            "_meta": {UNTRUSTED_META_KEY: True, QUARANTINE_META_KEY: report},
+        }
+        if result.get("isError") is True:
+            out["isError"] = True
+        return out
+
+    async def _extract(
+        self, text: str, scope: str, tool: str, redacted: int, other: int
+    ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """Store ``text`` under a handle; its validated facts (handle form) and report."""
+        assert self.extractor is not None
         entry = self.store.put(scope, tool, text)
         used = self.extractor
         report: dict[str, Any] = {}
@@ -345,7 +420,6 @@ class OutputGuard:
             candidate = await used.extract(text, tool=tool)
         checked = validate(candidate)
         facts, unbound = to_handles(self.handles, scope, checked.facts)
-        rendering = f"Palisade quarantined the output of {tool} as {entry.handle}. " + render(facts)
         report.update(
             {
                 "handle": entry.handle,
@@ -357,18 +431,7 @@ class OutputGuard:
                 "truncated": entry.truncated,
             }
         )
-        out: dict[str, Any] = {
-            "content": [{"type": "text", "text": rendering}],
-            "structuredContent": {
-                "result": rendering,
-                "handle": entry.handle,
-                "facts": facts,
-            },
-            "_meta": {UNTRUSTED_META_KEY: True, QUARANTINE_META_KEY: report},
-        }
-        if result.get("isError") is True:
-            out["isError"] = True
-        return out
+        return entry.handle, facts, report
 
     async def close(self) -> None:
         for ex in (self.extractor, self.fallback):

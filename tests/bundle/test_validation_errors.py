@@ -55,7 +55,8 @@ def test_unknown_field_suggests_the_close_one() -> None:
     line = line_of(text, "decison")
     assert only_issue(text) == (
         f"bad.yaml:{line}:7: spec.rules[0].decison: unknown field 'decison'; did you mean"
-        " 'decision'? (allowed here: id, decision, match, when, reason, retryAfterSeconds)"
+        " 'decision'? (allowed here: id, decision, match, when, reason, retryAfterSeconds,"
+        " approvers)"
     )
 
 

@@ -298,8 +298,11 @@ class TestTheDefaultInstall:
             # subscriber authentication: review a token, read the one pod it is bound to
             ("create", "tokenreviews.authentication.k8s.io"),
             ("get", "pods", "-n", TEAM_NS),
+            # approvers send their own token: who they are, whether they may answer
+            ("create", "subjectaccessreviews.authorization.k8s.io"),
         ]
         denied = [
+            ("approve", "approvals.palisade.dev", "-n", TEAM_NS),  # it is nobody's approver
             ("create", "secrets", "-n", NS),
             ("list", "secrets", "-n", NS),
             ("delete", f"secrets/{SIGNING}", "-n", NS),

@@ -143,10 +143,10 @@ class TestStore:
             "arguments": {"x": 1},
         }
         assert s.add_approval(row) and not s.add_approval(row)
-        decided = s.decide_approval("a1", True, "alice", "ok", 60)
+        decided = s.decide_approval("a1", True, {"username": "alice"}, "ok", 60)
         assert decided["status"] == "approved" and decided["expires"] == 160.0
         with pytest.raises(StoreError, match="already approved"):
-            s.decide_approval("a1", False, "bob", "", 60)
+            s.decide_approval("a1", False, {"username": "bob"}, "", 60)
 
         # delivered once; asked again after a reconnect: delivered again, to that client only
         s.mark_delivered("a1")

@@ -252,6 +252,7 @@ def make_client(
     recorder: Recorder | None = None,
     counters: Callable[[], dict[str, float]] | None = None,
     summary: Callable[[], dict[str, Any]] | None = None,
+    audit_keys: tuple[distribution_pb2.AuditKey, ...] = (),
 ) -> tuple[DistributionClient, Recorder]:
     rec = recorder or Recorder()
     identity = distribution_pb2.ClientIdentity(
@@ -272,6 +273,7 @@ def make_client(
         backoff=Backoff(base_s=0.05, cap_s=0.5),
         audit_interval_s=0.1,
         rpc_timeout_s=3,
+        audit_keys=audit_keys,
     )
     client = DistributionClient(settings, identity, rec, counters=counters, summary=summary)
     return client, rec

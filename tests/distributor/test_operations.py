@@ -36,8 +36,10 @@ def check_request(title: str) -> tuple[policy_pb2.CheckRequest, str]:
 async def test_an_approval_asked_on_one_replica_and_answered_on_another_reaches_the_sidecar(
     fleet: Fleet,
 ) -> None:
-    r0 = fleet.start("r0")
-    r1 = fleet.start("r1")
+    # a laptop distributor: answers name whoever --by says (test_approvers_authenticated.py
+    # has the authenticated kind)
+    r0 = fleet.start("r0", extra=["--insecure-approvers"])
+    r1 = fleet.start("r1", extra=["--insecure-approvers"])
     client, _ = make_client(fleet.tmp, "side", [r0.target], fleet.trusted, server="github-mcp")
     await client.start()
     try:
@@ -233,10 +235,14 @@ async def test_the_http_api_requires_the_admin_token_when_one_is_configured(
 
 
 async def test_audit_query_filters_by_agent_tool_decision_and_time(fleet: Fleet) -> None:
-    from palisade.v1 import audit_pb2
+    from palisade.audit import to_proto
+    from tests.distributor.signed_audit import Chain
 
     r0 = fleet.start("r0")
-    client, _ = make_client(fleet.tmp, "side", [r0.target], fleet.trusted)
+    chain = Chain("side")
+    client, _ = make_client(
+        fleet.tmp, "side", [r0.target], fleet.trusted, audit_keys=(chain.key(),)
+    )
     await client.start()
     rows = [
         ("sre", "pods_log", policy_pb2.DECISION_ALLOW, 1_000.0),
@@ -246,18 +252,11 @@ async def test_audit_query_filters_by_agent_tool_decision_and_time(fleet: Fleet)
     ]
     records = []
     for seq, (agent, tool, decision, when) in enumerate(rows, start=1):
-        rec = audit_pb2.AuditRecord(
-            seq=seq,
-            source="side",
-            agent=agent,
-            tool=tool,
-            decision=decision,
-            hash=f"h{seq}",
-            kind="decision",
-            reason=f"reason {seq}",
+        name = policy_pb2.Decision.Name(decision).removeprefix("DECISION_").lower()
+        record = chain.record(
+            time_s=when, agent=agent, tool=tool, decision=name, reason=f"reason {seq}"
         )
-        rec.time.FromSeconds(int(when))
-        records.append(rec)
+        records.append(to_proto(record))
     client.record_audit(records)
     try:
         await eventually(lambda: client.spool.pending_bytes() == 0, 10, "audit shipped")

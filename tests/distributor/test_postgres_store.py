@@ -32,10 +32,12 @@ from distributor.store_postgres import (
     open_store,
     redacted,
 )
+from palisade.audit import to_proto
 from palisade.bundle import digest_of
-from palisade.v1 import audit_pb2, policy_pb2
+from palisade.v1 import audit_pb2
 from tests.distributor.conftest import Fleet
 from tests.distributor.helpers import acli, ahttp, cli, eventually, make_client
+from tests.distributor.signed_audit import Chain
 from tests.harness.process import free_port
 
 pytestmark = pytest.mark.e2e
@@ -331,28 +333,21 @@ class TestThePostgresStore:
         assert args == ["a", 1.0, 2.0, 5]
 
 
-def _records(source: str) -> list[audit_pb2.AuditRecord]:
+def _records(chain: Chain) -> list[audit_pb2.AuditRecord]:
+    """Three signed, chained records (the distributor verifies what it stores)."""
     out = []
     for seq, (agent, tool, decision) in enumerate(
         [
-            ("sre", "pods_log", policy_pb2.DECISION_ALLOW),
-            ("sre", "resources_delete", policy_pb2.DECISION_DENY),
-            ("ops", "pods_log", policy_pb2.DECISION_DENY),
+            ("sre", "pods_log", "allow"),
+            ("sre", "resources_delete", "deny"),
+            ("ops", "pods_log", "deny"),
         ],
         start=1,
     ):
-        rec = audit_pb2.AuditRecord(
-            seq=seq,
-            source=source,
-            agent=agent,
-            tool=tool,
-            decision=decision,
-            hash=f"h{seq}",
-            kind="decision",
-            reason=f"reason {seq}",
+        record = chain.record(
+            time_s=1_000.0 * seq, agent=agent, tool=tool, decision=decision, reason=f"reason {seq}"
         )
-        rec.time.FromSeconds(1_000 * seq)
-        out.append(rec)
+        out.append(to_proto(record))
     return out
 
 
@@ -361,10 +356,13 @@ async def test_a_distributor_with_a_postgres_audit_store_takes_records_and_the_c
 ) -> None:
     dsn = await asyncio.to_thread(pg.new_database)
     r0 = fleet.start("r0", extra=["--audit-store", dsn])
-    client, _ = make_client(fleet.tmp, "side", [r0.target], fleet.trusted)
+    chain = Chain("side")
+    client, _ = make_client(
+        fleet.tmp, "side", [r0.target], fleet.trusted, audit_keys=(chain.key(),)
+    )
     await client.start()
     try:
-        client.record_audit(_records("side"))
+        client.record_audit(_records(chain))
         await eventually(lambda: client.spool.pending_bytes() == 0, 15, "audit shipped")
 
         async def query(*args: str) -> list[int]:
@@ -411,10 +409,13 @@ async def test_the_audit_store_can_come_from_the_environment(
     dsn = await asyncio.to_thread(pg.new_database)
     monkeypatch.setenv("PALISADE_AUDIT_STORE", dsn)
     r0 = fleet.start("r0")
-    client, _ = make_client(fleet.tmp, "side", [r0.target], fleet.trusted)
+    chain = Chain("side")
+    client, _ = make_client(
+        fleet.tmp, "side", [r0.target], fleet.trusted, audit_keys=(chain.key(),)
+    )
     await client.start()
     try:
-        client.record_audit(_records("side")[:1])
+        client.record_audit(_records(chain)[:1])
         await eventually(lambda: client.spool.pending_bytes() == 0, 15, "audit shipped")
     finally:
         await client.stop()
@@ -431,10 +432,13 @@ async def test_while_postgres_is_down_records_wait_in_the_client_spool_and_arriv
         await asyncio.to_thread(own.start)
         dsn = await asyncio.to_thread(own.new_database)
         r0 = fleet.start("r0", extra=["--audit-store", dsn])
-        client, _ = make_client(fleet.tmp, "side", [r0.target], fleet.trusted)
+        chain = Chain("side")
+        client, _ = make_client(
+            fleet.tmp, "side", [r0.target], fleet.trusted, audit_keys=(chain.key(),)
+        )
         await client.start()
         try:
-            batch = _records("side")
+            batch = _records(chain)
             client.record_audit(batch[:1])
             await eventually(lambda: client.spool.pending_bytes() == 0, 15, "first record")
             await asyncio.to_thread(own.halt)

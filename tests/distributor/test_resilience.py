@@ -6,25 +6,17 @@ import asyncio
 import json
 
 from palisade.distribution import State
-from palisade.v1 import audit_pb2, policy_pb2
+from palisade.v1 import audit_pb2
 from tests.distributor.conftest import Fleet
 from tests.distributor.helpers import ahttp, bundle_yaml, eventually, make_client
+from tests.distributor.signed_audit import Chain
 
 
-def records(source: str, start: int, n: int) -> list[audit_pb2.AuditRecord]:
-    return [
-        audit_pb2.AuditRecord(
-            seq=i,
-            source=source,
-            agent="sre-agent-payments",
-            tool="pods_log",
-            server="kubernetes-mcp",
-            decision=policy_pb2.DECISION_ALLOW,
-            hash=f"h{i}",
-            kind="decision",
-        )
-        for i in range(start, start + n)
-    ]
+def records(chain: Chain, n: int) -> list[audit_pb2.AuditRecord]:
+    """The next ``n`` records of ``chain`` (signed, chained: the distributor verifies them)."""
+    return chain.protos(
+        n, agent="sre-agent-payments", tool="pods_log", server="kubernetes-mcp", decision="allow"
+    )
 
 
 async def test_killing_a_replica_moves_its_clients_to_another_with_no_revision_flap(
@@ -63,14 +55,18 @@ async def test_with_every_replica_down_clients_keep_enforcing_and_deliver_audit_
     forwarded = fleet.tmp / "forwarded.jsonl"
     r0 = fleet.start("r0", extra=["--audit-forward", str(forwarded)])
     clients = []
+    chains = {}
     for i in range(5):
-        client, rec = make_client(fleet.tmp, f"c{i}", [r0.target], fleet.trusted)
+        chains[f"c{i}"] = Chain(f"c{i}")
+        client, rec = make_client(
+            fleet.tmp, f"c{i}", [r0.target], fleet.trusted, audit_keys=(chains[f"c{i}"].key(),)
+        )
         await client.start()
         clients.append((client, rec))
     try:
         await eventually(lambda: all(c.status.revision == 1 for c, _ in clients), 15, "rev 1")
         for c, _ in clients:
-            c.record_audit(records(c.identity.id, 1, 50))
+            c.record_audit(records(chains[c.identity.id], 50))
         await eventually(
             lambda: all(c.spool.pending_bytes() == 0 for c, _ in clients), 15, "first batch"
         )
@@ -78,8 +74,8 @@ async def test_with_every_replica_down_clients_keep_enforcing_and_deliver_audit_
         r0.kill()
         await eventually(lambda: not any(c.status.connected for c, _ in clients), 10, "down")
         for c, _ in clients:
-            for start in range(51, 251, 50):  # written in several bursts while down
-                c.record_audit(records(c.identity.id, start, 50))
+            for _ in range(4):  # written in several bursts while down
+                c.record_audit(records(chains[c.identity.id], 50))
                 await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)
         for c, _ in clients:

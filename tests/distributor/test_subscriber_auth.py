@@ -16,17 +16,20 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 import yaml
 
+from palisade.audit import to_proto
 from palisade.bundle import public_key_pem
 from palisade.distribution import DistributionClient
-from palisade.v1 import audit_pb2, distribution_pb2, distribution_pb2_grpc
+from palisade.v1 import distribution_pb2, distribution_pb2_grpc
 from tests.chart.render import one, render
 from tests.distributor.conftest import Fleet
 from tests.distributor.helpers import Replica, ahttp, cli, eventually, make_client
+from tests.distributor.signed_audit import Chain
 from tests.distributor.test_operations import check_request
 from tests.harness.commands import kubeconfig
 from tests.harness.controlplane import ControlPlane
@@ -270,7 +273,9 @@ async def test_id_kind_and_scope_come_from_the_token_never_from_the_hello(
 async def test_another_pod_cannot_evict_the_subscriber_take_its_approvals_or_fake_its_acks(
     fleet: Fleet, pods: Pods
 ) -> None:
-    replica = _distributor(fleet, pods)
+    # the answer's author is not the point here (test_approvers_authenticated.py)
+    extra = [*_auth_args(fleet.tmp, pods, "auth"), "--insecure-approvers"]
+    replica = fleet.start("auth", extra=extra)
     uid_a = pods.uids["mcp-a"]
     victim, _ = make_client(fleet.tmp, uid_a, [replica.target], fleet.trusted, server="github-mcp")
     _with_token(victim, fleet.tmp / "a.token", pods.token("mcp-a"))
@@ -336,30 +341,53 @@ async def test_audit_records_are_stored_under_the_authenticated_source_only(
     replica = _distributor(fleet, pods)
     uid_a, uid_b = pods.uids["mcp-a"], pods.uids["mcp-b"]
 
-    async def send(token: str, source: str, seq: int) -> grpc.StatusCode:
+    async def call(method: str, token: str, request: Any) -> grpc.StatusCode:
         async with grpc.aio.insecure_channel(replica.target) as channel:
             stub = distribution_pb2_grpc.DistributionServiceStub(channel)  # type: ignore[no-untyped-call]
-            record = audit_pb2.AuditRecord(source=source, seq=seq, hash=f"h{seq}", tool="t")
-            batch = distribution_pb2.AuditBatch(
-                identity=distribution_pb2.ClientIdentity(id=uid_a), records=[record]
-            )
             metadata = (("authorization", f"Bearer {token}"),) if token else ()
             try:
-                await stub.SendAudit(batch, metadata=metadata, timeout=10)
+                await getattr(stub, method)(request, metadata=metadata, timeout=10)
             except grpc.aio.AioRpcError as exc:
                 return exc.code()
             return grpc.StatusCode.OK
 
+    def batch(*records: dict[str, Any]) -> distribution_pb2.AuditBatch:
+        return distribution_pb2.AuditBatch(
+            identity=distribution_pb2.ClientIdentity(id=uid_a),
+            records=[to_proto(r) for r in records],
+        )
+
+    def register(chain: Chain) -> distribution_pb2.RegisterAuditKeyRequest:
+        return distribution_pb2.RegisterAuditKeyRequest(keys=[chain.key()])
+
     token_b = pods.token("mcp-b")
-    assert await send("", f"sidecar/{uid_a}", 1) == grpc.StatusCode.UNAUTHENTICATED
-    assert await send(token_b, f"sidecar/{uid_a}", 2) == grpc.StatusCode.PERMISSION_DENIED
-    assert await send(token_b, "", 3) == grpc.StatusCode.OK
-    assert await send(token_b, f"sidecar/{uid_b}", 4) == grpc.StatusCode.OK
+    as_a, as_b = Chain(f"sidecar/{uid_a}"), Chain(f"sidecar/{uid_b}")
+    # a key is registered for the caller's own source only
+    assert await call("RegisterAuditKey", "", register(as_b)) == grpc.StatusCode.UNAUTHENTICATED
+    assert await call("RegisterAuditKey", token_b, register(as_a)) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert await call("RegisterAuditKey", token_b, register(as_b)) == grpc.StatusCode.OK
+    assert await call("SendAudit", "", batch(as_a.record(tool="t"))) == (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+    assert await call("SendAudit", token_b, batch(as_a.record(tool="t"))) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    # a record naming no source is stored under the caller's (its hash covers source "")
+    blank = Chain("", as_b.signer)
+    first = blank.record(tool="t")
+    as_b.seq, as_b.head = blank.seq, blank.head
+    assert await call("SendAudit", token_b, batch(first)) == grpc.StatusCode.OK
+    assert await call("SendAudit", token_b, batch(as_b.record(tool="t"))) == grpc.StatusCode.OK
     _, body = await ahttp("GET", replica.url + "/v1/audit?tool=t")
-    stored = sorted((r.get("source", ""), int(r["seq"])) for r in body["records"])
-    assert [s for _, s in stored] == [3, 4]
+    assert sorted(int(r["seq"]) for r in body["records"]) == [1, 2]
     _, body = await ahttp("GET", replica.url + f"/v1/audit?source=sidecar/{uid_b}")
-    assert sorted(int(r["seq"]) for r in body["records"]) == [3, 4]
+    assert sorted(int(r["seq"]) for r in body["records"]) == [1, 2]
+    _, body = await ahttp("GET", replica.url + "/v1/audit/keys")
+    assert [(k["source"], k["key_id"]) for k in body["keys"]] == [
+        (f"sidecar/{uid_b}", as_b.signer.key_id)
+    ]
 
 
 def test_a_replica_on_a_public_address_will_not_start_without_subscriber_auth(

@@ -338,6 +338,24 @@ CASES = [
     Case("the injector's own namespace is never injected", pod(), [], namespace="palisade"),
     Case("a pod that is not an MCP server", pod(labels={"app": "web"}), []),
     Case("a pod without labels", pod(labels={}), []),
+    Case(
+        "a grace period too short for the audit drain is raised",
+        pod(terminationGracePeriodSeconds=5),
+        [
+            unname(),
+            mounts(),
+            *VOLUMES_NEW,
+            INIT_NEW,
+            SIDECAR_REGULAR,
+            ("replace", "/spec/terminationGracePeriodSeconds"),
+            ("add", ANNOTATIONS),
+        ],
+    ),
+    Case(
+        "a long enough grace period is left alone",
+        pod(terminationGracePeriodSeconds=30),
+        regular(unname(), mounts()),
+    ),
 ]
 
 

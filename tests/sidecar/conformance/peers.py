@@ -137,6 +137,7 @@ def bundle_for(server_name: str, tools: Sequence[str], out: Path) -> Path:
         "  servers:",
         f"    - name: {server_name}",
         '      versions: ["*"]',
+        "      serverRequests: [sampling, elicitation, roots]  # the suite's scenarios use them",
         "      tools:",
         *(f"        - {{name: {json.dumps(t)}, risk: read}}" for t in tools),
         "  tenants: [{name: conformance, namespaces: [conformance]}]",

@@ -405,7 +405,7 @@ def make_world(
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    w = make_world(tmp_path)
+    w = make_world(tmp_path, extra=["--insecure-approvers"])  # approvers as --by says
     try:
         yield w
     finally:

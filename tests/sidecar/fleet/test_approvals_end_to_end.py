@@ -175,7 +175,7 @@ async def test_a_denied_approval_is_answered_as_a_denial(world: World) -> None:
 
 @pytest.fixture
 def short_window(tmp_path: Path) -> Iterator[World]:
-    w = make_world(tmp_path, approval_window_s=3.0)
+    w = make_world(tmp_path, approval_window_s=3.0, extra=["--insecure-approvers"])
     try:
         yield w
     finally:
