@@ -130,6 +130,17 @@ def install(cluster: Cluster, timings: Timings) -> dict[str, Any]:
     return report
 
 
+def uninstall(cluster: Cluster) -> None:
+    """Undo the README's commands on a cluster that stays up (for the next module):
+    what they applied deleted in reverse, the release uninstalled, its namespace gone."""
+    for argv in reversed(readme_commands()):
+        if argv[:2] == ["kubectl", "apply"]:
+            args = [_from_repo(a) for a in argv[2:]]
+            cluster.kubectl("delete", *args, "--ignore-not-found", "--wait", timeout=300)
+    cluster.helm("uninstall", "palisade", "-n", "palisade", "--wait", "--timeout", "5m")
+    cluster.kubectl("delete", "namespace", "palisade", "--ignore-not-found", "--wait", timeout=300)
+
+
 def _up() -> int:
     from tests.harness.node import NodeConfig, RealNode
 

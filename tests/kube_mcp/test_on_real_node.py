@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.harness.node import RealNode
-from tests.harness.quickstart import REPO, Timings, install
+from tests.harness.quickstart import REPO, Timings, install, uninstall
 
 pytestmark = [pytest.mark.node, pytest.mark.e2e, pytest.mark.timeout(1800)]
 
@@ -114,9 +114,14 @@ def messages(text: str) -> list[dict[str, Any]]:
 def deployed(real_node: RealNode) -> Iterator[tuple[RealNode, dict[str, Any]]]:
     node = real_node
     report = install(node, Timings())
-    node.kubectl("apply", "-f", str(MANIFEST))
-    node.wait_ready("deployment", NS, "kubernetes-mcp", timeout=300)
-    yield node, report
+    try:
+        node.kubectl("apply", "-f", str(MANIFEST))
+        node.wait_ready("deployment", NS, "kubernetes-mcp", timeout=300)
+        yield node, report
+    finally:
+        # the node serves the whole session: leave it as the quick start found it
+        node.kubectl("delete", "-f", str(MANIFEST), "--ignore-not-found", "--wait", timeout=300)
+        uninstall(node)
 
 
 def test_the_injected_real_server_lists_pods_with_the_agents_own_token(

@@ -33,7 +33,8 @@ async def test_the_bundle_arrives_is_acked_and_the_sidecar_shows_in_the_fleet(
 
     async def acked_with_counters() -> dict[str, Any] | None:
         row = await world.distributor.sidecar(sc.client_id)
-        if row and row["revision"] == 1 and row["counters"].get("calls", 0) >= 2:
+        # the row exists from the ACK on; its counters come with the next heartbeat
+        if row and row["revision"] == 1 and (row["counters"] or {}).get("calls", 0) >= 2:
             return row
         return None
 
