@@ -17,21 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
-from palisade.audit import AuditWriter, Signer, verify_files
-from palisade.bundle.load import load_file
-from palisade.policy.engine import compile_bundle
-from sidecar.app import build_app
-from sidecar.audit import WriterSink
+from palisade.audit import verify_files
 from sidecar.core import ProxyCore
-from sidecar.identity import Authenticator, DevAuthenticator
-from sidecar.intake import snapshot_of
-from sidecar.policy import PolicyHolder
-from sidecar.settings import Limits, SidecarSettings
-from sidecar.upstream import Upstream
-from tests.harness.peers import free_port
-from tests.sidecar.proxy.conftest import BUNDLE, SERVER, TOKENS
+from sidecar.identity import Authenticator
+from sidecar.settings import Limits
+from tests.sidecar.proxy.conftest import run_sidecar
 
 
 @dataclass
@@ -69,47 +59,8 @@ async def serve(
     limits: Limits | None = None,
 ) -> AsyncIterator[Peer]:
     """A sidecar on a free port; ``authenticator`` gets the resource URI (default: dev tokens)."""
-    port = free_port()
-    resource = f"http://127.0.0.1:{port}/mcp"
-    settings = SidecarSettings(
-        upstream=upstream_url,
-        server_name=SERVER,
-        listen_host="127.0.0.1",
-        listen_port=port,
-        limits=limits or Limits(),
-    )
-    engine = compile_bundle(load_file(BUNDLE), revision=1)
-    writer = AuditWriter(tmp / f"audit-{port}.jsonl", Signer.generate(), fsync="never")
-    writer.open()
-    auth = (
-        authenticator(resource)
-        if authenticator is not None
-        else DevAuthenticator(TOKENS, resource=resource, enabled=True)
-    )
-    core = ProxyCore(
-        settings=settings,
-        policy=PolicyHolder(snapshot_of(engine, SERVER)),
-        authenticator=auth,
-        audit=WriterSink(writer),
-        upstream=Upstream(upstream_url, timeout_s=settings.limits.upstream_timeout_s),
-    )
-    # the runner's own limits, as sidecar/main.py passes them
-    runner = web.AppRunner(
-        build_app(core),
-        handle_signals=False,
-        handler_cancellation=True,
-        access_log=None,
-        shutdown_timeout=2.0,
-        max_line_size=settings.limits.max_header_bytes,
-        max_field_size=settings.limits.max_header_bytes,
-    )
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield Peer(port, core, writer.path)
-    finally:
-        await runner.cleanup()
-        writer.close()
+    async with run_sidecar(upstream_url, tmp, limits, authenticator=authenticator) as sc:
+        yield Peer(int(sc.base.rsplit(":", 1)[1]), sc.core, sc.audit_path)
 
 
 @dataclass

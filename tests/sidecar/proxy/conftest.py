@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from palisade.policy.engine import compile_bundle
 from sidecar.app import build_app
 from sidecar.audit import WriterSink
 from sidecar.core import ProxyCore
-from sidecar.identity import DevAgent, DevAuthenticator
+from sidecar.identity import Authenticator, DevAgent, DevAuthenticator
 from sidecar.intake import snapshot_of
 from sidecar.policy import PolicyHolder
 from sidecar.settings import Limits, SidecarSettings
@@ -137,8 +137,12 @@ async def run_sidecar(
     limits: Limits | None = None,
     bundle: Path = BUNDLE,
     server_name: str = SERVER,
+    authenticator: Callable[[str], Authenticator] | None = None,
 ) -> AsyncIterator[Sidecar]:
+    """The real sidecar app on a free port; ``authenticator`` gets the resource URI
+    (default: the dev tokens of :data:`TOKENS`)."""
     port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
     settings = SidecarSettings(
         upstream=upstream_url,
         server_name=server_name,
@@ -152,8 +156,10 @@ async def run_sidecar(
     core = ProxyCore(
         settings=settings,
         policy=PolicyHolder(snapshot_of(engine, server_name)),
-        authenticator=DevAuthenticator(
-            TOKENS, resource=f"http://127.0.0.1:{port}/mcp", enabled=True
+        authenticator=(
+            authenticator(resource)
+            if authenticator is not None
+            else DevAuthenticator(TOKENS, resource=resource, enabled=True)
         ),
         audit=WriterSink(writer),
         upstream=Upstream(upstream_url, timeout_s=settings.limits.upstream_timeout_s),
