@@ -85,7 +85,8 @@ def _start_server(tmp: Path, core: int) -> tuple[subprocess.Popen[bytes], str]:
         "--audit-file", str(tmp / "audit.jsonl"), "--audit-key", str(key),
         "--log-level", "warning",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, preexec_fn=lambda: os.sched_setaffinity(0, {core}), cwd=ROOT)
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    os.sched_setaffinity(proc.pid, {core})  # pinned from the parent: no preexec_fn
     deadline = time.monotonic() + 20
     while not os.path.exists(sock):
         if proc.poll() is not None or time.monotonic() > deadline:

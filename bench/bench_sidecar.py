@@ -186,12 +186,6 @@ def _pinned(where: Placement, up_pid: int, sc_pid: int, cores: list[int], on: bo
     _set_affinity(os.getpid(), set(where.client) if on else every)
 
 
-def _pin(core: int | None) -> Any:
-    if core is None:
-        return None
-    return lambda: os.sched_setaffinity(0, {core})
-
-
 def _wait(
     url: str, proc: subprocess.Popen[bytes], log: Path | None = None, timeout: float = 60.0
 ) -> None:
@@ -219,9 +213,9 @@ def _wait(
 @contextmanager
 def _process(argv: list[str], log: Path, core: int | None) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=_pin(core)
-        )
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        if core is not None:  # pinned from the parent: no preexec_fn in a threaded process
+            os.sched_setaffinity(proc.pid, {core})
         try:
             yield proc
         finally:

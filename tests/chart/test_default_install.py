@@ -33,7 +33,7 @@ from palisade.policy import Call, Decision, compile_bundle
 from tests.chart.render import CHART, ensure_crds, one, render
 from tests.distributor.helpers import Replica, eventually, make_client, start_replica
 from tests.harness import ApiError, ControlPlane, kubeconfig
-from tests.harness.process import die_with_parent, free_port
+from tests.harness.process import dying_with_parent, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -194,6 +194,10 @@ class NodeAgent:
             return ""
 
     def healthy(self) -> bool:
+        """Its /healthz answers 200; an agent that has exited fails the test with its log."""
+        if self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise AssertionError(f"the node agent exited ({self.proc.returncode}):\n{tail}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=3) as r:
                 return bool(r.status == 200)
@@ -250,9 +254,7 @@ def _node_agent(tmp: Path, name: str, trusted: Path, target: str, token: str) ->
         "--heartbeat-interval", "0.5",
     ]  # fmt: skip
     with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
-        )
+        proc = subprocess.Popen(dying_with_parent(cmd), stdout=out, stderr=subprocess.STDOUT)
     return NodeAgent(proc, port, log)
 
 

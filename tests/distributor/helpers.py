@@ -26,7 +26,7 @@ from palisade.distribution import (
     TrustedKeys,
 )
 from palisade.v1 import distribution_pb2
-from tests.harness.process import die_with_parent
+from tests.harness.process import dying_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -162,7 +162,7 @@ def launch_replica(
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, preexec_fn=die_with_parent
+            dying_with_parent(cmd), stdout=log, stderr=subprocess.STDOUT, env=full_env
         )
     return Launched(name, proc, ready, log_path)
 

@@ -34,7 +34,7 @@ from tests.distributor.test_operations import check_request
 from tests.harness.commands import kubeconfig
 from tests.harness.controlplane import ControlPlane
 from tests.harness.peers import free_port, stop
-from tests.harness.process import die_with_parent
+from tests.harness.process import dying_with_parent
 from tests.sidecar.fleet.conftest import make_world
 
 pytestmark = pytest.mark.e2e
@@ -440,9 +440,7 @@ def _start_node_agent(
         "--heartbeat-interval", "0.5",
     ]  # fmt: skip
     with open(log, "ab") as out:
-        return subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
-        )
+        return subprocess.Popen(dying_with_parent(cmd), stdout=out, stderr=subprocess.STDOUT)
 
 
 async def test_a_real_node_agent_joins_with_its_projected_token(fleet: Fleet, pods: Pods) -> None:

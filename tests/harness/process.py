@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
-import ctypes.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,26 +22,22 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
 _live: set[ManagedProcess] = set()
 _live_lock = threading.Lock()
 
 
-# Resolved here, in the parent: between fork and exec the child may only make the
-# prctl call. find_library runs ldconfig in a subprocess, and doing that in the
-# forked child of a threaded test process (gRPC, asyncio) can kill the child
-# before it writes a line.
-_LIBC = (
-    ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if sys.platform.startswith("linux")
-    else None
-)
+# The parent-death signal is set by util-linux's setpriv, which then execs the real
+# command: never by a ``preexec_fn``. A preexec_fn makes Python run its at-fork
+# hooks in the child, and gRPC's child hook, run in the fork of a threaded test
+# process, can abort the child (SIGABRT) before it execs.
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 
 
-def die_with_parent() -> None:
-    """``preexec_fn``: the kernel SIGKILLs the child when the test process dies."""
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def dying_with_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` run so that the kernel SIGKILLs it when the test process dies."""
+    if _SETPRIV is None:
+        return list(argv)
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
 
 
 def free_port() -> int:
@@ -76,13 +71,12 @@ class ManagedProcess:
         """Start the child; its stdout and stderr go to ``log_path``."""
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                self.argv,
+                self.argv if self.detached else dying_with_parent(self.argv),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self._env,
                 start_new_session=True,
-                preexec_fn=None if self.detached else die_with_parent,
             )
         if not self.detached:
             with _live_lock:
