@@ -415,7 +415,6 @@ class ProxyCore:
         else:
             verdict = self.policy.decide(call)
         latency = time.perf_counter_ns() - t0
-        self.metrics.decision_seconds.observe(latency / 1e9)
         facts = snap.facts(call.tool) if snap is not None else None
         call_id = uuid.uuid4().hex
         details: dict[str, Any] = {"risk": str(verdict.risk)} if verdict.risk else {}
@@ -455,7 +454,14 @@ class ProxyCore:
                 "the audit log cannot be written; denied (fail closed)",
                 verdict.bundle_revision,
             )
-        self.metrics.decisions.labels(str(verdict.decision), verdict.rule_id).inc()
+        self.metrics.decided(
+            decision=str(verdict.decision),
+            rule=verdict.rule_id,
+            agent=principal.agent,
+            server=call.server,
+            tool=call.tool,
+            seconds=latency / 1e9,
+        )
         level = logging.DEBUG if verdict.allowed else logging.INFO
         if log.isEnabledFor(level):  # the fields are not built for a line nobody writes
             log.log(

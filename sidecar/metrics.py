@@ -77,6 +77,12 @@ class SidecarMetrics:
             ["reason"],
             registry=r,
         )
+        self.audit_mode_decisions = Counter(
+            "palisade_audit_mode_decisions_total",
+            "What rules in mode: audit would have decided (the call went on by the next rule)",
+            ["decision", "rule"],
+            registry=r,
+        )
         #: children of ``requests`` by label values (a bounded set, see :func:`method_label`)
         self._request_children: dict[tuple[str, str], Any] = {}
 
@@ -87,3 +93,14 @@ class SidecarMetrics:
         if child is None:
             child = self._request_children[key] = self.requests.labels(*key)
         child.inc()
+
+    def decided(
+        self, *, decision: str, rule: str, agent: str, server: str, tool: str, seconds: float
+    ) -> None:
+        """Count one enforced tools/call decision and the time it took."""
+        self.decision_seconds.observe(seconds)
+        self.decisions.labels(decision, rule).inc()
+
+    def would_decide(self, *, decision: str, rule: str, agent: str, server: str, tool: str) -> None:
+        """Count what a rule in ``mode: audit`` would have decided."""
+        self.audit_mode_decisions.labels(decision, rule).inc()
