@@ -7,6 +7,9 @@ Pure functions: text in, a document or located errors out. No clock, no files.
   (``payments.yaml:14: spec.rules[2].decision: ...``), and returns the
   canonical document and its digest. The same sources give the same digest on
   every replica: nothing time- or host-dependent goes in.
+- ``isolate`` keeps one broken source from holding the others: it is set aside
+  (its last valid text served instead, or left out if it never was valid) and
+  the rest compile and flow; see its docstring for when the fleet is held.
 - ``scope_for`` cuts the document down to what one client needs: a sidecar
   gets its own server's registry entry, the rules that can match it, agents,
   tenants and budgets; a node agent gets the tenants and their GPU quotas.
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from palisade.bundle import BundleError, Issue, canonical_json, digest_of, to_document
@@ -95,6 +98,79 @@ def compile_bundle(sources: Iterable[tuple[str, str]]) -> Compiled:
         {str((d.get("metadata") or {}).get("name", "")) for d, _ in docs if isinstance(d, dict)}
     )
     return Compiled(document, digest_of(canonical_json(document)), tuple(names))
+
+
+# -- isolation: one broken source does not hold the others ------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Isolated:
+    """What to compile, and what was set aside."""
+
+    #: The sources to compile: the valid ones as they are, a broken one's last valid text.
+    sources: tuple[tuple[str, str], ...]
+    #: Each source set aside, with its own errors.
+    rejected: Mapping[str, tuple[SourceError, ...]] = field(default_factory=dict)
+    #: Set aside and served from their last valid text.
+    substituted: frozenset[str] = frozenset()
+    #: Set aside and left out (never valid).
+    left_out: frozenset[str] = frozenset()
+    #: Isolation could not help: ``sources`` are the current ones, they do not compile,
+    #: and nothing new may be published until they are fixed.
+    held: bool = False
+
+
+def isolate(current: Iterable[tuple[str, str]], last_valid: Mapping[str, str | None]) -> Isolated:
+    """Set broken sources aside so that the others still compile (pure).
+
+    ``last_valid`` maps a source name to the last text of it that compiled with the
+    others, or to None when it is known to have been valid once but its text is not
+    (a restarted distributor). A source whose errors are its own is replaced by its
+    last valid text, or left out when it has none: a source that never was valid
+    never took effect, so leaving it out loosens nothing. The fleet is *held* (the
+    current sources returned as they are, ``held`` set) when setting aside cannot
+    help without dropping policy that took effect: an error not located in one
+    source, a source that was valid whose last valid text is unknown or fails too
+    (another source it depends on changed), or nothing left to compile.
+    """
+    texts = dict(sorted(current))
+    held = Isolated(tuple(texts.items()), held=True)
+    try:
+        compile_bundle(texts.items())
+        return Isolated(tuple(texts.items()))
+    except CompileError as exc:
+        errors = exc.errors
+    serving = dict(texts)
+    rejected: dict[str, tuple[SourceError, ...]] = {}
+    for _ in range(len(texts)):
+        by_source: dict[str, list[SourceError]] = {}
+        for e in errors:
+            by_source.setdefault(e.source, []).append(e)
+        for name, errs in by_source.items():
+            if name not in texts or name in rejected:
+                return held  # not located in one source, or a last valid text fails too
+            rejected[name] = tuple(errs)
+            if name not in last_valid:
+                serving.pop(name)
+                continue
+            prior = last_valid[name]
+            if prior is None or prior == texts[name]:
+                return held  # it was valid, and no valid text of it can be served
+            serving[name] = prior
+        if not serving:
+            return held
+        try:
+            compile_bundle(serving.items())
+        except CompileError as exc:
+            errors = exc.errors
+            continue
+        return Isolated(
+            tuple(sorted(serving.items())),
+            rejected,
+            substituted=frozenset(n for n in rejected if n in serving),
+            left_out=frozenset(n for n in rejected if n not in serving),
+        )
+    return held
 
 
 # -- scoping -------------------------------------------------------------------

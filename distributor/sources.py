@@ -10,6 +10,10 @@ snapshots, compiles the last one and publishes it when it compiles.
 - ``CrdSource`` lists and watches ``policybundles.palisade.dev`` with
   kubernetes_asyncio and writes each resource's status (validity with file,
   line and field, revision, digest, rollout) back through the status subresource.
+  Its snapshots are isolated (``distributor.compiler.isolate``): a resource that
+  does not validate is set aside, served from its last valid spec (or left out
+  if it never was valid), so the others keep flowing; ``rejected``,
+  ``substituted`` and ``left_out`` say which, for the status reporter.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from distributor.compiler import SourceError, isolate
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +80,12 @@ class FileSource:
             await asyncio.sleep(self.interval_s)
 
 
+def generation_of(d: Mapping[str, Any], key: str) -> int:
+    """An integer field of metadata or status, 0 when absent or not an integer."""
+    value = d.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def cr_source_name(obj: Mapping[str, Any]) -> str:
     meta = obj.get("metadata", {})
     return f"policybundle/{meta.get('namespace', '')}/{meta.get('name', '')}"
@@ -91,6 +103,24 @@ def cr_to_yaml(obj: Mapping[str, Any]) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
+def with_transition_times(
+    old: Mapping[str, Any], status: Mapping[str, Any], now: Callable[[], str]
+) -> dict[str, Any]:
+    """``status`` with each condition's lastTransitionTime (pure but for ``now``).
+
+    As the Kubernetes API conventions ask, the time moves only when the condition's
+    ``status`` changes; a new reason, message or observedGeneration keeps it.
+    """
+    prior = {c.get("type"): c for c in old.get("conditions") or [] if isinstance(c, dict)}
+    conditions = []
+    for cond in status.get("conditions", []):
+        before = prior.get(cond["type"])
+        kept = before.get("lastTransitionTime") if before else None
+        same = before is not None and before.get("status") == cond["status"] and kept
+        conditions.append({**cond, "lastTransitionTime": kept if same else now()})
+    return {**status, "conditions": conditions}
+
+
 class CrdSource:
     """List+watch PolicyBundles (all namespaces or one) and report status on them."""
 
@@ -100,9 +130,42 @@ class CrdSource:
         self.api: Any = client.CustomObjectsApi(api_client)
         self.namespace = namespace
         self.objects: dict[str, dict[str, Any]] = {}
+        #: Per resource: the last spec (as YAML) that compiled with the others, and its
+        #: metadata.generation. Kept in memory; status.validGeneration survives restarts.
+        self.last_valid: dict[str, str] = {}
+        self.valid_generation: dict[str, int] = {}
+        #: From the last snapshot: resources set aside, with their own errors.
+        self.rejected: dict[str, tuple[SourceError, ...]] = {}
+        self.substituted: frozenset[str] = frozenset()
+        self.left_out: frozenset[str] = frozenset()
+
+    def current(self) -> Snapshot:
+        """Every resource's spec as it is now."""
+        return [(name, cr_to_yaml(obj)) for name, obj in sorted(self.objects.items())]
 
     def snapshot(self) -> Snapshot:
-        return [(name, cr_to_yaml(obj)) for name, obj in sorted(self.objects.items())]
+        """What to compile: :meth:`current` with broken resources set aside (see isolate)."""
+        current = self.current()
+        known: dict[str, str | None] = {}
+        for name, _ in current:
+            if name in self.last_valid:
+                known[name] = self.last_valid[name]
+            elif generation_of((self.objects[name].get("status") or {}), "validGeneration"):
+                known[name] = None  # valid once (before a restart); its text is gone
+        result = isolate(current, known)
+        self.rejected = dict(result.rejected)
+        self.substituted, self.left_out = result.substituted, result.left_out
+        if not result.held:
+            now = dict(current)
+            for name, text in result.sources:
+                if now.get(name) == text:
+                    self.last_valid[name] = text
+                    gen = generation_of(self.objects[name].get("metadata") or {}, "generation")
+                    self.valid_generation[name] = gen
+        for name in set(self.last_valid) - set(self.objects):
+            self.last_valid.pop(name, None)
+            self.valid_generation.pop(name, None)
+        return list(result.sources)
 
     async def _list(self) -> tuple[list[dict[str, Any]], str]:
         if self.namespace:
@@ -120,7 +183,7 @@ class CrdSource:
             try:
                 items, rv = await self._list()
                 self.objects = {cr_source_name(o): o for o in items}
-                yield self.snapshot()
+                yield await asyncio.to_thread(self.snapshot)
                 w = watch.Watch()
                 func = (
                     self.api.list_namespaced_custom_object
@@ -145,7 +208,7 @@ class CrdSource:
                             self.objects[name] = obj
                             if old is not None and old.get("spec") == obj.get("spec"):
                                 continue  # a status write of ours, not a policy change
-                        yield self.snapshot()
+                        yield await asyncio.to_thread(self.snapshot)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -161,18 +224,8 @@ class CrdSource:
         if obj is None:
             return
         old = obj.get("status") or {}
-        body_status = dict(status)
-        conds = []
-        for cond in status.get("conditions", []):
-            prior = next(
-                (c for c in old.get("conditions", []) if c.get("type") == cond["type"]), None
-            )
-            same = prior is not None and prior.get("status") == cond["status"]
-            stamp = prior.get("lastTransitionTime") if same and prior else now()
-            conds.append({**cond, "lastTransitionTime": stamp})
-        body_status["conditions"] = conds
-        comparable = {k: v for k, v in old.items()}
-        if comparable == body_status:
+        body_status = with_transition_times(old, status, now)
+        if old == body_status:
             return
         with contextlib.suppress(Exception):
             obj["status"] = body_status

@@ -51,9 +51,9 @@ def get(kube: ControlPlane, name: str) -> dict[str, Any]:
 
 
 def put_spec(kube: ControlPlane, name: str, spec: dict[str, Any]) -> None:
-    obj = get(kube, name)
-    obj["spec"] = spec
-    kube.request("PUT", f"{BASE}/{name}", obj)
+    kube.request(
+        "PATCH", f"{BASE}/{name}", {"spec": spec}, content_type="application/merge-patch+json"
+    )
 
 
 def condition(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
@@ -110,13 +110,14 @@ async def test_policy_bundle_resources_are_compiled_pushed_and_reported_in_their
         await wait_status(kube, "payments", lambda o: o["status"]["revision"] == 2)
 
         bad = copy.deepcopy(spec)
-        bad["rules"][0]["decision"] = "perhaps"
+        bad["rules"][0]["match"]["servers"] = ["kubernetes-mpc"]
         await asyncio.to_thread(put_spec, kube, "payments", bad)
         obj = await wait_status(
             kube, "payments", lambda o: condition(o, "Valid").get("status") == "False"
         )
         message = condition(obj, "Valid")["message"]
-        assert "spec.rules[0].decision" in message and "perhaps" in message
+        assert "spec.rules[0].match.servers[0]" in message and "kubernetes-mpc" in message
+        assert condition(obj, "Valid")["reason"] == "ServingLastValid"
         assert "line" in message
         assert obj["status"]["revision"] == 2, "the fleet stays on the last valid revision"
         await asyncio.sleep(0.5)

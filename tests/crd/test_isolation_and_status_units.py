@@ -1,0 +1,123 @@
+"""The pure parts: isolating a broken source, each resource's status, transition times."""
+
+from __future__ import annotations
+
+import yaml
+
+from distributor.compiler import SourceError, compile_bundle, isolate
+from distributor.crd import BundleState, status_for
+from distributor.sources import with_transition_times
+
+SERVERS = yaml.safe_dump(
+    {
+        "apiVersion": "palisade.dev/v1alpha1",
+        "kind": "PolicyBundle",
+        "metadata": {"name": "a"},
+        "spec": {"servers": [{"name": "kube", "tools": [{"name": "t", "risk": "read"}]}]},
+    }
+)
+
+
+def rules(name: str, server: str = "kube", reason: str = "") -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "palisade.dev/v1alpha1",
+            "kind": "PolicyBundle",
+            "metadata": {"name": name},
+            "spec": {
+                "rules": [
+                    {
+                        "id": f"{name}-r",
+                        "match": {"servers": [server]},
+                        "decision": "deny",
+                        "reason": reason,
+                    }
+                ]
+            },
+        }
+    )
+
+
+def test_valid_sources_pass_through_untouched() -> None:
+    current = [("a", SERVERS), ("b", rules("b"))]
+    out = isolate(current, {})
+    assert out.sources == tuple(current) and not out.rejected and not out.held
+
+
+def test_a_broken_source_with_a_last_valid_text_is_served_from_it() -> None:
+    good, bad = rules("b", reason="old"), rules("b", server="nope")
+    out = isolate([("a", SERVERS), ("b", bad)], {"a": SERVERS, "b": good})
+    assert dict(out.sources) == {"a": SERVERS, "b": good}
+    assert out.substituted == {"b"} and not out.left_out and not out.held
+    assert [e.field for e in out.rejected["b"]] == ["spec.rules[0].match.servers[0]"]
+    compile_bundle(out.sources)
+
+
+def test_a_source_that_never_was_valid_is_left_out() -> None:
+    out = isolate([("a", SERVERS), ("c", rules("c", server="nope"))], {"a": SERVERS})
+    assert dict(out.sources) == {"a": SERVERS}
+    assert out.left_out == {"c"} and "c" in out.rejected
+
+
+def test_the_fleet_is_held_when_a_valid_source_cannot_be_served() -> None:
+    bad = rules("b", server="nope")
+    # Valid once, before a restart: its text is unknown, leaving it out could loosen.
+    held = isolate([("a", SERVERS), ("b", bad)], {"a": SERVERS, "b": None})
+    assert held.held and held.sources == (("a", SERVERS), ("b", bad)) and not held.rejected
+    # Unchanged, broken by another source it depends on (alpha dropped the server).
+    gone = SERVERS.replace("kube", "other")
+    b = rules("b")
+    held = isolate([("a", gone), ("b", b)], {"a": SERVERS, "b": b})
+    assert held.held
+
+
+def test_nothing_left_to_compile_holds() -> None:
+    assert isolate([("c", rules("c", server="nope"))], {}).held
+
+
+def err(source: str) -> SourceError:
+    return SourceError(source, 3, "spec.rules[0].decision", "'perhaps' is not one of ...")
+
+
+def test_status_names_the_generation_and_why() -> None:
+    s = status_for(
+        "b",
+        BundleState(generation=4, valid_generation=2, own_errors=(err("b"),), substituted=True),
+        7,
+        "sha256:x",
+        1,
+        2,
+    )
+    assert s["observedGeneration"] == 4 and s["validGeneration"] == 2
+    valid, ready = s["conditions"]
+    assert valid["status"] == "False" and valid["reason"] == "ServingLastValid"
+    assert "spec.rules[0].decision (line 3)" in valid["message"]
+    assert "generation 2" in valid["message"]
+    assert ready["status"] == "False" and s["rollout"] == "1/2"
+    assert {c["observedGeneration"] for c in s["conditions"]} == {4}
+    held = status_for("a", BundleState(generation=1, held_errors=(err("b"),)), 7, "", 0, 0)
+    assert held["conditions"][0]["reason"] == "OtherBundleInvalid"
+    assert "validGeneration" not in held
+    mine = status_for("b", BundleState(generation=1, held_errors=(err("b"),)), 7, "", 0, 0)
+    assert mine["conditions"][0]["reason"] == "Invalid"
+    assert "revision 7" in mine["conditions"][0]["message"]
+
+
+def test_last_transition_time_moves_only_when_status_does() -> None:
+    old = {
+        "conditions": [
+            {"type": "Valid", "status": "True", "lastTransitionTime": "T0"},
+            {"type": "Ready", "status": "False", "lastTransitionTime": "T0"},
+        ]
+    }
+    new = {
+        "conditions": [
+            {"type": "Valid", "status": "True", "reason": "Other", "observedGeneration": 2},
+            {"type": "Ready", "status": "True"},
+        ]
+    }
+    out = with_transition_times(old, new, lambda: "T1")
+    assert [c["lastTransitionTime"] for c in out["conditions"]] == ["T0", "T1"]
+    assert with_transition_times({}, new, lambda: "T2")["conditions"][0]["lastTransitionTime"] == (
+        "T2"
+    )
