@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nodeagent.quota import DEFAULT_SYSTEM_NAMESPACES
+from nodeagent.status import add_status_parser
 
 
 def _env(name: str, default: str) -> str:
@@ -106,10 +107,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     run.set_defaults(func=_run)
 
-    status = sub.add_parser("status", help="print a running agent's status as tables")
-    status.add_argument("--url", default=_env("URL", "http://127.0.0.1:9400"))
-    status.add_argument("--json", action="store_true", help="print the raw /status JSON")
-    status.set_defaults(func=_status)
+    add_status_parser(sub, default_url=_env("URL", "http://127.0.0.1:9400"))
 
     attr = sub.add_parser(
         "attribute",
@@ -165,31 +163,6 @@ def _run(ns: argparse.Namespace) -> int:
     except Exception as exc:  # startup errors: one clear line, no traceback
         print(f"palisade nodeagent: {exc}", file=sys.stderr)
         return 1
-
-
-def fetch_status(url: str, timeout: float = 5.0) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{url.rstrip('/')}/status", timeout=timeout) as resp:  # noqa: S310
-        doc = json.loads(resp.read())
-    if not isinstance(doc, dict):
-        raise ValueError("status is not a JSON object")
-    return doc
-
-
-def _status(ns: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from nodeagent.status import render
-
-    try:
-        doc = fetch_status(ns.url)
-    except (OSError, ValueError, urllib.error.URLError) as exc:
-        print(f"palisade nodeagent status: cannot read {ns.url}/status: {exc}", file=sys.stderr)
-        return 1
-    if ns.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        render(doc, Console(width=160))
-    return 0
 
 
 def _pid_arg(raw: str) -> int:

@@ -1,7 +1,21 @@
-"""The ``/status`` document, and the table ``palisade nodeagent status`` prints from it."""
+"""The ``/status`` document, and ``palisade nodeagent status``, which prints it.
+
+  palisade nodeagent status [--url http://127.0.0.1:9400] [-o table|wide|json|yaml]
+
+``table`` is the tables a node operator reads (GPUs, processes, tenants,
+violations, actions); ``wide`` adds columns (clocks, ECC, XID, energy per GPU;
+enforcement per tenant); ``json`` and ``yaml`` are the ``/status`` document
+as the agent serves it. ``--json`` (the older flag) means ``-o json``. Exit 1
+when the agent cannot be read.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
 from typing import TYPE_CHECKING, Any
 
 from nodeagent.gpu import GpuSample
@@ -159,8 +173,15 @@ def _num(v: Any, unit: str = "") -> str:
     return "-" if v is None else f"{v:.0f}{unit}"
 
 
-def render(doc: dict[str, Any], console: Console) -> None:
-    """Print a ``/status`` document as tables for a node operator."""
+def _esc(v: Any) -> str:
+    """A value from the node (a pod name, an error) shown as text, never as markup."""
+    from rich.markup import escape
+
+    return escape(str(v))
+
+
+def render(doc: dict[str, Any], console: Console, *, wide: bool = False) -> None:
+    """Print a ``/status`` document as tables for a node operator (``wide``: more columns)."""
     from rich.table import Table
 
     hb = doc.get("heartbeat") or {}
@@ -181,21 +202,33 @@ def render(doc: dict[str, Any], console: Console) -> None:
         if source.get("problem"):
             console.print(f"[yellow]  {source['problem']}[/]")
     gpus = Table(title="GPUs", title_justify="left")
-    for col in ("#", "name", "UUID", "state", "MIG", "util %", "mem GiB", "power W", "temp C"):
+    gpu_cols = ["#", "name", "UUID", "state", "MIG", "util %", "mem GiB", "power W", "temp C"]
+    if wide:
+        gpu_cols += ["SM MHz", "mem MHz", "energy J", "ECC corr/uncorr", "XID"]
+    for col in gpu_cols:
         gpus.add_column(col)
     for g in doc.get("gpus", []):
         mig = ", ".join(f"{m['profile']}#{m['giId']}" for m in g["mig"]) or "off"
-        gpus.add_row(
+        cells = [
             str(g["index"]),
-            g["name"],
+            _esc(g["name"]),
             g["uuid"],
-            "ok" if g["ok"] else f"[red]{g['error']}[/]",
+            "ok" if g["ok"] else f"[red]{_esc(g['error'])}[/]",
             mig if g["migEnabled"] else "off",
             _num(g["utilizationPct"]),
             f"{_gib(g['memoryUsedBytes'])}/{_gib(g['memoryTotalBytes'])}",
             _num(g["powerWatts"]),
             _num(g["temperatureC"]),
-        )
+        ]
+        if wide:
+            cells += [
+                _num(g.get("smClockMHz")),
+                _num(g.get("memoryClockMHz")),
+                _num(g.get("energyJoules")),
+                f"{_num(g.get('eccCorrected'))}/{_num(g.get('eccUncorrected'))}",
+                ", ".join(str(x) for x in g.get("xidEvents") or []) or "-",
+            ]
+        gpus.add_row(*cells)
     console.print(gpus)
     procs = Table(title="Processes", title_justify="left")
     for col in ("pid", "GPU", "MIG", "mem GiB", "pod", "container", "tenant", "allocated"):
@@ -214,7 +247,10 @@ def render(doc: dict[str, Any], console: Console) -> None:
             )
     console.print(procs)
     tenants = Table(title="Tenants (usage / quota)", title_justify="left")
-    for col in ("tenant", "GPUs", "mem GiB", "MIG", "power W", "GPU-s", "energy J"):
+    tenant_cols = ["tenant", "GPUs", "mem GiB", "MIG", "power W", "GPU-s", "energy J"]
+    if wide:
+        tenant_cols += ["enforcement", "grace s", "allocated only"]
+    for col in tenant_cols:
         tenants.add_column(col)
     for name, t in doc.get("tenants", {}).items():
         u, q = t["usage"], t["quota"] or {}
@@ -222,15 +258,22 @@ def render(doc: dict[str, Any], console: Console) -> None:
             f"{k}:{v}/{(q.get('migInstances') or {}).get(k, '-')}"
             for k, v in u["migInstances"].items()
         )
-        tenants.add_row(
-            name,
+        row = [
+            _esc(name),
             f"{u['gpus']}/{q.get('gpus', '-') if q.get('gpus') is not None else '-'}",
             f"{_gib(u['gpuMemoryBytes'])}/{_gib(q.get('gpuMemoryBytes'))}",
             mig or "-",
             f"{u['powerWatts']:.0f}/{_num(q.get('powerWatts'))}",
             f"{t['gpuSeconds']:.1f}",
             f"{t['energyJoules']:.1f}",
-        )
+        ]
+        if wide:
+            row += [
+                str(q.get("enforcement") or "-"),
+                _num(q.get("gracePeriodSeconds")),
+                str(q.get("allocatedDevicesOnly", "-")),
+            ]
+        tenants.add_row(*row)
     console.print(tenants)
     if doc.get("violations"):
         vt = Table(title="Violations", title_justify="left")
@@ -253,3 +296,49 @@ def render(doc: dict[str, Any], console: Console) -> None:
         console.print(at)
     if doc.get("unattributed"):
         console.print(f"[yellow]{len(doc['unattributed'])} unattributed GPU process(es)[/]")
+
+
+DEFAULT_URL = "http://127.0.0.1:9400"
+
+
+def fetch_status(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    """A running agent's ``/status`` document."""
+    with urllib.request.urlopen(f"{url.rstrip('/')}/status", timeout=timeout) as resp:  # noqa: S310
+        doc = json.loads(resp.read())
+    if not isinstance(doc, dict):
+        raise ValueError("status is not a JSON object")
+    return doc
+
+
+def status_command(ns: argparse.Namespace) -> int:
+    """``palisade nodeagent status``: exit 0 when printed, 1 when the agent cannot be read."""
+    from rich.console import Console
+
+    from palisade.cli.output import dump
+
+    if not str(ns.url).startswith(("http://", "https://")):
+        print(f"palisade nodeagent status: --url must be http(s): {ns.url!r}", file=sys.stderr)
+        return 2
+    try:
+        doc = fetch_status(ns.url)
+    except (OSError, ValueError, urllib.error.URLError) as exc:
+        print(f"palisade nodeagent status: cannot read {ns.url}/status: {exc}", file=sys.stderr)
+        return 1
+    fmt = "json" if getattr(ns, "json", False) else ns.output
+    if fmt in ("json", "yaml"):
+        print(dump(doc, fmt))
+    else:
+        render(doc, Console(width=200), wide=fmt == "wide")
+    return 0
+
+
+def add_status_parser(sub: Any, default_url: str = DEFAULT_URL) -> argparse.ArgumentParser:
+    """Mount ``status`` (with ``--url`` and ``-o``) on the ``nodeagent`` subcommands."""
+    from palisade.cli.output import add_output_flag
+
+    status = sub.add_parser("status", help="print a running agent's status")
+    status.add_argument("--url", default=default_url, help="the agent's HTTP address")
+    add_output_flag(status)
+    status.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # = -o json
+    status.set_defaults(func=status_command)
+    return status  # type: ignore[no-any-return]

@@ -3,8 +3,16 @@
   palisade audit verify FILE|DIR... [--trusted KEY]... [--expect-head HASH] [--partial]
   palisade audit verify --distributor URL [--source S]... [--token-file F] [--partial]
   palisade audit show FILE|DIR... [--agent A] [--tool T] [--decision D] [--session S]
-      [--last N] [--json]
-  palisade audit keygen --out PATH
+      [--last N] [-o table|wide|json|yaml|jsonl]
+  palisade audit query ...   (the distributor's store: palisade/cli/audit_query.py)
+  palisade audit keygen --out PATH [-o ...]
+
+Every command takes ``-o``. ``verify`` prints, by default, its report: one line
+per problem (``file:line (seq N): what``) and one per chain (``OK ...`` or
+``FAILED ...``); ``-o wide`` adds each chain's signing key ids; ``-o json|yaml``
+is one document ``{"ok", "chains": [...]}`` with the same facts. ``show -o
+json`` is one JSON list; ``-o jsonl`` one record per line (``--json``, the older
+flag, means ``-o jsonl``).
 
 ``verify`` exits 0 when every chain is intact, 1 with one line per problem
 (``file:line (seq N): what``) otherwise, 2 on bad usage. A directory stands
@@ -31,12 +39,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 from palisade.audit import AuditKeyError, Signer, load_public_key, verify_files
 from palisade.audit import keys as keys_mod
-from palisade.audit.verify import Finding, order_files, verify_records
+from palisade.audit.verify import Finding, Result, order_files, verify_records
+from palisade.cli.output import Column, add_output_flag, emit
 from palisade.distribution.api import ApiError, FleetApi
 
 _AUDIT_NAME = re.compile(r".*\.jsonl(\.\d+)?$")
@@ -76,7 +82,7 @@ def _central(ns: argparse.Namespace, page: int = 1000) -> int:
         if not chains:
             print("palisade audit verify: the distributor holds no such chain", file=sys.stderr)
             return 1
-        failed = 0
+        report = _Report(ns.output)
         for c in chains:
             source, chain = str(c["source"]), int(c["chain"])
             keys = api.request("GET", "/v1/audit/keys", source=source)["keys"]
@@ -102,21 +108,11 @@ def _central(ns: argparse.Namespace, page: int = 1000) -> int:
                 result.findings.append(
                     Finding(name, 0, None, "no audit key is registered for this source")
                 )
-            for finding in result.findings:
-                print(finding)
-            if not result.ok:
-                failed += 1
-                problems = len(result.findings)
-                print(f"FAILED {name}: {problems} problem(s) in {result.records} record(s)")
-                continue
-            print(
-                f"OK {name}: {result.records} record(s), seq {result.first_seq}..{result.last_seq},"
-                f" {len(trusted)} registered key(s), head {result.head}"
-            )
+            report.add(name, result, detail=f"{len(trusted)} registered key(s)")
     except ApiError as exc:
         print(f"palisade audit verify: {exc}", file=sys.stderr)
         return 1
-    return 1 if failed else 0
+    return report.finish()
 
 
 def _verify(ns: argparse.Namespace) -> int:
@@ -145,27 +141,71 @@ def _verify(ns: argparse.Namespace) -> int:
     if ns.expect_head and len(chains) > 1:
         print("palisade audit verify: --expect-head needs the files of one chain", file=sys.stderr)
         return 2
-    failed = 0
+    report = _Report(ns.output)
     for base, group in chains.items():
         result = verify_files(
             group, trusted=trusted, allow_partial_start=ns.partial, expect_head=ns.expect_head
         )
+        report.add(str(base), result, detail=f"{len(group)} file(s)", files=[str(f) for f in group])
+    note = ""
+    if not trusted:
+        note = (
+            "signatures were checked against the keys named in the records; "
+            "pass --trusted KEY to pin the signer"
+        )
+    return report.finish(note)
+
+
+class _Report:
+    """``verify``'s findings: printed as they come (table, wide), or one document at the end."""
+
+    def __init__(self, fmt: str) -> None:
+        self.fmt = fmt
+        self.chains: list[dict[str, Any]] = []
+
+    def add(
+        self, name: str, result: Result, *, detail: str, files: list[str] | None = None
+    ) -> None:
+        entry: dict[str, Any] = {
+            "chain": name,
+            "ok": result.ok,
+            "records": result.records,
+            "firstSeq": result.first_seq,
+            "lastSeq": result.last_seq,
+            "head": result.head,
+            "keyIds": sorted(result.key_ids),
+            "problems": [
+                {"file": f.file, "line": f.line, "seq": f.seq, "message": f.message}
+                for f in result.findings
+            ],
+        }
+        if files is not None:
+            entry["files"] = files
+        self.chains.append(entry)
+        if self.fmt not in ("table", "wide"):
+            return
         for finding in result.findings:
             print(finding)
         if not result.ok:
-            failed += 1
-            print(f"FAILED {base}: {len(result.findings)} problem(s) in {result.records} record(s)")
-            continue
-        print(
-            f"OK {base}: {result.records} record(s), seq {result.first_seq}..{result.last_seq}, "
-            f"{len(group)} file(s), head {result.head}"
-        )
-    if not trusted and not failed:
-        print(
-            "note: signatures were checked against the keys named in the records; "
-            "pass --trusted KEY to pin the signer"
-        )
-    return 1 if failed else 0
+            print(f"FAILED {name}: {len(result.findings)} problem(s) in {result.records} record(s)")
+        else:
+            print(
+                f"OK {name}: {result.records} record(s), seq {result.first_seq}..{result.last_seq},"
+                f" {detail}, head {result.head}"
+            )
+        if self.fmt == "wide":
+            print(f"   signed by: {', '.join(entry['keyIds']) or '-'}")
+
+    def finish(self, note: str = "") -> int:
+        ok = all(c["ok"] for c in self.chains)
+        if self.fmt in ("json", "yaml"):
+            doc: dict[str, Any] = {"ok": ok, "chains": self.chains}
+            if note:
+                doc["note"] = note
+            emit(self.fmt, doc)
+        elif note and ok:
+            print(f"note: {note}")
+        return 0 if ok else 1
 
 
 def _matches(record: dict[str, Any], ns: argparse.Namespace) -> bool:
@@ -195,25 +235,27 @@ def _show(ns: argparse.Namespace) -> int:
                     continue  # `verify` is the tool that reports bad lines
                 if isinstance(record, dict) and _matches(record, ns):
                     selected.append(record)
-    if ns.json:
-        for record in selected:
-            print(json.dumps(record, sort_keys=True))
-        return 0
-    table = Table(title=f"{len(selected)} audit record(s)", title_justify="left")
-    for col in ("seq", "time", "agent", "tool", "decision", "rule", "reason"):
-        table.add_column(col, overflow="fold")
-    for r in selected:
-        table.add_row(
-            str(r.get("seq", "")),
-            str(r.get("time", "")),
-            str(r.get("agent", "")),
-            str(r.get("tool", "")),
-            str(r.get("decision", "")),
-            str(r.get("rule_id", "")),
-            str(r.get("reason", "")),
-        )
-    Console(width=160).print(table)
+    fmt = "jsonl" if ns.json else ns.output
+    rows = list(selected)
+    emit(fmt, rows, columns=SHOW_COLUMNS, title=f"{len(rows)} audit record(s)")
     return 0
+
+
+SHOW_COLUMNS = (
+    Column("SEQ", "seq"),
+    Column("TIME", "time"),
+    Column("AGENT", "agent"),
+    Column("TOOL", "tool"),
+    Column("DECISION", "decision"),
+    Column("RULE", "rule_id"),
+    Column("REASON", "reason"),
+    Column("KIND", "kind", wide=True),
+    Column("SERVER", "server", wide=True),
+    Column("SESSION", "session", wide=True),
+    Column("TENANT", "tenant", wide=True),
+    Column("REVISION", "bundle_revision", wide=True),
+    Column("HASH", "hash", wide=True),
+)
 
 
 def _keygen(ns: argparse.Namespace) -> int:
@@ -227,7 +269,10 @@ def _keygen(ns: argparse.Namespace) -> int:
     out.write_bytes(signer.private_pem())
     pub = out.with_name(out.name + ".pub")
     pub.write_bytes(signer.public_pem())
-    print(f"wrote {out} (private) and {pub}; key id {signer.key_id}")
+    if ns.output in ("json", "yaml"):
+        emit(ns.output, {"keyId": signer.key_id, "private": str(out), "public": str(pub)})
+    else:
+        print(f"wrote {out} (private) and {pub}; key id {signer.key_id}")
     return 0
 
 
@@ -258,6 +303,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     v.add_argument(
         "--partial", action="store_true", help="accept a chain that does not start at seq 1"
     )
+    add_output_flag(v)
     v.set_defaults(func=_verify)
     from palisade.cli.audit_query import add_query_parser  # the distributor's audit store
 
@@ -269,9 +315,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     q.add_argument("--decision", default="", help="allow, deny, require_approval or throttle")
     q.add_argument("--session", default="")
     q.add_argument("--last", type=int, default=0, metavar="N", help="only the last N matches")
-    q.add_argument("--json", action="store_true", help="one JSON record per line")
+    add_output_flag(q, extra=("jsonl",))
+    q.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # = -o jsonl
     q.set_defaults(func=_show)
     k = sub.add_parser("keygen", help="generate an Ed25519 audit signing key (PKCS#8 PEM)")
     k.add_argument("--out", required=True, help="private key path; the public key gets .pub")
     k.add_argument("--force", action="store_true", help="overwrite an existing key")
+    add_output_flag(k)
     k.set_defaults(func=_keygen)

@@ -1,20 +1,21 @@
-"""``palisade audit query`` (also ``palisade audit-query``): search audit records stored
-by the distributor.
+"""``palisade audit query``: search audit records stored by the distributor.
 
-  palisade audit query [--agent A] [--tool T] [--decision D] [--source S]
-                       [--since 1h|ISO|UNIX] [--until ...] [--limit N] [-o table|json]
+palisade audit query [--agent A] [--tool T] [--decision D] [--source S]
+                     [--since 1h|ISO|UNIX] [--until ...] [--limit N]
+                     [-o table|wide|json|yaml]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import time
 from datetime import datetime
 from typing import Any
 
-from palisade.cli.fleet import _guard, add_api_args, api_from, print_table
+from palisade.cli.connect import distributor
+from palisade.cli.fleet import _guard, add_api_args
+from palisade.cli.output import Column, emit
 
 _REL = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 
@@ -40,40 +41,37 @@ def parse_time(text: str, now: float | None = None) -> float:
         ) from None
 
 
+COLUMNS = (
+    Column("TIME", "time"),
+    Column("SOURCE", "source"),
+    Column("KIND", "kind"),
+    Column("AGENT", "agent"),
+    Column("TOOL", "tool"),
+    Column("DECISION", "decision"),
+    Column("RULE", "rule_id"),
+    Column("REASON", lambda r: str(r.get("reason") or "")[:50]),
+    Column("SEQ", "seq", wide=True),
+    Column("SERVER", "server", wide=True),
+    Column("SESSION", "session", wide=True),
+    Column("REVISION", "bundle_revision", wide=True),
+    Column("BY", "by", wide=True),
+    Column("FULL REASON", "reason", wide=True),
+)
+
+
 def query(ns: argparse.Namespace) -> int:
-    rows: list[dict[str, Any]] = api_from(ns).audit(
-        agent=ns.agent,
-        tool=ns.tool,
-        decision=ns.decision,
-        source=ns.source,
-        kind=ns.kind,
-        since=ns.since,
-        until=ns.until,
-        limit=ns.limit,
-    )
-    if ns.output == "json":
-        print(json.dumps(rows, indent=2))
-        return 0
-    table = [
-        [
-            r.get("time", ""),
-            r.get("source", ""),
-            r.get("seq", ""),
-            r.get("kind", ""),
-            r.get("agent", ""),
-            r.get("server", ""),
-            r.get("tool", ""),
-            r.get("decision", ""),
-            r.get("rule_id", ""),
-            r.get("reason", "")[:50],
-        ]
-        for r in rows
-    ]
-    print_table(
-        f"audit records ({len(rows)})",
-        ["TIME", "SOURCE", "SEQ", "KIND", "AGENT", "SERVER", "TOOL", "DECISION", "RULE", "REASON"],
-        table,
-    )
+    with distributor(ns) as api:
+        rows: list[dict[str, Any]] = api.audit(
+            agent=ns.agent,
+            tool=ns.tool,
+            decision=ns.decision,
+            source=ns.source,
+            kind=ns.kind,
+            since=ns.since,
+            until=ns.until,
+            limit=ns.limit,
+        )
+    emit(ns.output, rows, columns=COLUMNS, title=f"audit records ({len(rows)})")
     return 0
 
 
@@ -93,7 +91,3 @@ def add_query_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=1000)
     add_api_args(p)
     p.set_defaults(func=_guard(query))
-
-
-def register(parser: argparse.ArgumentParser) -> None:
-    add_query_args(parser)

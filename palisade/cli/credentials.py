@@ -69,21 +69,25 @@ def _named(items: Any, name: str, key: str) -> dict[str, Any] | None:
     return None
 
 
-def kubeconfig_token(explicit: str = "") -> Found | None:
-    """The current user's token from the kubeconfig; None when there is no kubeconfig."""
+def kubeconfig_token(explicit: str = "", context: str = "") -> Found | None:
+    """The token of the user of ``context`` (default: the current one); None without kubeconfig."""
     docs = [(p, d) for p in kubeconfig_paths(explicit) if (d := _load(p)) is not None]
     if not docs:
         if explicit:
             raise CredentialError(f"kubeconfig {explicit} does not exist")
         return None
-    current = next((str(d["current-context"]) for _, d in docs if d.get("current-context")), "")
+    current = context or next(
+        (str(d["current-context"]) for _, d in docs if d.get("current-context")), ""
+    )
     if not current:
         return None
-    context = next(
+    found_context = next(
         (c for _, d in docs if (c := _named(d.get("contexts"), current, "context")) is not None),
         None,
     )
-    user_name = str((context or {}).get("user") or "")
+    if found_context is None and context:
+        raise CredentialError(f"kubeconfig has no context {context!r}")
+    user_name = str((found_context or {}).get("user") or "")
     if not user_name:
         raise CredentialError(f"kubeconfig context {current!r} names no user")
     found = [
@@ -153,7 +157,7 @@ def _exec_token(spec: dict[str, Any], where: str) -> str:
 
 
 def person_token(
-    *, token: str = "", token_file: Path | None = None, kubeconfig: str = ""
+    *, token: str = "", token_file: Path | None = None, kubeconfig: str = "", context: str = ""
 ) -> Found | None:
     """The approver's token (see the module docstring for the order); None when none."""
     if token:
@@ -165,7 +169,7 @@ def person_token(
             raise CredentialError(f"cannot read --token-file: {exc}") from None
     if os.environ.get("PALISADE_TOKEN"):
         return Found(os.environ["PALISADE_TOKEN"].strip(), "PALISADE_TOKEN")
-    found = kubeconfig_token(kubeconfig)
+    found = kubeconfig_token(kubeconfig, context)
     if found is not None:
         return found
     if os.environ.get("PALISADE_ADMIN_TOKEN"):

@@ -1,56 +1,39 @@
 """``palisade fleet``: who is connected to the distributor, what they run, who is stale.
 
-  palisade fleet [sidecars|nodes|bundles] [--url URL] [-o table|json] [--all]
+  palisade fleet [sidecars|nodes|bundles] [-o table|wide|json|yaml] [--all]
   (no WHAT: all three)
   palisade fleet rollback --to REVISION [--by NAME]   (also: palisade bundle rollback)
 
-Tables for people (rich), ``-o json`` for scripts. Exit status 1 when the
-distributor cannot be reached or refuses the request.
+The distributor is reached by ``--url``, ``PALISADE_DISTRIBUTOR_URL``, or
+through the kubeconfig (:mod:`palisade.cli.connect`). Exit status 1 when it
+cannot be reached or refuses the request, 2 for bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import json
-import os
 import sys
 import time
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from palisade.distribution.api import DEFAULT_URL, ApiError, FleetApi
+from palisade.cli.connect import UsageError, add_connection_args, distributor
+from palisade.cli.output import Column, add_output_flag, emit, print_rows
+from palisade.cli.output import print_table as print_table  # re-exported for older callers
+from palisade.distribution.api import ApiError, FleetApi
 
 
-def add_api_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("PALISADE_DISTRIBUTOR_URL", DEFAULT_URL),
-        help="distributor HTTP API (env PALISADE_DISTRIBUTOR_URL)",
-    )
-    parser.add_argument(
-        "--token-file", type=Path, help="bearer token file (else env PALISADE_ADMIN_TOKEN)"
-    )
-    parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+def add_api_args(parser: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    """How to reach the distributor, and ``-o``: every command that talks to it.
 
-
-def api_from(ns: argparse.Namespace) -> FleetApi:
-    token = os.environ.get("PALISADE_ADMIN_TOKEN", "")
-    if ns.token_file:
-        token = ns.token_file.read_text().strip()
-    return FleetApi(ns.url, token)
-
-
-def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    Console(width=200).print(table)
+    ``nested``: a subcommand of a parser that has these flags too (``palisade
+    fleet -n ns sidecars``): what is not given here keeps the parent's value.
+    """
+    add_connection_args(parser, nested=nested)
+    add_output_flag(parser, default=argparse.SUPPRESS if nested else "table")
 
 
 def _ago(seconds: float) -> str:
@@ -61,118 +44,166 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.0f}h"
 
 
-def _style_state(state: str) -> str:
-    return {"live": "[green]live[/]", "stale": "[yellow]stale[/]", "gone": "[red]gone[/]"}.get(
-        state, state
-    )
+def state_style(state: str) -> str:
+    return {"live": "green", "stale": "yellow", "gone": "red"}.get(state, "")
+
+
+def _nack(width: int) -> Callable[[Mapping[str, Any]], str]:
+    def read(r: Mapping[str, Any]) -> str:
+        if not r.get("nack_revision"):
+            return ""
+        return f"{r['nack_revision']}: {str(r.get('nack_error') or '')[:width]}"
+
+    return read
+
+
+def _age(r: Mapping[str, Any]) -> str:
+    return _ago(float(r.get("age_s") or 0.0))
+
+
+SIDECAR_COLUMNS = (
+    Column("ID", "id"),
+    Column("NAMESPACE/POD", lambda r: f"{r.get('namespace', '')}/{r.get('pod', '')}"),
+    Column("SERVER", "server"),
+    Column("STATE", "state", style=state_style),
+    Column("REVISION", "revision"),
+    Column("NACK", _nack(60)),
+    Column("HEALTH", "health"),
+    Column("LAST SEEN", _age),
+    Column("REPLICA", "replica"),
+    Column("NODE", "node", wide=True),
+    Column("TENANT", "tenant", wide=True),
+    Column("VERSION", "version", wide=True),
+    Column("DIGEST", lambda r: str(r.get("digest") or "")[:19], wide=True),
+    Column("COUNTERS", lambda r: json.dumps(r.get("counters") or {}, sort_keys=True), wide=True),
+)
+
+NODE_COLUMNS = (
+    Column("NODE", lambda r: r.get("node") or r.get("id")),
+    Column("STATE", "state", style=state_style),
+    Column("REVISION", "revision"),
+    Column("NACK", _nack(60)),
+    Column("HEALTH", "health"),
+    Column("LAST SEEN", _age),
+    Column("REPLICA", "replica"),
+    Column(
+        "SUMMARY",
+        lambda r: json.dumps(r["summary"], sort_keys=True)[:60] if r.get("summary") else "",
+    ),
+    Column("ID", "id", wide=True),
+    Column("VERSION", "version", wide=True),
+    Column("DIGEST", lambda r: str(r.get("digest") or "")[:19], wide=True),
+)
+
+
+def _created(b: Mapping[str, Any]) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(b.get("created") or 0)))
+
+
+BUNDLE_COLUMNS = (
+    Column("REVISION", "revision"),
+    Column("DIGEST", lambda b: str(b.get("digest") or "")[:19]),
+    Column("NAME", "name"),
+    Column("ORIGIN", "origin"),
+    Column("BY", "author"),
+    Column("RUNNING", lambda b: f"{b.get('subscribers')}/{b.get('fleet')}"),
+    Column("NACKED", lambda b: b.get("nacked") or ""),
+    Column("CREATED (UTC)", _created),
+    Column("FULL DIGEST", "digest", wide=True),
+)
+
+
+def _print_clients(fmt: str, kind: str, rows: list[dict[str, Any]]) -> None:
+    title = f"{'node agents' if kind == 'node' else 'sidecars'} ({len(rows)})"
+    columns = NODE_COLUMNS if kind == "node" else SIDECAR_COLUMNS
+    print_rows(fmt, rows, columns, title=title)
+
+
+def _print_bundles(fmt: str, body: dict[str, Any]) -> None:
+    print_rows(fmt, body.get("bundles") or [], BUNDLE_COLUMNS, title="bundles")
+    err = body.get("last_error")
+    if err:
+        print("last source error (the previous revision is still served):", file=sys.stderr)
+        for e in err.get("errors") or ():
+            print(f"  {e['file']}:{e['line']}: {e['field']}: {e['message']}", file=sys.stderr)
 
 
 def show_clients(ns: argparse.Namespace, kind: str) -> int:
-    rows = api_from(ns).fleet(kind, include_gone=ns.all)
-    if ns.output == "json":
-        print(json.dumps(rows, indent=2))
-        return 0
-    if kind == "node":
-        cols = ["NODE", "STATE", "REVISION", "NACK", "HEALTH", "LAST SEEN", "REPLICA", "SUMMARY"]
-        table = [
-            [
-                r["node"] or r["id"],
-                _style_state(r["state"]),
-                r["revision"],
-                f"{r['nack_revision']}: {r['nack_error']}" if r["nack_revision"] else "",
-                r["health"],
-                _ago(r["age_s"]),
-                r["replica"],
-                json.dumps(r["summary"], sort_keys=True)[:60] if r["summary"] else "",
-            ]
-            for r in rows
-        ]
+    with distributor(ns) as api:
+        rows = api.fleet(kind, include_gone=ns.all)
+    if ns.output in ("json", "yaml"):
+        emit(ns.output, rows)
     else:
-        cols = [
-            "ID",
-            "NAMESPACE/POD",
-            "SERVER",
-            "STATE",
-            "REVISION",
-            "NACK",
-            "HEALTH",
-            "LAST SEEN",
-            "REPLICA",
-        ]
-        table = [
-            [
-                r["id"],
-                f"{r['namespace']}/{r['pod']}",
-                r["server"],
-                _style_state(r["state"]),
-                r["revision"],
-                f"{r['nack_revision']}: {r['nack_error'][:60]}" if r["nack_revision"] else "",
-                r["health"],
-                _ago(r["age_s"]),
-                r["replica"],
-            ]
-            for r in rows
-        ]
-    print_table(f"{'node agents' if kind == 'node' else 'sidecars'} ({len(rows)})", cols, table)
+        _print_clients(ns.output, kind, rows)
     return 0
 
 
 def show_bundles(ns: argparse.Namespace) -> int:
-    body = api_from(ns).bundles()
-    if ns.output == "json":
-        print(json.dumps(body, indent=2))
-        return 0
-    table = [
-        [
-            b["revision"],
-            b["digest"][:19],
-            b["name"],
-            b["origin"],
-            b["author"],
-            f"{b['subscribers']}/{b['fleet']}",
-            b["nacked"] or "",
-            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(b["created"])),
-        ]
-        for b in body["bundles"]
-    ]
-    print_table(
-        "bundles",
-        ["REVISION", "DIGEST", "NAME", "ORIGIN", "BY", "RUNNING", "NACKED", "CREATED (UTC)"],
-        table,
-    )
-    err = body.get("last_error")
-    if err:
-        print("last source error (the previous revision is still served):", file=sys.stderr)
-        for e in err["errors"]:
-            print(f"  {e['file']}:{e['line']}: {e['field']}: {e['message']}", file=sys.stderr)
+    with distributor(ns) as api:
+        body = api.bundles()
+    if ns.output in ("json", "yaml"):
+        emit(ns.output, body)
+    else:
+        _print_bundles(ns.output, body)
     return 0
+
+
+def rollback_message(ns: argparse.Namespace, body: Mapping[str, Any]) -> str:
+    rev = body["revision"]
+    if body.get("new"):
+        return f"revision {ns.to} re-published as revision {rev['revision']} ({rev['digest']})"
+    return f"revision {rev['revision']} already has the content of {ns.to}; nothing to do"
 
 
 def rollback(ns: argparse.Namespace) -> int:
-    body = api_from(ns).rollback(ns.to, ns.by or getpass.getuser())
+    with distributor(ns) as api:
+        body = api.rollback(ns.to, ns.by or getpass.getuser())
+    if ns.output in ("json", "yaml"):
+        emit(ns.output, body)
+        return 0
     rev = body["revision"]
-    if ns.output == "json":
-        print(json.dumps(body, indent=2))
-    elif body["new"]:
-        print(f"revision {ns.to} re-published as revision {rev['revision']} ({rev['digest']})")
-    else:
-        print(f"revision {rev['revision']} already has the content of {ns.to}; nothing to do")
+    row = {
+        **rev,
+        "new": bool(body.get("new")),
+        "from": ns.to,
+        "message": rollback_message(ns, body),
+    }
+    if ns.output == "wide":
+        print_rows(
+            "wide",
+            [row],
+            (
+                Column("REVISION", "revision"),
+                Column("FROM", "from"),
+                Column("NEW", "new"),
+                Column("DIGEST", "digest"),
+            ),
+            title="rollback",
+        )
+        return 0
+    print(row["message"])
     return 0
 
 
-def add_rollback_parser(sub: Any) -> None:
-    """Also mounted as ``palisade bundle rollback``."""
+def add_rollback_parser(sub: Any, *, nested: bool = False) -> None:
+    """Also mounted as ``palisade bundle rollback`` (there not ``nested``)."""
     p = sub.add_parser("rollback", help="re-publish an earlier revision as a new one")
     p.add_argument("--to", type=int, required=True, metavar="REVISION")
     p.add_argument("--by", default="", help="who rolls back (default: your user name)")
-    add_api_args(p)
+    add_api_args(p, nested=nested)
     p.set_defaults(func=_guard(rollback))
 
 
-def _guard(fn: Any) -> Any:
+def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Distributor errors as one line on stderr: exit 1 (unreachable, refused), 2 (bad input)."""
+
+    @functools.wraps(fn)
     def run(ns: argparse.Namespace) -> int:
         try:
             return int(fn(ns))
+        except UsageError as exc:
+            print(f"palisade: {exc}", file=sys.stderr)
+            return 2
         except ApiError as exc:
             print(f"palisade: {exc}", file=sys.stderr)
             return 1
@@ -182,15 +213,19 @@ def _guard(fn: Any) -> Any:
 
 def show_all(ns: argparse.Namespace) -> int:
     """``palisade fleet`` alone: sidecars, node agents and the recent bundles."""
-    if ns.output == "json":
-        api = api_from(ns)
-        doc = {"sidecars": api.fleet("sidecar"), "nodes": api.fleet("node"), **api.bundles()}
-        print(json.dumps(doc, indent=2))
+    with distributor(ns) as api:
+        doc = fleet_document(api)
+    if ns.output in ("json", "yaml"):
+        emit(ns.output, doc)
         return 0
-    ns.all = False
-    show_clients(ns, "sidecar")
-    show_clients(ns, "node")
-    return show_bundles(ns)
+    _print_clients(ns.output, "sidecar", doc["sidecars"])
+    _print_clients(ns.output, "node", doc["nodes"])
+    _print_bundles(ns.output, doc)
+    return 0
+
+
+def fleet_document(api: FleetApi) -> dict[str, Any]:
+    return {"sidecars": api.fleet("sidecar"), "nodes": api.fleet("node"), **api.bundles()}
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -202,10 +237,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         ("nodes", "node", "node agents, their revision, health and GPU summary"),
     ):
         p = sub.add_parser(name, help=help_text)
-        add_api_args(p)
+        add_api_args(p, nested=True)
         p.add_argument("--all", action="store_true", help="include clients gone long ago")
-        p.set_defaults(func=_guard(lambda ns, kind=kind: show_clients(ns, kind)))
+        p.set_defaults(func=_guard(functools.partial(show_clients, kind=kind)))
     p = sub.add_parser("bundles", help="revision history and rollout progress")
-    add_api_args(p)
+    add_api_args(p, nested=True)
     p.set_defaults(func=_guard(show_bundles))
-    add_rollback_parser(sub)
+    add_rollback_parser(sub, nested=True)

@@ -30,15 +30,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "nodeagent": ("nodeagent.main", "run the GPU node agent, or show its status"),
     "fleet": ("palisade.cli.fleet", "show sidecars, nodes and bundles known to the distributor"),
     "approvals": ("palisade.cli.approvals", "list, approve or deny pending approvals"),
-    "audit-query": ("palisade.cli.audit_query", "search audit records stored by the distributor"),
+    "completion": ("palisade.cli.completion", "print a shell completion script (bash, zsh, fish)"),
 }
 
 
-def _top_parser() -> argparse.ArgumentParser:
+def version() -> str:
+    """The installed distribution's version, from its package metadata."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("palisade")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="palisade",
         description="Govern AI agents' MCP tool calls and GPU use on Kubernetes.",
+        epilog="Exit status: 0 done, 1 the check failed or the service refused, 2 bad input.",
     )
+    parser.add_argument("--version", action="version", version=f"palisade {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -48,7 +61,7 @@ def _top_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] not in COMMANDS:
-        parser = _top_parser()
+        parser = top_parser()
         if args and not args[0].startswith("-"):
             parser.error(f"unknown command {args[0]!r}")
         parser.parse_args(args)
@@ -70,7 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
-    result = func(ns)
+    try:
+        result = func(ns)
+    except KeyboardInterrupt:
+        print(f"palisade {name}: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit:
+        raise
+    except Exception as exc:
+        print(f"palisade {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

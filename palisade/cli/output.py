@@ -1,9 +1,15 @@
 """One output flag for every command that prints: ``-o table|wide|json|yaml``.
 
 ``json`` and ``yaml`` print the command's whole data (the same document in both,
-for scripts); ``table`` prints the columns people read first and ``wide`` adds
-the rest, as ``kubectl get -o wide`` does. A command builds its data once and
-hands it, with its columns, to :func:`emit`.
+for scripts): one JSON document, a list for lists. ``table`` prints the columns
+people read first and ``wide`` adds the rest, as ``kubectl get -o wide`` does.
+A command builds its data once and hands it, with its columns, to :func:`emit`.
+A command whose data is a stream of records (``palisade audit show``) also
+offers ``jsonl``: one JSON object per line.
+
+Cell values are shown as text, never read as console markup: a tool argument
+that contains ``[red]`` prints as typed. Colour comes only from a column's
+``style``.
 """
 
 from __future__ import annotations
@@ -16,15 +22,23 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 FORMATS = ("table", "wide", "json", "yaml")
+#: the document formats: what :func:`dump` writes
+DOCUMENT_FORMATS = ("json", "yaml")
 
 
-def add_output_flag(parser: argparse.ArgumentParser, default: str = "table") -> None:
+def add_output_flag(
+    parser: argparse.ArgumentParser, default: str = "table", extra: Sequence[str] = ()
+) -> None:
+    """``-o/--output`` with :data:`FORMATS` and any ``extra`` formats (e.g. ``jsonl``)."""
+    choices = (*FORMATS, *extra)
+    more = f", {', '.join(extra)}" if extra else ""
     parser.add_argument(
         "-o",
         "--output",
-        choices=FORMATS,
+        choices=choices,
         default=default,
-        help="table (default), wide (more columns), json or yaml (the whole document)",
+        metavar="FORMAT",
+        help=f"table (default), wide (more columns), json or yaml (the whole document){more}",
     )
 
 
@@ -35,6 +49,8 @@ class Column:
     header: str
     value: str | Callable[[Mapping[str, Any]], Any]
     wide: bool = False  # shown only with -o wide
+    #: the cell's console style, from its text ("green" for "live"); none by default
+    style: Callable[[str], str] | None = None
 
     def read(self, row: Mapping[str, Any]) -> str:
         v = row.get(self.value) if isinstance(self.value, str) else self.value(row)
@@ -61,14 +77,39 @@ def emit(
     title: str | None = None,
     out: TextIO | None = None,
 ) -> None:
-    """Print ``data`` (json/yaml) or ``rows`` under ``columns`` (table/wide)."""
+    """Print ``data`` (json/yaml/jsonl) or ``rows`` under ``columns`` (table/wide)."""
     out = out or sys.stdout
-    if fmt in ("json", "yaml"):
+    if fmt in DOCUMENT_FORMATS:
         print(dump(data, fmt), file=out)
         return
+    items: Sequence[Any] = rows if rows is not None else data
+    if fmt == "jsonl":
+        for item in items:
+            print(json.dumps(item, sort_keys=True, default=str), file=out)
+        return
+    print_rows(fmt, items, columns, title=title, out=out)
+
+
+def print_rows(
+    fmt: str,
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[Column],
+    *,
+    title: str | None = None,
+    out: TextIO | None = None,
+) -> None:
+    """``rows`` as a table; the ``wide`` columns only when ``fmt`` is ``wide``."""
+    from rich.text import Text
+
     shown = [c for c in columns if fmt == "wide" or not c.wide]
-    table_rows = [[c.read(r) for c in shown] for r in (rows if rows is not None else data)]
-    print_table(title, [c.header for c in shown], table_rows, out=out)
+    cells: list[list[Text]] = []
+    for r in rows:
+        line = []
+        for c in shown:
+            text = c.read(r)
+            line.append(Text(text, style=c.style(text) if c.style else ""))
+        cells.append(line)
+    _print(title, [c.header for c in shown], cells, out)
 
 
 def print_table(
@@ -77,12 +118,19 @@ def print_table(
     rows: Sequence[Sequence[str]],
     out: TextIO | None = None,
 ) -> None:
+    """A table of ready-made cells (read as console markup, for callers that style them)."""
+    _print(title, headers, rows, out)
+
+
+def _print(
+    title: str | None, headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO | None
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
     for h in headers:
-        table.add_column(h)
+        table.add_column(h, overflow="fold")
     for row in rows:
         table.add_row(*row)
     Console(width=200, file=out or sys.stdout).print(table)

@@ -274,7 +274,7 @@ async def test_audit_query_filters_by_agent_tool_decision_and_time(fleet: Fleet)
         assert await query("--decision", "require_approval") == [4]
         assert await query("--since", "1500", "--until", "3500") == [2, 3]
         assert await query("--since", "1970-01-01T00:50:01Z") == [4]
-        table = await acli("audit-query", "--agent", "ops", "--url", r0.url)
+        table = await acli("audit", "query", "--agent", "ops", "--url", r0.url)
         assert table.returncode == 0 and "reason 3" in table.stdout
         bad = await acli("audit", "query", "--since", "yesterday-ish", "--url", r0.url)
         assert bad.returncode == 2 and "not a time" in bad.stderr
