@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -102,6 +103,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--approval-window", type=float, default=300.0, help="seconds")
     parser.add_argument("--admin-token-file", type=Path, help="bearer token for the HTTP API")
     parser.add_argument(
+        "--admin-token-secret",
+        default="",
+        metavar="NAME",
+        help="the HTTP API's bearer token from this Secret (key token) in the key namespace;"
+        " generated and written there when it holds none (what the chart does)",
+    )
+    parser.add_argument(
         "--ready-file", type=Path, help="write {grpc_port, http_port} here once serving"
     )
     parser.add_argument("--tls-cert", type=Path, help="serve gRPC over TLS: certificate (PEM)")
@@ -168,7 +176,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     token = os.environ.get("PALISADE_ADMIN_TOKEN", "")
-    if args.admin_token_file:
+    # With --admin-token-secret, the file (the same Secret, mounted) may not be there yet.
+    if args.admin_token_file and (args.admin_token_file.exists() or not args.admin_token_secret):
         token = args.admin_token_file.read_text().strip()
     return Settings(
         replica_id=args.replica_id,
@@ -277,11 +286,26 @@ async def _serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     api_client: Any = None
-    if args.crd or args.signing_key_secret or args.trust_configmap or args.subscriber_auth:
+    if (
+        args.crd
+        or args.signing_key_secret
+        or args.trust_configmap
+        or args.subscriber_auth
+        or args.admin_token_secret
+    ):
         api_client = await _api_client(args)
     elif not args.insecure_approvers:
         api_client = await _optional_api_client(args)
     try:
+        if args.admin_token_secret and not settings.admin_token:
+            from distributor.admin_token import ensure_admin_token
+
+            token = await _until_stopped(
+                stop, ensure_admin_token(api_client, key_namespace(args), args.admin_token_secret)
+            )
+            if token is None:
+                return
+            settings = dataclasses.replace(settings, admin_token=token)
         await _serve_with(args, settings, stop, api_client)
     finally:
         if api_client is not None:

@@ -135,7 +135,8 @@ class TestByDefault:
             "palisade-injector-tls",
         ], "no empty signing Secret when the user brings one"
         keys_role = one(objects, "Role", "palisade-distributor-keys")
-        assert [r["resources"] for r in keys_role["rules"]] == [["configmaps"]]
+        assert [r["resources"] for r in keys_role["rules"]] == [["secrets"], ["configmaps"]]
+        assert keys_role["rules"][0]["resourceNames"] == ["palisade-distributor-admin"]
 
     def test_extra_sidecar_arguments_reach_the_sidecar_command_line(self) -> None:
         values = {
