@@ -402,3 +402,56 @@ class TestTheSchema:
                 walk(sub, s["properties"][key], f"{path}.{key}")
 
         walk(values, schema, "")
+
+
+class TestDisruptionBudgetsAndOpenShift:
+    @pytest.mark.parametrize("component", ["injector", "distributor"])
+    def test_a_budget_only_when_there_is_more_than_one_replica(self, component: str) -> None:
+        name = f"palisade-{component}"
+        extra: dict[str, Any] = {"persistence": {"enabled": True, "accessMode": "ReadWriteMany"}}
+        values: dict[str, Any] = {"distributor": extra} if component == "distributor" else {}
+
+        def budgets(replicas: int) -> list[dict[str, Any]]:
+            merged = {**values, component: {**values.get(component, {}), "replicas": replicas}}
+            found = by_kind(render(merged), "PodDisruptionBudget")
+            return [b for b in found if b["metadata"]["name"] == name]
+
+        assert budgets(1) == [], "a budget over one pod would block every node drain"
+        (pdb,) = budgets(3)
+        assert pdb["spec"]["minAvailable"] == 1
+        assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == component
+
+    def test_openshift_mode_fixes_no_uid_and_stays_restricted(self) -> None:
+        def contexts(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+            objs = render(values)
+            return {
+                d["metadata"]["name"]: d["spec"]["template"]["spec"]
+                for d in by_kind(objs, "Deployment")
+            }
+
+        default = contexts({})
+        assert {p["securityContext"]["runAsUser"] for p in default.values()} == {65532}
+        for name, pod in contexts({"global": {"openshift": True}}).items():
+            ctx = pod["securityContext"]
+            assert not {"runAsUser", "runAsGroup", "fsGroup"} & ctx.keys(), name
+            assert ctx["runAsNonRoot"] is True and ctx["seccompProfile"]["type"] == "RuntimeDefault"
+            for c in pod["containers"]:
+                sc = c["securityContext"]
+                assert sc["readOnlyRootFilesystem"] is True and sc["capabilities"]["drop"] == [
+                    "ALL"
+                ]
+                assert "runAsUser" not in sc, f"{name}/{c['name']}"
+
+    def test_a_mistyped_key_is_refused_in_every_section(self) -> None:
+        import json
+
+        schema = json.loads((CHART / "values.schema.json").read_text())
+        sections = [k for k, v in schema["properties"].items() if v.get("type") == "object"]
+        sections = [s for s in sections if s not in ("global", "commonLabels")]
+        assert {"distributor", "nodeAgent", "injector", "sidecar"} <= set(sections)
+        for section in sections:
+            with tempfile.TemporaryDirectory() as tmp:
+                args = values_args({section: {"enabeld": True}}, Path(tmp))
+                result = helm("template", "palisade", str(CHART), *args, check=False)
+            assert result.returncode != 0, section
+            assert "enabeld" in result.stderr, (section, result.stderr)

@@ -117,12 +117,15 @@ defaultDecision: deny
 {{- end -}}
 {{- end -}}
 
-{{/* Restricted pod and container security contexts (Pod Security Standard "restricted"). */}}
+{{/* Restricted pod and container security contexts (Pod Security Standard "restricted").
+     global.openshift: no fixed UID, GID or fsGroup (the restricted-v2 SCC assigns them). */}}
 {{- define "palisade.podSecurityContext" -}}
 runAsNonRoot: true
+{{- if not (and .Values.global .Values.global.openshift) }}
 runAsUser: 65532
 runAsGroup: 65532
 fsGroup: 65532
+{{- end }}
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
