@@ -76,6 +76,8 @@ class TestTheDistributorIsOnWithAGeneratedKey:
                 "persistence": {"enabled": True, "accessMode": "ReadWriteMany"},
             },
             "injector": {"replicas": 3},
+            "crds": {"templated": True},
+            "global": {"openshift": True},
         }
         assert render() == render()
         assert render(everything) == render(everything)
@@ -455,3 +457,12 @@ class TestDisruptionBudgetsAndOpenShift:
                 result = helm("template", "palisade", str(CHART), *args, check=False)
             assert result.returncode != 0, section
             assert "enabeld" in result.stderr, (section, result.stderr)
+
+
+def test_the_templated_crd_is_the_one_in_crds_and_is_kept_on_uninstall() -> None:
+    assert not [o for o in render() if o["kind"] == "CustomResourceDefinition"]
+    (crd,) = by_kind(render({"crds": {"templated": True}}), "CustomResourceDefinition")
+    shipped = yaml.safe_load((CHART / "crds" / "policybundles.palisade.dev.yaml").read_text())
+    assert crd["spec"] == shipped["spec"], "one source for both"
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert crd["metadata"]["name"] == "policybundles.palisade.dev"
