@@ -466,3 +466,15 @@ def test_the_templated_crd_is_the_one_in_crds_and_is_kept_on_uninstall() -> None
     assert crd["spec"] == shipped["spec"], "one source for both"
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert crd["metadata"]["name"] == "policybundles.palisade.dev"
+
+
+def test_helm_test_asks_each_component_with_no_rights_and_no_secret_but_a_ca() -> None:
+    (pod,) = [o for o in render() if o["kind"] == "Pod"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    spec = pod["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    script = spec["containers"][0]["args"][0]
+    assert "palisade-injector.palisade.svc:443/readyz" in script
+    assert "http://palisade-distributor.palisade.svc:9402/readyz" in script
+    (ca,) = spec["volumes"]
+    assert ca["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}], "never the key"

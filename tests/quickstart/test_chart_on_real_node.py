@@ -257,6 +257,39 @@ def test_the_fleet_shows_the_sidecar_acked_at_the_current_revision(installed: Re
     assert client["server"] == "kubernetes-mcp" and client["tenant"] == "payments"
 
 
+def test_helm_test_finds_the_injector_and_the_distributor_ready(installed: RealNode) -> None:
+    out = installed.helm("test", "palisade", "-n", RELEASE_NS, "--logs", "--timeout", "3m")
+    text = out.stdout
+    assert "Succeeded" in text, text
+    assert "injector: 200" in text and "distributor: 200" in text, text
+
+
+def test_the_cli_finds_the_distributor_through_the_kubeconfig(installed: RealNode) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": "/nonexistent",
+        "KUBECONFIG": str(installed.kubeconfig),
+    }
+
+    def cli(*a: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "palisade.cli.main", *a],
+            capture_output=True, text=True, timeout=120, env=env, check=False,
+        )  # fmt: skip
+
+    out = cli("fleet", "sidecars", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert any(r["namespace"] == NS and r["server"] == "kubernetes-mcp" for r in rows), rows
+    listed = cli("approvals", "list", "--all", "-o", "yaml")
+    assert listed.returncode == 0, listed.stderr
+    assert _admin_token(installed) not in out.stdout + out.stderr + listed.stdout + listed.stderr
+
+
 def test_a_killed_sidecar_is_restarted_with_its_audit_chain_whole_and_delivered(
     installed: RealNode,
 ) -> None:
@@ -323,11 +356,13 @@ def test_helm_upgrade_keeps_the_signing_key_and_the_governed_pods(installed: Rea
     node = installed
     path = f"/api/v1/namespaces/{RELEASE_NS}/configmaps/palisade-trust"
     key = node.request("GET", path)["data"]["keys.pem"]
+    token = _admin_token(node)
     node.helm(
         "upgrade", "palisade", str(REPO / "charts/palisade"), "-n", RELEASE_NS,
         "--reuse-values", "--set", "injector.logLevel=debug", "--wait", "--timeout", "5m",
     )  # fmt: skip
     assert node.request("GET", path)["data"]["keys.pem"] == key
+    assert _admin_token(node) == token, "the admin token the distributor wrote is kept"
     node.kubectl("-n", NS, "rollout", "restart", "deployment/k8s-mcp")
     node.kubectl("-n", NS, "rollout", "status", "deployment/k8s-mcp", "--timeout=300s")
     pod = _mcp_pod(node)
