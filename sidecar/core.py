@@ -419,6 +419,19 @@ class ProxyCore:
         call_id = uuid.uuid4().hex
         details: dict[str, Any] = {"risk": str(verdict.risk)} if verdict.risk else {}
         details["call_id"] = call_id
+        if verdict.would_be:  # rules in mode: audit that matched (the call went on)
+            details["would_be"] = [
+                {"rule": w.rule_id, "decision": str(w.decision), "reason": w.reason}
+                for w in verdict.would_be
+            ]
+            for w in verdict.would_be:
+                self.metrics.would_decide(
+                    decision=str(w.decision),
+                    rule=w.rule_id,
+                    agent=principal.agent,
+                    server=call.server,
+                    tool=call.tool,
+                )
         if resolved:
             details["handles_resolved"] = resolved
         details.update(principal.audit_details())  # the whole act chain, when there is one

@@ -252,11 +252,6 @@ FIELDS: dict[str, dict[str, F]] = {
             " 'registry' and 'failure' are reserved."
         ),
         "decision": F("What the rule decides when it matches."),
-        "mode": F(
-            "enforce: the rule decides. audit: the rule is evaluated and its would-be"
-            " decision recorded, and the call goes on to the next rule.",
-            default="enforce",
-        ),
         "match": _MATCH,
         "when": F(
             "Optional CEL condition over args, agent and call; it must give a boolean."
@@ -271,6 +266,12 @@ FIELDS: dict[str, dict[str, F]] = {
             minimum=1,
             maximum=10,
             default=1,
+        ),
+        "mode": F(
+            "enforce (default): the rule decides the call. audit: the rule is evaluated and"
+            " what it would have decided is recorded in the call's audit record and counted"
+            " in palisade_audit_mode_decisions_total; the call goes on to the next rule.",
+            default="enforce",
         ),
     },
     "Budgets": {

@@ -30,6 +30,14 @@ class RatePer(StrEnum):
     RULE = "rule"
 
 
+class RuleMode(StrEnum):
+    #: the rule decides the call
+    ENFORCE = "enforce"
+    #: the rule is evaluated and what it would have decided is recorded; the call
+    #: goes on to the next rule (Kyverno's Audit, Gatekeeper's dryrun)
+    AUDIT = "audit"
+
+
 class Enforcement(StrEnum):
     REPORT = "report"
     EVICT = "evict"
@@ -148,6 +156,8 @@ class Rule:
     retry_after_seconds: float = 1.0
     #: For ``require_approval`` rules: how many distinct people must approve.
     approvers: int = 1
+    #: ``audit``: evaluated and recorded as what it would decide; the next rule decides.
+    mode: RuleMode = RuleMode.ENFORCE
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from palisade.bundle.schema import (
     RateLimit,
     RatePer,
     Rule,
+    RuleMode,
     Server,
     SpendCap,
     Tenant,
@@ -263,7 +264,7 @@ def _rule(c: Checker, path: Path, raw: Any) -> Rule | None:
         raw,
         path,
         ["id", "decision"],
-        ["match", "when", "reason", "retryAfterSeconds", "approvers"],
+        ["match", "when", "reason", "retryAfterSeconds", "approvers", "mode"],
     )
     if d is None:
         return None
@@ -287,6 +288,7 @@ def _rule(c: Checker, path: Path, raw: Any) -> Rule | None:
         reason=c.string(d, "reason", path),
         retry_after_seconds=c.number(d, "retryAfterSeconds", path, 1.0) or 0.0,
         approvers=approvers,
+        mode=c.enum(d, "mode", path, RuleMode, RuleMode.ENFORCE),
     )
 
 

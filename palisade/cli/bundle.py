@@ -177,6 +177,8 @@ def cmd_decide(ns: argparse.Namespace) -> int:
     print(f"reason:   {verdict.reason}")
     if verdict.approval_id:
         print(f"approval: {verdict.approval_id}")
+    for w in verdict.would_be:
+        print(f"would be: {w.decision.value} by {w.rule_id} (mode audit): {w.reason}")
     for t in verdict.explanation:
         print(f"  {'MATCH' if t.matched else 'skip '} {t.rule_id}: {t.detail}")
     return 0

@@ -11,7 +11,7 @@ from typing import Any
 
 from palisade.bundle import cel_ext as cel
 from palisade.bundle.globs import compile_glob, compile_globs
-from palisade.bundle.schema import Agent, Match, RatePer, Rule, Server, Tool
+from palisade.bundle.schema import Agent, Match, RatePer, Rule, RuleMode, Server, Tool
 from palisade.policy.types import Decision, Risk, Verdict
 
 Pred = Callable[[str], bool] | None
@@ -55,6 +55,7 @@ def labels_ok(wanted: LabelPreds, labels: Mapping[str, str]) -> bool:
 class CompiledRule:
     __slots__ = (
         "approvers",
+        "audit",
         "decision",
         "id",
         "index",
@@ -74,6 +75,8 @@ class CompiledRule:
         self.reason: str = rule.reason or f"rule {rule.id!r} decided {rule.decision.value}"
         self.retry_after: float = rule.retry_after_seconds
         self.approvers: int = rule.approvers
+        #: ``mode: audit``: recorded as what it would decide; the next rule decides.
+        self.audit: bool = rule.mode is RuleMode.AUDIT
         self.matcher = Matcher(rule.match)
         self.when: str = rule.when
         self.program: Any = cel.compile(rule.when) if rule.when else None

@@ -29,6 +29,7 @@ The engine is pure apart from the injected clock and the budget state.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -45,7 +46,7 @@ from palisade.policy.compiled import (
     labels_ok,
 )
 from palisade.policy.digests import approval_id, tool_definition_digest, tool_digest
-from palisade.policy.types import Call, Clock, Decision, Risk, RuleTrace, Verdict
+from palisade.policy.types import Call, Clock, Decision, Risk, RuleTrace, Verdict, WouldBe
 
 REGISTRY = "registry"
 DEFAULT = "default"
@@ -213,15 +214,18 @@ class Engine:
             mutating=(self._mutation_cap is not None or self._agent_mutations is not None)
             and (risk is None or risk.mutating),
         )
-        # Rules after the first one without labels or `when` can never decide here.
+        # Rules after the first enforcing one without labels or `when` can never decide here.
         for i, r in enumerate(route.rules):
-            if r.matcher.labels is None and r.program is None:
+            if not r.audit and r.matcher.labels is None and r.program is None:
                 route.rules = route.rules[: i + 1]
                 break
         # Fast path: when the first candidate always decides (or there is none) and neither
         # budgets nor an approval id depend on the call, the verdict is fixed for the route.
+        # A rule in audit mode before it is evaluated on each call: no fixed verdict.
         first = route.rules[0] if route.rules else None
-        if first is None or (first.matcher.labels is None and first.program is None):
+        if first is not None and first.audit:
+            pass
+        elif first is None or (first.matcher.labels is None and first.program is None):
             decision = first.decision if first else self.bundle.default_decision
             budgeted = route.mutating or route.rates or route.caps
             if decision is not Decision.REQUIRE_APPROVAL and not (
@@ -276,6 +280,7 @@ class Engine:
             return fixed
 
         decided: CompiledRule | None = None
+        would_be: list[WouldBe] = []
         for rule in route.rules:
             labels = rule.matcher.labels
             if labels is not None and not labels_ok(labels, call.labels):
@@ -284,9 +289,16 @@ class Engine:
                 try:
                     result = rule.program.execute(self._cel_context(call, route, rule))
                 except Exception as exc:  # any CEL runtime error: failure mode decides
+                    if rule.audit:  # what the failure mode would decide, recorded
+                        would_be.append(self._would_fail(rule, _cel_problem(exc)))
+                        continue
                     return self._failed(rule, _cel_problem(exc), route, call, explain)
                 if result is not True:
                     if result is False:
+                        continue
+                    if rule.audit:
+                        problem = f"'when' gave {type(result).__name__}, not a boolean"
+                        would_be.append(self._would_fail(rule, problem))
                         continue
                     return self._failed(
                         rule,
@@ -295,9 +307,31 @@ class Engine:
                         call,
                         explain,
                     )
+            if rule.audit:
+                would_be.append(WouldBe(rule.id, rule.decision, rule.reason))
+                continue
             decided = rule
             break
 
+        verdict = self._enforced(decided, route, call, dry_run, explain)
+        if would_be:
+            verdict = dataclasses.replace(verdict, would_be=tuple(would_be))
+        return verdict
+
+    def _would_fail(self, rule: CompiledRule, problem: str) -> WouldBe:
+        decision = Decision.ALLOW if self.failure_mode is FailureMode.OPEN else Decision.DENY
+        reason = f"the 'when' condition of rule {rule.id!r} could not be evaluated ({problem})"
+        return WouldBe(rule.id, decision, reason)
+
+    def _enforced(
+        self,
+        decided: CompiledRule | None,
+        route: Route,
+        call: Call,
+        dry_run: bool,
+        explain: bool,
+    ) -> Verdict:
+        """The verdict of the deciding rule (or the default), budgets applied."""
         verdict: Verdict | None
         if decided is None:
             decision = self.bundle.default_decision
@@ -502,6 +536,8 @@ class Engine:
                     result = rule.program.execute(self._cel_context(call, route, rule))
                 except Exception as exc:
                     traces.append(RuleTrace(rule.id, False, f"'when' failed: {_cel_problem(exc)}"))
+                    if rule.audit:
+                        continue
                     break
                 if result is False:
                     traces.append(RuleTrace(rule.id, False, f"'when' is false: {rule.when}"))
@@ -509,16 +545,30 @@ class Engine:
                 if result is not True:
                     kind = type(result).__name__
                     traces.append(RuleTrace(rule.id, False, f"'when' gave a {kind}, not a boolean"))
+                    if rule.audit:
+                        continue
                     break
-                traces.append(RuleTrace(rule.id, True, f"match and 'when' hold: {rule.when}"))
+                traces.append(
+                    RuleTrace(rule.id, True, _held(rule, f"match and 'when' hold: {rule.when}"))
+                )
+                if rule.audit:
+                    continue
                 break
             if detail:
                 traces.append(RuleTrace(rule.id, False, detail))
                 continue
             if rule.program is None:
-                traces.append(RuleTrace(rule.id, True, "every match field holds"))
+                traces.append(RuleTrace(rule.id, True, _held(rule, "every match field holds")))
+                if rule.audit:
+                    continue
                 break
         return tuple(traces)
+
+
+def _held(rule: CompiledRule, detail: str) -> str:
+    if not rule.audit:
+        return detail
+    return f"{detail}; mode audit: would {rule.decision.value}, recorded, not enforced"
 
 
 def _cel_problem(exc: Exception) -> str:

@@ -14,7 +14,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from palisade.bundle import cel_ext as cel
-from palisade.bundle.schema import Bundle, FailureMode, Match
+from palisade.bundle.schema import Bundle, FailureMode, Match, RuleMode
 from palisade.policy.types import Call, Decision, Risk
 
 
@@ -59,6 +59,8 @@ def reference_decide(
 
     decision, rule_id = bundle.default_decision, "default"
     for rule in bundle.rules:
+        if rule.mode is RuleMode.AUDIT:  # never decides; what it would is not compared here
+            continue
         if not _matches(rule.match, call, agent.tenant, risk):
             continue
         if rule.when:

@@ -65,6 +65,15 @@ class RuleTrace:
 
 
 @dataclass(frozen=True, slots=True)
+class WouldBe:
+    """What a rule in ``mode: audit`` would have decided (the call went on without it)."""
+
+    rule_id: str
+    decision: Decision
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """The engine's answer. Every verdict names the rule, a reason and the revision."""
 
@@ -81,6 +90,8 @@ class Verdict:
     #: For ``require_approval``: how many distinct people must approve (the rule's
     #: ``approvers``).
     approvers: int = 1
+    #: Rules in ``mode: audit`` that matched before the deciding rule, in file order.
+    would_be: tuple[WouldBe, ...] = ()
 
     @property
     def allowed(self) -> bool:

@@ -56,7 +56,7 @@ def test_unknown_field_suggests_the_close_one() -> None:
     assert only_issue(text) == (
         f"bad.yaml:{line}:7: spec.rules[0].decison: unknown field 'decison'; did you mean"
         " 'decision'? (allowed here: id, decision, match, when, reason, retryAfterSeconds,"
-        " approvers)"
+        " approvers, mode)"
     )
 
 
