@@ -419,6 +419,8 @@ class ProxyCore:
         call_id = uuid.uuid4().hex
         details: dict[str, Any] = {"risk": str(verdict.risk)} if verdict.risk else {}
         details["call_id"] = call_id
+        if call.server_version:  # what the server reported: lets a replay re-decide the call
+            details["server_version"] = call.server_version
         if verdict.would_be:  # rules in mode: audit that matched (the call went on)
             details["would_be"] = [
                 {"rule": w.rule_id, "decision": str(w.decision), "reason": w.reason}

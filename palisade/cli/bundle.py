@@ -212,6 +212,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     p.set_defaults(func=cmd_decide)
 
+    from palisade.cli.replay import add_parser as add_replay_parser
+
+    add_replay_parser(sub)
+
     p = sub.add_parser("sign", help="write a signed palisade.v1.SignedBundle")
     p.add_argument("file", metavar="FILE")
     p.add_argument(
