@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from palisade.bundle import (
     BundleError,
@@ -23,6 +24,7 @@ from palisade.bundle import (
 )
 from palisade.bundle.canonical import bundle_digest
 from palisade.bundle.lint import lint_warnings
+from palisade.cli.output import add_output_flag
 
 
 def _err(msg: str) -> None:
@@ -172,6 +174,12 @@ def cmd_decide(ns: argparse.Namespace) -> int:
         server_declared_risk=Risk(ns.declared_risk) if ns.declared_risk else None,
     )
     verdict = compile_bundle(bundle).decide(call, dry_run=True, explain=True)
+    fails = verdict.decision.value in (ns.fail_on or [])
+    if ns.output in ("json", "yaml"):
+        from palisade.cli.output import emit
+
+        emit(ns.output, _verdict_doc(verdict))
+        return 1 if fails else 0
     print(f"decision: {verdict.decision.value}")
     print(f"rule:     {verdict.rule_id}")
     print(f"reason:   {verdict.reason}")
@@ -181,7 +189,26 @@ def cmd_decide(ns: argparse.Namespace) -> int:
         print(f"would be: {w.decision.value} by {w.rule_id} (mode audit): {w.reason}")
     for t in verdict.explanation:
         print(f"  {'MATCH' if t.matched else 'skip '} {t.rule_id}: {t.detail}")
-    return 0
+    return 1 if fails else 0
+
+
+def _verdict_doc(verdict: Any) -> dict[str, Any]:
+    return {
+        "decision": verdict.decision.value,
+        "rule": verdict.rule_id,
+        "reason": verdict.reason,
+        "bundleRevision": verdict.bundle_revision,
+        "bundleDigest": verdict.bundle_digest,
+        "approvalId": verdict.approval_id,
+        "wouldBe": [
+            {"rule": w.rule_id, "decision": w.decision.value, "reason": w.reason}
+            for w in verdict.would_be
+        ],
+        "explanation": [
+            {"rule": t.rule_id, "matched": t.matched, "detail": t.detail}
+            for t in verdict.explanation
+        ],
+    }
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -210,6 +237,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--declared-risk", choices=["read", "write", "destructive", "admin"], default=None
     )
+    p.add_argument(
+        "--fail-on",
+        action="append",
+        choices=["deny", "require_approval", "throttle", "allow"],
+        metavar="DECISION",
+        help="exit 1 when the decision is this one (repeatable): deny, require_approval,"
+        " throttle or allow",
+    )
+    add_output_flag(p)
     p.set_defaults(func=cmd_decide)
 
     from palisade.cli.replay import add_parser as add_replay_parser

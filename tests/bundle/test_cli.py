@@ -113,3 +113,36 @@ def test_decide_refuses_arguments_that_are_not_a_json_object(
     assert main([*argv, "--args", "[1]"]) == 2
     assert main([*argv, "--args", "{nope"]) == 2
     assert "--args is not JSON" in capsys.readouterr().err
+
+
+DENIED_CALL = [
+    "bundle", "decide", EXAMPLE, "--agent", "sre-agent-payments",
+    "--server", "kubernetes-mcp", "--server-version", "0.0.52",
+    "--tool", "resources_create_or_update", "--args", '{"namespace": "kube-system"}',
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_decide_prints_the_verdict_as_a_document(
+    fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import yaml
+
+    assert main([*DENIED_CALL, "-o", fmt]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(out) if fmt == "json" else yaml.safe_load(out)
+    assert (doc["decision"], doc["rule"]) == ("deny", "deny-writes-elsewhere")
+    assert doc["wouldBe"] == []
+    matched = [t["rule"] for t in doc["explanation"] if t["matched"]]
+    assert matched == ["deny-writes-elsewhere"]
+
+
+def test_decide_fail_on_deny_exits_1_only_for_that_decision(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main([*DENIED_CALL, "--fail-on", "deny"]) == 1
+    assert main([*DENIED_CALL, "--fail-on", "require_approval"]) == 0
+    assert main([*DENIED_CALL, "--fail-on", "throttle", "--fail-on", "deny"]) == 1
+    assert "decision: deny" in capsys.readouterr().out
