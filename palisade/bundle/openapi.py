@@ -33,6 +33,7 @@ from typing import Any
 
 from palisade.bundle import schema as model
 from palisade.bundle.schema import API_VERSION, KIND
+from palisade.bundle.validate import METADATA_SERVER_FIELDS
 
 GROUP, VERSION = API_VERSION.split("/")
 PLURAL = "policybundles"
@@ -608,22 +609,6 @@ class _Gen:
         return s
 
 
-_METADATA_SERVER_FIELDS = (
-    "namespace",
-    "uid",
-    "resourceVersion",
-    "generation",
-    "creationTimestamp",
-    "deletionTimestamp",
-    "deletionGracePeriodSeconds",
-    "finalizers",
-    "ownerReferences",
-    "managedFields",
-    "selfLink",
-    "generateName",
-)
-
-
 def spec_schema(dialect: str = "openapi") -> dict[str, Any]:
     """The schema of ``spec`` alone."""
     return _Gen(dialect).spec()
@@ -799,7 +784,7 @@ def json_schema() -> dict[str, Any]:
                 "type": ["object", "null"],
                 "additionalProperties": {"type": "string"},
             },
-            **{k: any_value for k in _METADATA_SERVER_FIELDS},
+            **{k: any_value for k in METADATA_SERVER_FIELDS},
         },
         "additionalProperties": False,
     }

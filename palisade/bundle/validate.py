@@ -422,9 +422,8 @@ def _tool_refs(
 
 
 _BUILTIN_RULE_IDS = ("default", "registry", "failure")
-_METADATA_OPTIONAL = (
-    "labels",
-    "annotations",
+#: The metadata fields the API server sets or may carry; a bundle may hold them.
+METADATA_SERVER_FIELDS = (
     "namespace",
     "uid",
     "resourceVersion",
@@ -438,6 +437,7 @@ _METADATA_OPTIONAL = (
     "selfLink",
     "generateName",
 )
+_METADATA_OPTIONAL = ("labels", "annotations", *METADATA_SERVER_FIELDS)
 
 
 def build_bundle(doc: Any, positions: Positions) -> Bundle:
