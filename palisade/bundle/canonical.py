@@ -20,6 +20,7 @@ from palisade.bundle.schema import (
     BundleTest,
     GpuQuota,
     Match,
+    RuleMode,
 )
 from palisade.bundle.yamlpos import Positions
 
@@ -156,6 +157,7 @@ def to_document(bundle: Bundle) -> dict[str, Any]:
                 "retryAfterSeconds": _num(r.retry_after_seconds),
                 # only when not the default: bundles without it keep their digest
                 **({"approvers": r.approvers} if r.approvers != 1 else {}),
+                **({"mode": r.mode.value} if r.mode is not RuleMode.ENFORCE else {}),
             }
             for r in bundle.rules
         ],

@@ -23,7 +23,8 @@ from palisade.bundle.canonical import canonical_json
 from palisade.policy import Decision
 from tests.policy.kit import BASE, spec_yaml
 
-EXAMPLE = Path(__file__).parents[2] / "examples" / "payments-bundle.yaml"
+ROOT = Path(__file__).parents[2]
+EXAMPLE = ROOT / "examples" / "payments-bundle.yaml"
 
 
 def test_the_example_bundle_loads_with_its_registry_agents_and_quota() -> None:
@@ -169,3 +170,24 @@ def test_a_custom_resource_exported_from_the_cluster_lints_as_it_is() -> None:
     plain = load_bytes(BASE)
     assert load_bytes(cr) == plain
     assert bundle_digest(load_bytes(cr)) == bundle_digest(plain)
+
+
+def test_every_rule_field_the_schema_allows_survives_the_canonical_document() -> None:
+    """The canonical document is what is signed and shipped: a rule field it leaves out
+    is silently dropped on the way to every sidecar (a staged ``mode: audit`` rule would
+    be enforced)."""
+    text = spec_yaml(
+        "rules:\n"
+        "  - id: staged\n    mode: audit\n    decision: throttle\n    retryAfterSeconds: 7\n"
+        "    match: {tools: [apply]}\n    when: has(args.ns)\n    reason: slow down\n"
+        "  - id: two-people\n    decision: require_approval\n    approvers: 2\n"
+    )
+    bundle = load_bytes(text)
+    shipped = json.loads(canonical_bytes(bundle))
+    schema = json.loads((ROOT / "schemas" / "policybundle.schema.json").read_text())
+    rule_fields = set(schema["properties"]["spec"]["properties"]["rules"]["items"]["properties"])
+    shown = {k for r in shipped["spec"]["rules"] for k in r}
+    assert rule_fields <= shown, f"dropped from the canonical document: {rule_fields - shown}"
+    again = from_document(shipped)
+    assert again == bundle
+    assert again.rules[0].mode.value == "audit" and again.rules[1].approvers == 2
