@@ -68,7 +68,7 @@ def build_app(
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
-    async def readyz(_: web.Request) -> web.Response:
+    async def readiness_report() -> tuple[list[str], dict[str, Any]]:
         snap = core.policy.snapshot
         problems = []
         if core.draining:
@@ -81,6 +81,11 @@ def build_app(
         if readiness is not None:
             more, extra["distributor"] = readiness()
             problems.extend(more)
+        return problems, extra
+
+    async def readyz(_: web.Request) -> web.Response:
+        problems, extra = await readiness_report()
+        snap = core.policy.snapshot
         doc = {
             "ready": not problems,
             "problems": problems,
@@ -91,6 +96,8 @@ def build_app(
         return web.json_response(doc, status=200 if not problems else 503)
 
     async def metrics(_: web.Request) -> web.Response:
+        problems, _extra = await readiness_report()
+        core.metrics.ready.set(0 if problems else 1)
         body = generate_latest(core.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -463,6 +463,7 @@ class ProxyCore:
             await self.audit.commit(entry, facts.secret_arguments if facts else ())
         except Exception:
             log.exception("audit write failed; refusing the call", extra={"tool": call.tool})
+            self.metrics.decisions.audit_failures.inc()
             verdict = Verdict(
                 Decision.DENY,
                 "audit-unavailable",
@@ -554,6 +555,7 @@ class ProxyCore:
             await self.audit.commit(entry)
         except Exception:
             log.exception("audit write failed; refusing the read", extra={"method": msg.method})
+            self.metrics.decisions.audit_failures.inc()
             raise BadMessage(
                 jsonrpc.UPSTREAM_UNAVAILABLE,
                 "the audit log cannot be written; refused (fail closed)",
@@ -585,6 +587,7 @@ class ProxyCore:
             self.audit.write(entry)
         except Exception:
             log.exception("audit write failed", extra={"kind": entry.kind})
+            self.metrics.decisions.audit_failures.inc()
 
     async def commit_record(self, entry: Entry) -> None:
         """:meth:`record` through the group commit (for refusals in async code)."""
@@ -592,6 +595,7 @@ class ProxyCore:
             await self.audit.commit(entry)
         except Exception:
             log.exception("audit write failed", extra={"kind": entry.kind})
+            self.metrics.decisions.audit_failures.inc()
 
     # -- answers on their way back -------------------------------------------------
 
@@ -943,6 +947,7 @@ class ProxyCore:
             await self.audit.commit(entry)
         except Exception:
             log.exception("audit write failed; refusing the server's request")
+            self.metrics.decisions.audit_failures.inc()
             allowed, reason = False, "the audit log cannot be written; refused (fail closed)"
         if not allowed:
             log.info(

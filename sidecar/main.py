@@ -23,7 +23,6 @@ from palisade.bundle.canonical import to_document
 from palisade.bundle.signing import TrustedKeys, load_public_key
 from palisade.runtime.lifecycle import run_daemon
 from palisade.runtime.logs import setup_logging
-from palisade.runtime.metrics import DecisionMetrics
 from sidecar.app import build_app
 from sidecar.app_health import AppHealth, ProbeConfigError
 from sidecar.app_health import parse as app_health_parse
@@ -639,7 +638,7 @@ async def serve(ns: argparse.Namespace, stop: asyncio.Event) -> None:
         if engines is not None and writer is not None:
             from palisade.service import PolicyServicer, ServerSettings, start_server
 
-            servicer = PolicyServicer(engines, writer, DecisionMetrics(metrics.registry))
+            servicer = PolicyServicer(engines, writer, metrics.decisions)
             grpc_server = await start_server(
                 servicer, ServerSettings(socket_path=str(s.check_socket))
             )

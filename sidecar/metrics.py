@@ -7,6 +7,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from palisade.runtime.metrics import DecisionMetrics
+
 #: Methods counted by name in ``palisade_sidecar_requests_total``; any other method a
 #: client sends is counted as ``other``, so clients cannot grow the series (and the
 #: sidecar's memory) without bound.
@@ -22,6 +24,10 @@ KNOWN_METHODS = frozenset(
         "notifications/tasks/status", "GET", "DELETE",
     }
 )  # fmt: skip
+
+
+#: Why a request is refused before any decision: no valid identity, or malformed.
+REJECT_REASONS = ("auth", "bad_input")
 
 
 def method_label(method: str | None) -> str:
@@ -43,21 +49,16 @@ class SidecarMetrics:
             ["method", "outcome"],
             registry=r,
         )
-        self.decisions = Counter(
-            "palisade_sidecar_decisions_total",
-            "tools/call decisions, by decision and rule",
-            ["decision", "rule"],
-            registry=r,
-        )
-        self.decision_seconds = Histogram(
-            "palisade_sidecar_decision_seconds",
-            "Time to decide one tools/call",
-            buckets=(5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2),
-            registry=r,
-        )
+        #: The decision metrics every deciding path shares (palisade/runtime/metrics.py).
+        self.decisions = DecisionMetrics(r)
         self.upstream_seconds = Histogram(
             "palisade_sidecar_upstream_seconds",
             "Time until the upstream answered (headers)",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "palisade_sidecar_ready",
+            "1 when /readyz would answer 200 (bundle active, upstream answers), else 0",
             registry=r,
         )
         self.in_flight = Gauge(
@@ -77,12 +78,8 @@ class SidecarMetrics:
             ["reason"],
             registry=r,
         )
-        self.audit_mode_decisions = Counter(
-            "palisade_audit_mode_decisions_total",
-            "What rules in mode: audit would have decided (the call went on by the next rule)",
-            ["decision", "rule"],
-            registry=r,
-        )
+        for reason in REJECT_REASONS:  # a 0 series from the start, so rate() has a baseline
+            self.rejected.labels(reason)
         #: children of ``requests`` by label values (a bounded set, see :func:`method_label`)
         self._request_children: dict[tuple[str, str], Any] = {}
 
@@ -98,9 +95,12 @@ class SidecarMetrics:
         self, *, decision: str, rule: str, agent: str, server: str, tool: str, seconds: float
     ) -> None:
         """Count one enforced tools/call decision and the time it took."""
-        self.decision_seconds.observe(seconds)
-        self.decisions.labels(decision, rule).inc()
+        self.decisions.observe(
+            decision=decision, rule=rule, agent=agent, server=server, tool=tool, seconds=seconds
+        )
 
     def would_decide(self, *, decision: str, rule: str, agent: str, server: str, tool: str) -> None:
         """Count what a rule in ``mode: audit`` would have decided."""
-        self.audit_mode_decisions.labels(decision, rule).inc()
+        self.decisions.would_decide(
+            decision=decision, rule=rule, agent=agent, server=server, tool=tool
+        )

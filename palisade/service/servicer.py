@@ -182,6 +182,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self._metrics.observe(
             decision=verdict.decision.value,
             rule=verdict.rule_id,
+            agent=call.agent if bad is None else "",
             server=call.server if bad is None else "",
             tool=call.tool if bad is None else "",
             seconds=(time.perf_counter_ns() - start) / 1e9,

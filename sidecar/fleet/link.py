@@ -241,7 +241,7 @@ class SidecarFleet:
     def counters(self) -> dict[str, float]:
         """Heartbeat counters: calls and their decisions, revision, audit and approval backlog."""
         by: dict[str, float] = collections.defaultdict(float)
-        for metric in self.metrics.decisions.collect():
+        for metric in self.metrics.decisions.decisions.collect():
             for sample in metric.samples:
                 if sample.name.endswith("_total"):
                     by[sample.labels.get("decision", "")] += sample.value

@@ -125,10 +125,13 @@ def test_metrics_count_decisions_on_the_metrics_port(running: Proc) -> None:
     running.check(tool="resources_delete")
     url = f"http://127.0.0.1:{running.metrics_port}/metrics"
     body = urllib.request.urlopen(url, timeout=5).read().decode()
-    assert (
-        'palisade_decisions_total{decision="allow",rule="allow-reads",'
-        'server="kubernetes-mcp",tool="pods_log"} 1.0'
-    ) in body
+    (line,) = [
+        x
+        for x in body.splitlines()
+        if x.startswith("palisade_decisions_total{")
+        and 'decision="allow",rule="allow-reads",server="kubernetes-mcp",tool="pods_log"} 1.0' in x
+    ]
+    assert line.startswith('palisade_decisions_total{agent="'), line
     assert "palisade_decision_duration_seconds_count 2.0" in body
 
 

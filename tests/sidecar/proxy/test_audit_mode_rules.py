@@ -66,6 +66,12 @@ async def test_the_call_proceeds_and_the_record_names_the_would_be_decision(
         ]
         counted = sc.core.metrics.registry.get_sample_value(
             "palisade_audit_mode_decisions_total",
-            {"decision": "deny", "rule": "staged-no-pod-listing"},
+            {
+                "decision": "deny",
+                "rule": "staged-no-pod-listing",
+                "agent": record["agent"],
+                "server": record["server"],
+                "tool": "pods_list",
+            },
         )
         assert counted == 1.0

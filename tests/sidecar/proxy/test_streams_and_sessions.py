@@ -335,4 +335,12 @@ async def test_probes_and_metrics(sidecar: Sidecar) -> None:
             text = await r.text()
         async with http.get(sidecar.base + "/.well-known/oauth-protected-resource") as r:
             assert (await r.json())["resource"].endswith("/mcp")
-    assert 'palisade_sidecar_decisions_total{decision="allow",rule="allow-reads"} 1.0' in text
+    (line,) = [
+        x
+        for x in text.splitlines()
+        if x.startswith("palisade_decisions_total{")
+        and 'decision="allow",rule="allow-reads",server=' in x
+        and 'tool="pods_list"' in x
+    ]
+    assert line.endswith(" 1.0") and 'agent="' in line, line
+    assert "palisade_sidecar_decisions_total" not in text  # one decision metric, not two
