@@ -2,7 +2,8 @@
 
 Routes (all JSON; a bearer token is required when the replica has one):
 
-- ``GET  /healthz``, ``GET /readyz``
+- ``GET  /healthz``, ``GET /readyz``, ``GET /metrics`` (Prometheus text; no token: it
+  counts the fleet and names no client)
 - ``GET  /v1/fleet?kind=sidecar|node&all=1``: clients with live/stale/gone state
 - ``GET  /v1/bundles``: history with rollout counts, and the last source error
 - ``POST /v1/bundles/rollback`` ``{"to": N, "by": "..."}``: re-publish N as a new revision
@@ -31,9 +32,11 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from distributor.approvers import Approver, ApproverError
 from distributor.fleet import fleet_view, rollout
+from distributor.metrics import fleet_gauges
 from distributor.store import AuditRow, StoreError
 from palisade.audit.proto import from_proto
 from palisade.v1 import audit_pb2
@@ -102,6 +105,25 @@ async def readyz(request: web.Request) -> web.Response:
     cur = dist.hub.current
     body = {"ready": dist.ready.is_set(), "revision": cur.revision if cur else 0}
     return web.json_response(body, status=200 if dist.ready.is_set() else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text: this replica's tallies and the fleet now (distributor/metrics.py)."""
+    dist = _dist(request)
+    store = dist.store.store
+    rows = await dist.store.call(store.clients)
+    pending = await dist.store.call(store.approvals, "pending")
+    cur = dist.hub.current
+    dist.hub.metrics.fleet = fleet_gauges(
+        rows,
+        pending,
+        now=dist.clock(),
+        revision=cur.revision if cur else 0,
+        grace_s=dist.settings.heartbeat_grace_s,
+        gone_after_s=dist.settings.gone_after_s,
+    )
+    body = generate_latest(dist.hub.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def fleet(request: web.Request) -> web.Response:
@@ -370,6 +392,7 @@ def make_app(dist: Distributor) -> web.Application:
     app[DIST_KEY] = dist
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/fleet", fleet)
     app.router.add_get("/v1/bundles", bundles)
     app.router.add_post("/v1/bundles/rollback", rollback)

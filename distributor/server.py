@@ -108,6 +108,7 @@ class Distributor:
             self.store = AsyncStore(Store(settings.store_path, clock=clock))
         self.hub = Hub(settings.replica_id, self.store, keys, clock=clock)
         self.hub.bind_identity = settings.bind_identity
+        self.hub.metrics.source_state = self._source_state
         self.hub.authenticator = authenticator
         if settings.audit_forward:
             self.hub.forwarder = JsonLinesForwarder(settings.audit_forward)
@@ -120,6 +121,12 @@ class Distributor:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
+
+    def _source_state(self) -> tuple[int, bool]:
+        """(sources refused now, fleet held): for the metrics."""
+        set_aside = getattr(self.source, "rejected", {})  # a CRD source isolates each resource
+        held = {e.source for e in self.last_errors}
+        return len(held | set(set_aside)), bool(self.last_errors)
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:

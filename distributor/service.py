@@ -34,6 +34,7 @@ from google.protobuf.message import DecodeError, Message
 
 from distributor.compiler import FULL, NODE_AGENT, SIDECAR, scope_for, scope_key
 from distributor.forward import JsonLinesForwarder
+from distributor.metrics import KINDS, HubMetrics
 from distributor.store import AsyncStore, AuditRow, Revision, StoreError
 from distributor.subscriber_auth import Authenticator, AuthError, Peer, bearer
 from palisade.audit import intake
@@ -69,6 +70,8 @@ class Subscriber:
     connected: bool = True
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     outbox: collections.deque[bytes] | None = None
+    #: When the last bundle was written to this client (0: none awaits its ACK).
+    pushed_at: float = 0.0
 
     def row(self, replica: str) -> dict[str, Any]:
         i = self.identity
@@ -156,6 +159,8 @@ class Hub:
         self.audit_stored = 0
         self.audit_already_stored = 0
         self.audit_refused: collections.Counter[str] = collections.Counter()
+        self.metrics = HubMetrics()
+        self.metrics.attach(self)
 
     # -- revisions ---------------------------------------------------------
     def set_current(self, rev: Revision) -> None:
@@ -344,6 +349,7 @@ class Hub:
                 await context.write(self._up_to_date(sub))  # resume without a resend
                 continue
             self.pushes += 1
+            sub.pushed_at = self.clock()
             await context.write(data)
 
     @staticmethod
@@ -356,11 +362,18 @@ class Hub:
         sub.last_seen = self.clock()
         cid = sub.identity.id
         self.dirty.add(cid)
+        kind_label = KINDS.get(distribution_pb2.ClientKind.Name(sub.identity.kind), "other")
         if kind == "ack":
+            self.metrics.acks.labels(kind_label).inc()
+            if sub.pushed_at and req.ack.revision >= sub.sent_revision:
+                self.metrics.ack_seconds.observe(max(0.0, sub.last_seen - sub.pushed_at))
+                sub.pushed_at = 0.0
             sub.revision, sub.digest = req.ack.revision, req.ack.digest
             if sub.nack_revision and sub.nack_revision <= sub.revision:
                 sub.nack_revision, sub.nack_error = 0, ""
         elif kind == "nack":
+            self.metrics.nacks.labels(kind_label).inc()
+            sub.pushed_at = 0.0
             sub.nack_revision, sub.nack_error = req.nack.revision, req.nack.error[:2000]
             log.warning(
                 "bundle NACKed",
@@ -395,6 +408,7 @@ class Hub:
         }
         try:
             await self.store.call(self.store.store.add_approval, row)
+            self.metrics.approvals_requested.inc()
             log.info(
                 "approval requested",
                 extra={"approval": ar.approval_id, "agent": ar.call.agent, "tool": ar.call.tool},
@@ -548,6 +562,7 @@ class Hub:
             result = await self.store.call(self.store.store.admit_audit, source, candidates)
         except Exception:
             log.exception("cannot store audit batch", extra={"client": source})
+            self.metrics.audit_store_errors.inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, "audit store unavailable; retry")
             return b""
         verdict = result.verdict
