@@ -5,14 +5,16 @@ Routes (all JSON; a bearer token is required when the replica has one):
 - ``GET  /healthz``, ``GET /readyz``, ``GET /metrics`` (Prometheus text; no token: it
   counts the fleet and names no client)
 - ``GET  /v1/fleet?kind=sidecar|node&all=1``: clients with live/stale/gone state
-- ``GET  /v1/bundles``: history with rollout counts, and the last source error
+- ``GET  /v1/bundles``: history with rollout counts, the last source error and the last
+  replay gate result
 - ``POST /v1/bundles/rollback`` ``{"to": N, "by": "..."}``: re-publish N as a new revision
 - ``GET  /v1/approvals?status=pending``: the admin token, or a person's token allowed to
   ``list`` approvals
 - ``POST /v1/approvals/{id}`` ``{"decision": "approve"|"deny", "comment": "..."}``: the
   person's own token (distributor/approvers.py), never the admin token; ``by`` is
   read only by a replica in ``--insecure-approvers`` mode
-- ``GET  /v1/audit?agent=&tool=&decision=&source=&since=&until=&limit=``
+- ``GET  /v1/audit?agent=&tool=&decision=&source=&since=&until=&limit=&newest=1``
+  (``newest``: the last ``limit`` matching records rather than the first)
 - ``GET  /v1/audit/keys?source=``: audit keys registered per source (kept forever)
 - ``GET  /v1/audit/chains``: the verified chains stored (source, chain, seqs)
 - ``GET  /v1/audit/chain?source=&chain=&after=&limit=``: one chain's records as the
@@ -153,10 +155,12 @@ async def bundles(request: web.Request) -> web.Response:
     )
     last_error_raw = await dist.store.call(store.get_meta, "last_error")
     last_error = json.loads(last_error_raw) if last_error_raw else None
+    last_replay_raw = await dist.store.call(store.get_meta, "last_replay")
     return web.json_response(
         {
             "bundles": rollout([r.summary() for r in history], clients),
             "last_error": last_error,
+            "replay": json.loads(last_replay_raw) if last_replay_raw else None,
         }
     )
 
@@ -342,6 +346,7 @@ async def audit(request: web.Request) -> web.Response:
             since=float(q.get("since", "0") or 0),
             until=float(q.get("until", "0") or 0),
             limit=min(int(q.get("limit", "1000")), 100_000),
+            newest=q.get("newest", "") in ("1", "true"),
         )
     except ValueError as exc:
         return _error(400, f"bad query: {exc}")

@@ -31,6 +31,7 @@ from distributor.approvers import (
     KubernetesApprovers,
     KubernetesAsyncioReviews,
 )
+from distributor.replay_gate import GateMode, GateSettings
 from distributor.server import Distributor, Settings, Source
 from distributor.signing_keys import SigningKeyError
 from distributor.sources import FileSource
@@ -101,6 +102,34 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat-grace", type=float, default=40.0, help="seconds")
     parser.add_argument("--gone-after", type=float, default=300.0, help="seconds")
     parser.add_argument("--approval-window", type=float, default=300.0, help="seconds")
+    gate = parser.add_argument_group(
+        "replay gate", "replay recent calls against every changed candidate before publishing it"
+    )
+    gate.add_argument(
+        "--replay-gate",
+        choices=[m.value for m in GateMode],
+        default=os.environ.get("PALISADE_REPLAY_GATE", GateMode.FLAG.value),
+        help="flag (default): publish and warn; refuse: do not publish; off: do not replay"
+        " (env PALISADE_REPLAY_GATE)",
+    )
+    gate.add_argument(
+        "--replay-threshold",
+        type=_fraction,
+        default=GateSettings.threshold,
+        help="the fraction of recently allowed calls a candidate may stop allowing (default 0.05)",
+    )
+    gate.add_argument(
+        "--replay-window",
+        type=float,
+        default=GateSettings.window_s,
+        help="seconds of recorded calls replayed (default 86400)",
+    )
+    gate.add_argument(
+        "--replay-max-records",
+        type=int,
+        default=GateSettings.max_records,
+        help="at most this many of them, the newest (default 20000)",
+    )
     parser.add_argument("--admin-token-file", type=Path, help="bearer token for the HTTP API")
     parser.add_argument(
         "--admin-token-secret",
@@ -196,7 +225,23 @@ def settings_from(args: argparse.Namespace) -> Settings:
         audit_forward=args.audit_forward,
         bind_identity=args.bind_identity,
         audit_store=args.audit_store or os.environ.get("PALISADE_AUDIT_STORE", ""),
+        replay_gate=GateSettings(
+            mode=GateMode(args.replay_gate),
+            threshold=args.replay_threshold,
+            window_s=args.replay_window,
+            max_records=args.replay_max_records,
+        ),
     )
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (a fraction), not {value}")
+    return value
 
 
 _IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")

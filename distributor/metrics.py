@@ -117,6 +117,14 @@ class HubMetrics:
             "Approval requests received from clients",
             registry=r,
         )
+        self.replay_gate = Counter(
+            "palisade_distributor_replay_gate_total",
+            "Changed candidates replayed against recent calls before publishing, by verdict",
+            ["verdict"],
+            registry=r,
+        )
+        for verdict in ("passed", "flagged", "refused", "unchecked"):
+            self.replay_gate.labels(verdict)
         self.audit_store_errors = Counter(
             "palisade_distributor_audit_store_errors_total",
             "Audit batches the store could not take (the client keeps and resends them)",

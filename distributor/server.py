@@ -29,9 +29,11 @@ import grpc
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from distributor import replay_gate
 from distributor.approvers import Approvers, NoApprovers
-from distributor.compiler import CompileError, SourceError, compile_bundle
+from distributor.compiler import Compiled, CompileError, SourceError, compile_bundle
 from distributor.forward import JsonLinesForwarder
+from distributor.replay_gate import GateResult, GateSettings
 from distributor.service import Hub, generic_handler
 from distributor.sources import Snapshot
 from distributor.store import AsyncStore, Store
@@ -75,6 +77,8 @@ class Settings:
     """Append newly stored audit records as JSON lines to this file (``-``: stdout)."""
     audit_store: str = field(default="", repr=False)
     """``postgresql://...``: audit records go to PostgreSQL; empty: the SQLite file."""
+    replay_gate: GateSettings = field(default_factory=GateSettings)
+    """Replay recent calls against every changed candidate before publishing it."""
 
 
 class Distributor:
@@ -244,15 +248,11 @@ class Distributor:
         try:
             compiled = compile_bundle(snap)
         except CompileError as exc:
-            self.last_errors = exc.errors
-            for err in exc.errors:
-                log.error("policy source rejected: %s", err)
-            await self.store.call(
-                self.store.store.set_meta,
-                "last_error",
-                json.dumps({"time": self.clock(), "errors": [e.as_dict() for e in exc.errors]}),
-            )
-            await self._report_status(exc.errors)
+            await self._hold(exc.errors)
+            return
+        gate = await self._replay_gate(compiled)
+        if gate is not None and gate.refused:
+            await self._hold([SourceError("", 0, "", f"replay gate: the candidate {gate.message}")])
             return
         self.last_errors = []
         rev, new = await self.store.call(
@@ -266,6 +266,33 @@ class Distributor:
             log.info("published revision", extra={"revision": rev.revision, "digest": rev.digest})
         self.hub.set_current(rev)
         await self._report_status([])
+
+    async def _hold(self, errors: list[SourceError]) -> None:
+        """Nothing is published: the fleet stays on its revision; the errors are reported."""
+        self.last_errors = errors
+        for err in errors:
+            log.error("policy source rejected: %s", err)
+        await self.store.call(
+            self.store.store.set_meta,
+            "last_error",
+            json.dumps({"time": self.clock(), "errors": [e.as_dict() for e in errors]}),
+        )
+        await self._report_status(errors)
+
+    async def _replay_gate(self, compiled: Compiled) -> GateResult | None:
+        """Replay recent calls against a changed candidate (distributor/replay_gate.py)."""
+        cur = self.hub.current
+        if cur is not None and cur.digest == compiled.digest:
+            return None
+        now = self.clock()
+        result = await replay_gate.check(
+            self.settings.replay_gate, self.store, compiled.document, compiled.digest, now
+        )
+        self.hub.metrics.replay_gate.labels(result.verdict).inc()
+        await self.store.call(
+            self.store.store.set_meta, "last_replay", json.dumps(result.as_dict(now))
+        )
+        return result
 
     async def _report_status(self, errors: list[SourceError]) -> None:
         if self.status_writer is None:

@@ -540,8 +540,8 @@ class Hub:
             return b""
         candidates = []
         for r in batch.records:
-            doc = json_format.MessageToDict(r, preserving_proto_field_name=True)
-            doc.pop("signature", None)
+            written = from_proto(r)  # the record as its writer wrote it (decision "allow" ...)
+            doc = {k: v for k, v in written.items() if k != "signature"}
             row = AuditRow(
                 source=source,
                 seq=r.seq,
@@ -557,7 +557,7 @@ class Hub:
                 record=r.SerializeToString(),
                 json=json.dumps(doc, sort_keys=True),
             )
-            candidates.append((from_proto(r), row))
+            candidates.append((written, row))
         try:
             result = await self.store.call(self.store.store.admit_audit, source, candidates)
         except Exception:

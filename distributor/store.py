@@ -750,7 +750,10 @@ class Store:
         since: float = 0.0,
         until: float = 0.0,
         limit: int = 1000,
+        newest: bool = False,
     ) -> list[dict[str, Any]]:
+        """Records matching the filters, oldest first: the first ``limit`` of them, or
+        with ``newest`` the last ``limit``."""
         clauses: list[str] = []
         args: list[Any] = []
         for col, value in (
@@ -771,11 +774,14 @@ class Store:
             args.append(until)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         args.append(limit)
+        order = " ORDER BY time, source, seq"
+        sql = f"SELECT json FROM audit{where}{order} LIMIT ?"  # noqa: S608
+        if newest:
+            last = " ORDER BY time DESC, source DESC, seq DESC"
+            inner = f"SELECT json, time, source, seq FROM audit{where}{last} LIMIT ?"  # noqa: S608
+            sql = f"SELECT json FROM ({inner}){order}"  # noqa: S608
         with self._lock:
-            rows = self.db.execute(
-                f"SELECT json FROM audit{where} ORDER BY time, source, seq LIMIT ?",  # noqa: S608
-                args,
-            ).fetchall()
+            rows = self.db.execute(sql, args).fetchall()
         return [json.loads(r[0]) for r in rows]
 
     def audit_count(self) -> int:

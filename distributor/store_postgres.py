@@ -105,8 +105,10 @@ def audit_query_sql(
     since: float = 0.0,
     until: float = 0.0,
     limit: int = 1000,
+    newest: bool = False,
 ) -> tuple[str, list[Any]]:
-    """The SELECT for ``query_audit``'s filters (pure; column names are constants)."""
+    """The SELECT for ``query_audit``'s filters (pure; column names are constants);
+    ``newest``: the last ``limit`` records instead of the first (still oldest first)."""
     clauses: list[str] = []
     args: list[Any] = []
     values = {"agent": agent, "tool": tool, "decision": decision, "source": source, "kind": kind}
@@ -122,10 +124,12 @@ def audit_query_sql(
         args.append(until)
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     args.append(max(0, limit))
-    sql = (
-        f"SELECT json FROM palisade_audit{where}"  # noqa: S608
-        ' ORDER BY time, source COLLATE "C", seq LIMIT %s'
-    )
+    order = ' ORDER BY time, source COLLATE "C", seq'
+    if not newest:
+        return f"SELECT json FROM palisade_audit{where}{order} LIMIT %s", args  # noqa: S608
+    last = ' ORDER BY time DESC, source COLLATE "C" DESC, seq DESC'
+    inner = f"SELECT json, time, source, seq FROM palisade_audit{where}{last} LIMIT %s"  # noqa: S608
+    sql = f"SELECT json FROM ({inner}) AS newest{order}"  # noqa: S608
     return sql, args
 
 
@@ -374,6 +378,7 @@ class SplitStore(Store):
         since: float = 0.0,
         until: float = 0.0,
         limit: int = 1000,
+        newest: bool = False,
     ) -> list[dict[str, Any]]:
         return self.audit.query_audit(
             agent=agent,
@@ -384,6 +389,7 @@ class SplitStore(Store):
             since=since,
             until=until,
             limit=limit,
+            newest=newest,
         )
 
     def audit_count(self) -> int:

@@ -126,6 +126,13 @@ def _print_bundles(fmt: str, body: dict[str, Any]) -> None:
         print("last source error (the previous revision is still served):", file=sys.stderr)
         for e in err.get("errors") or ():
             print(f"  {e['file']}:{e['line']}: {e['field']}: {e['message']}", file=sys.stderr)
+    gate = body.get("replay")
+    if gate and gate.get("verdict") in ("flagged", "refused"):
+        print(
+            f"replay gate {gate['verdict']} candidate {str(gate.get('digest', ''))[:12]}:"
+            f" {gate.get('message', '')}",
+            file=sys.stderr,
+        )
 
 
 def show_clients(ns: argparse.Namespace, kind: str) -> int:

@@ -1,7 +1,11 @@
-"""``palisade bundle replay CANDIDATE --audit FILE…``: recorded calls against a candidate.
+"""``palisade bundle replay CANDIDATE --audit FILE… | --from-distributor``: recorded calls
+against a candidate.
 
-Exit codes: 0 when the replay is acceptable under ``--fail-on``, 1 when it is not,
-2 on bad input (an unreadable candidate or audit file).
+The records come from local audit files, or from the distributor's central store
+(``--from-distributor``, reached as ``palisade fleet`` reaches it: ``--url``, or the
+kubeconfig). Exit codes: 0 when the replay is acceptable under ``--fail-on``, 1 when it
+is not, 2 on bad input (an unreadable candidate or audit file, an unreachable
+distributor).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from palisade.audit.files import iter_records
 from palisade.bundle import BundleError, load_file
 from palisade.cli.audit import _expand
 from palisade.cli.audit_query import parse_time
+from palisade.cli.connect import UsageError, add_connection_args, distributor
 from palisade.cli.output import Column, add_output_flag, emit
+from palisade.distribution.api import ApiError
 from palisade.policy.engine import compile_bundle
 from palisade.policy.replay import Report, change_doc, replay
 
@@ -50,6 +56,12 @@ def _records(paths: list[str], since: float) -> list[dict[str, Any]]:
     return out
 
 
+def _central(ns: argparse.Namespace, since: float) -> list[dict[str, Any]]:
+    """The newest ``--limit`` decision records of the distributor's store since ``since``."""
+    with distributor(ns) as api:
+        return api.audit(kind="decision", since=since, limit=ns.limit, newest=1)
+
+
 def failed(report: Report, fail_on: str) -> bool:
     if fail_on == "changed":
         return bool(report.changes)
@@ -64,9 +76,16 @@ def cmd_replay(ns: argparse.Namespace) -> int:
     except (BundleError, OSError) as exc:
         print(f"palisade bundle replay: {exc}", file=sys.stderr)
         return 2
+    if bool(ns.audit) == ns.from_distributor:
+        print(
+            "palisade bundle replay: give either --audit FILE… or --from-distributor",
+            file=sys.stderr,
+        )
+        return 2
     try:
-        records = _records(ns.audit, parse_time(ns.since) if ns.since else 0.0)
-    except (OSError, ValueError) as exc:
+        since = parse_time(ns.since) if ns.since else 0.0
+        records = _central(ns, since) if ns.from_distributor else _records(ns.audit, since)
+    except (OSError, ValueError, ApiError, UsageError) as exc:
         print(f"palisade bundle replay: cannot read the audit records: {exc}", file=sys.stderr)
         return 2
     report = replay(records, candidate)
@@ -99,14 +118,24 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "replay",
         help="re-decide recorded calls with a candidate bundle; which decisions would change",
-        description="Replay the decision records of audit files against CANDIDATE (a dry"
+        description="Replay the decision records of audit files (or of the distributor's"
+        " central store) against CANDIDATE (a dry"
         " run: no budget consumed) and print, per rule and per agent, the decisions that"
         " would change, with examples. Secret arguments are recorded redacted and budgets"
         " are not replayed. Exit 1 when --fail-on is met, 2 on bad input.",
     )
     p.add_argument("candidate", type=Path, metavar="CANDIDATE")
+    p.add_argument("--audit", nargs="+", metavar="FILE", help="audit files or directories")
     p.add_argument(
-        "--audit", nargs="+", required=True, metavar="FILE", help="audit files or directories"
+        "--from-distributor",
+        action="store_true",
+        help="replay the records of the distributor's central store instead",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=100_000,
+        help="with --from-distributor: at most this many records (default 100000)",
     )
     p.add_argument("--since", default="", help="only records since: 1h, 30m, ISO or UNIX")
     p.add_argument(
@@ -117,4 +146,5 @@ def add_parser(sub: Any) -> None:
         " longer be allowed, or never",
     )
     add_output_flag(p)
+    add_connection_args(p)
     p.set_defaults(func=cmd_replay)

@@ -47,6 +47,8 @@ class Change:
 class Report:
     replayed: int = 0
     unchanged: int = 0
+    #: of ``unchanged``, the calls that were (and stay) allowed
+    allowed_unchanged: int = 0
     not_replayable: int = 0
     #: every changed record, in the order replayed
     changes: list[Change] = field(default_factory=list)
@@ -154,6 +156,7 @@ def replay(records: Iterable[Mapping[str, Any]], candidate: Engine) -> Report:
         was, now = _text(record, "decision"), str(verdict.decision)
         if was == now:
             report.unchanged += 1
+            report.allowed_unchanged += was == "allow"
             continue
         report.changes.append(
             Change(
@@ -181,3 +184,37 @@ def _why_not(record: Mapping[str, Any]) -> str:
     if _text(record, "rule_id") in ("audit-unavailable", "failure"):
         return "decided by a failure, not by policy"
     return ""
+
+
+@dataclass(frozen=True, slots=True)
+class Judgment:
+    """What a replay gate makes of a report: ``passed``, or over the threshold."""
+
+    over: bool
+    allowed_before: int
+    denied_more: int
+    message: str
+
+    @property
+    def ratio(self) -> float:
+        return self.denied_more / self.allowed_before if self.allowed_before else 0.0
+
+
+def judge(report: Report, threshold: float) -> Judgment:
+    """Over when more than ``threshold`` (a fraction) of the replayed calls that were
+    allowed would no longer be; with no allowed call replayed, never over."""
+    allowed = sum(1 for c in report.changes if c.was == "allow") + report.allowed_unchanged
+    denied = report.denied_more
+    ratio = denied / allowed if allowed else 0.0
+    over = allowed > 0 and ratio > threshold
+    rules = ", ".join(
+        f"{rule} ({n})"
+        for rule, n in sorted(
+            Counter(c.now_rule for c in report.changes if c.was == "allow").items()
+        )
+    )
+    message = (
+        f"would no longer allow {denied} of {allowed} recently allowed calls"
+        f" ({ratio:.1%}, threshold {threshold:.1%})" + (f"; by rule: {rules}" if rules else "")
+    )
+    return Judgment(over, allowed, denied, message)

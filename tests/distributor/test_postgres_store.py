@@ -226,6 +226,12 @@ class TestTheAuditBehaviourIsTheSameOnBothBackends:
         assert seqs(out) == [("B", 2), ("side-1", 3), ("side-1", 1)]
         assert out[0] == json.loads(row(2, time=5.0, source="B").json)
 
+    def test_newest_gives_the_last_records_still_oldest_first(self, store: Store) -> None:
+        store.add_audit([row(i, time=float(i)) for i in range(1, 8)])
+        assert [r["seq"] for r in store.query_audit(limit=3)] == [1, 2, 3]
+        assert [r["seq"] for r in store.query_audit(limit=3, newest=True)] == [5, 6, 7]
+        assert [r["seq"] for r in store.query_audit(since=6.0, limit=3, newest=True)] == [6, 7]
+
     def test_filters_select_by_agent_tool_decision_source_kind_and_time(self, store: Store) -> None:
         store.add_audit(
             [
