@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from palisade.bundle.codes import Code
 from palisade.bundle.errors import Issue
 from palisade.bundle.globs import glob_problem
 from palisade.bundle.yamlpos import Path, Positions, path_str
@@ -44,8 +45,8 @@ class Checker:
         self.positions = positions
         self.issues: list[Issue] = []
 
-    def err(self, path: Path, message: str) -> None:
-        self.issues.append(Issue(self.positions.at(path), path_str(path), message))
+    def err(self, path: Path, message: str, *, code: Code) -> None:
+        self.issues.append(Issue(self.positions.at(path), path_str(path), message, code))
 
     # -- shapes -------------------------------------------------------------
 
@@ -55,7 +56,7 @@ class Checker:
         req = tuple(required)
         allowed = (*req, *optional)
         if not isinstance(value, dict):
-            self.err(path, f"must be a mapping, got {typename(value)}")
+            self.err(path, f"must be a mapping, got {typename(value)}", code=Code.WRONG_TYPE)
             return None
         for key in value:
             if key not in allowed:
@@ -64,10 +65,11 @@ class Checker:
                 self.err(
                     (*path, key),
                     f"unknown field {key!r}{hint} (allowed here: {', '.join(allowed)})",
+                    code=Code.UNKNOWN_FIELD,
                 )
         for key in req:
             if key not in value:
-                self.err(path, f"missing required field {key!r}")
+                self.err(path, f"missing required field {key!r}", code=Code.MISSING)
         return value
 
     def string(self, d: Mapping[str, Any], key: str, path: Path, default: str = "") -> str:
@@ -78,14 +80,16 @@ class Checker:
             hint = ""
             if isinstance(value, bool):
                 hint = " (YAML reads yes/no/on/off/true/false as booleans: quote it)"
-            self.err((*path, key), f"must be a string, got {typename(value)}{hint}")
+            self.err(
+                (*path, key), f"must be a string, got {typename(value)}{hint}", code=Code.WRONG_TYPE
+            )
             return default
         return value
 
     def name(self, d: Mapping[str, Any], key: str, path: Path) -> str:
         value = self.string(d, key, path)
         if key in d and isinstance(d[key], str) and not value.strip():
-            self.err((*path, key), "must not be empty")
+            self.err((*path, key), "must not be empty", code=Code.EMPTY)
         return value
 
     def number(
@@ -102,14 +106,16 @@ class Checker:
         if value is MISSING or (value is None and default is None):
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
-            self.err((*path, key), f"must be a number, got {typename(value)}")
+            self.err((*path, key), f"must be a number, got {typename(value)}", code=Code.WRONG_TYPE)
             return default
         if value != value or value in (float("inf"), float("-inf")):
-            self.err((*path, key), "must be a finite number")
+            self.err((*path, key), "must be a finite number", code=Code.OUT_OF_RANGE)
             return default
         if minimum is not None and (value <= minimum if exclusive else value < minimum):
             word = "greater than" if exclusive else "at least"
-            self.err((*path, key), f"must be {word} {minimum:g}, got {value:g}")
+            self.err(
+                (*path, key), f"must be {word} {minimum:g}, got {value:g}", code=Code.OUT_OF_RANGE
+            )
             return default
         return float(value)
 
@@ -120,10 +126,14 @@ class Checker:
         if value is MISSING or (value is None and default is None):
             return default
         if isinstance(value, bool) or not isinstance(value, int):
-            self.err((*path, key), f"must be a whole number, got {typename(value)}")
+            self.err(
+                (*path, key), f"must be a whole number, got {typename(value)}", code=Code.WRONG_TYPE
+            )
             return default
         if value < minimum:
-            self.err((*path, key), f"must be at least {minimum}, got {value}")
+            self.err(
+                (*path, key), f"must be at least {minimum}, got {value}", code=Code.OUT_OF_RANGE
+            )
             return default
         return value
 
@@ -132,7 +142,9 @@ class Checker:
         if value is MISSING:
             return default
         if not isinstance(value, bool):
-            self.err((*path, key), f"must be true or false, got {typename(value)}")
+            self.err(
+                (*path, key), f"must be true or false, got {typename(value)}", code=Code.WRONG_TYPE
+            )
             return default
         return value
 
@@ -152,7 +164,9 @@ class Checker:
         choices = [m.value for m in kind]
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        self.err(path, f"{value!r} is not one of {', '.join(choices)}{hint}")
+        self.err(
+            path, f"{value!r} is not one of {', '.join(choices)}{hint}", code=Code.NOT_A_CHOICE
+        )
         return None
 
     def items(self, d: Mapping[str, Any], key: str, path: Path) -> list[tuple[Path, Any]]:
@@ -160,7 +174,7 @@ class Checker:
         if value is MISSING or value is None:
             return []
         if not isinstance(value, list):
-            self.err((*path, key), f"must be a list, got {typename(value)}")
+            self.err((*path, key), f"must be a list, got {typename(value)}", code=Code.WRONG_TYPE)
             return []
         return [((*path, key, i), v) for i, v in enumerate(value)]
 
@@ -170,12 +184,12 @@ class Checker:
         out: list[str] = []
         for p, v in self.items(d, key, path):
             if not isinstance(v, str):
-                self.err(p, f"must be a string, got {typename(v)}")
+                self.err(p, f"must be a string, got {typename(v)}", code=Code.WRONG_TYPE)
                 continue
             if globs:
                 problem = glob_problem(v)
                 if problem:
-                    self.err(p, f"bad glob {v!r}: {problem}")
+                    self.err(p, f"bad glob {v!r}: {problem}", code=Code.GLOB)
                     continue
             out.append(v)
         return tuple(out)
@@ -185,12 +199,18 @@ class Checker:
         if value is MISSING or value is None:
             return {}
         if not isinstance(value, dict):
-            self.err((*path, key), f"must be a mapping of strings, got {typename(value)}")
+            self.err(
+                (*path, key),
+                f"must be a mapping of strings, got {typename(value)}",
+                code=Code.WRONG_TYPE,
+            )
             return {}
         out: dict[str, str] = {}
         for k, v in value.items():
             if not isinstance(v, str):
-                self.err((*path, key, k), f"must be a string, got {typename(v)}")
+                self.err(
+                    (*path, key, k), f"must be a string, got {typename(v)}", code=Code.WRONG_TYPE
+                )
             else:
                 out[k] = v
         return out
@@ -203,6 +223,10 @@ class Checker:
             if name in seen:
                 first = self.positions.at(seen[name])
                 where = f" (first at line {first.line})" if first.line else ""
-                self.err(path, f"duplicate {what} {name!r}{where}; {what}s must be unique")
+                self.err(
+                    path,
+                    f"duplicate {what} {name!r}{where}; {what}s must be unique",
+                    code=Code.DUPLICATE,
+                )
             else:
                 seen[name] = path

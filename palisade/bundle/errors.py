@@ -6,14 +6,16 @@ Exception tree::
     ├── BundleValidationError    parse or schema errors, each with file:line:col and field
     └── BundleVerificationError  digest mismatch, bad or untrusted signature, bad envelope
 
-Every :class:`Issue` renders as ``file:line:col: field.path: message``; the
-position is left out where none is known (a JSON document from the wire).
+Every :class:`Issue` renders as ``file:line:col: field.path: message [CODE]``; the
+position is left out where none is known (a JSON document from the wire); the
+code is stable (:mod:`palisade.bundle.codes`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +39,24 @@ class Issue:
     position: Position
     field: str
     message: str
+    #: what kind of problem (palisade/bundle/codes.py): stable, unlike the wording
+    code: str = ""
 
     def __str__(self) -> str:
         parts = [p for p in (str(self.position), self.field, self.message) if p]
-        return ": ".join(parts)
+        text = ": ".join(parts)
+        return f"{text} [{self.code}]" if self.code else text
+
+    def as_dict(self) -> dict[str, Any]:
+        pos = self.position
+        return {
+            "code": str(self.code),
+            "file": pos.source,
+            "line": pos.line,
+            "column": pos.column,
+            "field": self.field,
+            "message": self.message,
+        }
 
 
 class BundleError(Exception):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+from palisade.bundle.codes import Code
 from palisade.bundle.globs import is_glob
 from palisade.bundle.schema import Bundle, Match
 
@@ -20,9 +21,13 @@ from palisade.bundle.schema import Bundle, Match
 class LintWarning:
     field: str
     message: str
+    code: str = Code.SHADOWED_RULE
 
     def __str__(self) -> str:
-        return f"{self.field}: warning: {self.message}"
+        return f"{self.field}: warning: {self.message} [{self.code}]"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": str(self.code), "field": self.field, "message": self.message}
 
 
 def _covers(outer: tuple[str, ...], inner: tuple[str, ...]) -> bool:

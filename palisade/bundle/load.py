@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path as FsPath
 from typing import Any
 
+from palisade.bundle.codes import Code
 from palisade.bundle.errors import BundleValidationError, Issue, Position
 from palisade.bundle.schema import Bundle
 from palisade.bundle.validate import build_bundle
@@ -37,13 +38,17 @@ def merge_documents(docs: list[tuple[Any, Positions]], source: str) -> tuple[Any
     if len(docs) == 1:
         return docs[0]
     if not docs:
-        raise BundleValidationError([Issue(Position(source), "", "no bundle document found")])
+        raise BundleValidationError(
+            [Issue(Position(source), "", "no bundle document found", Code.NO_DOCUMENT)]
+        )
     issues: list[Issue] = []
     first, first_pos = docs[0]
     if not all(isinstance(d, dict) for d, _ in docs):
         for d, pos in docs:
             if not isinstance(d, dict):
-                issues.append(Issue(pos.at(()), "", "each document must be a mapping"))
+                issues.append(
+                    Issue(pos.at(()), "", "each document must be a mapping", Code.WRONG_TYPE)
+                )
         raise BundleValidationError(issues)
     merged: dict[str, Any] = {k: v for k, v in first.items() if k != "spec"}
     marks: dict[Path, Position] = {p: m for p, m in first_pos.marks.items() if p[:1] != ("spec",)}
@@ -53,11 +58,16 @@ def merge_documents(docs: list[tuple[Any, Positions]], source: str) -> tuple[Any
         for key in ("apiVersion", "kind"):
             if key in doc and key in merged and doc[key] != merged[key]:
                 issues.append(
-                    Issue(pos.at((key,)), key, f"{doc[key]!r} differs from {merged[key]!r}")
+                    Issue(
+                        pos.at((key,)),
+                        key,
+                        f"{doc[key]!r} differs from {merged[key]!r}",
+                        Code.CONFLICT,
+                    )
                 )
         raw_spec = doc.get("spec") or {}
         if not isinstance(raw_spec, dict):
-            issues.append(Issue(pos.at(("spec",)), "spec", "must be a mapping"))
+            issues.append(Issue(pos.at(("spec",)), "spec", "must be a mapping", Code.WRONG_TYPE))
             continue
         for key, value in raw_spec.items():
             path: Path = ("spec", key)
@@ -76,7 +86,12 @@ def merge_documents(docs: list[tuple[Any, Positions]], source: str) -> tuple[Any
                         have.extend(bval)
                     elif bkey in budgets and budgets[bkey] != bval:
                         issues.append(
-                            Issue(pos.at(bpath), path_str(bpath), "conflicts with another file")
+                            Issue(
+                                pos.at(bpath),
+                                path_str(bpath),
+                                "conflicts with another file",
+                                Code.CONFLICT,
+                            )
                         )
                     else:
                         budgets[bkey] = bval
@@ -87,6 +102,7 @@ def merge_documents(docs: list[tuple[Any, Positions]], source: str) -> tuple[Any
                         pos.at(path),
                         path_str(path),
                         f"{value!r} conflicts with {spec[key]!r} set in another file",
+                        Code.CONFLICT,
                     )
                 )
             else:
@@ -112,7 +128,7 @@ def _read(path: FsPath) -> str:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise BundleValidationError(
-            [Issue(Position(str(path)), "", f"cannot read: {exc}")]
+            [Issue(Position(str(path)), "", f"cannot read: {exc}", Code.UNREADABLE)]
         ) from None
 
 
@@ -131,7 +147,9 @@ def load_dir(path: str | FsPath) -> Bundle:
     for f in files:
         docs.extend((d, pos) for d, pos in load_yaml(_read(f), str(f)) if d is not None)
     if not docs:
-        raise BundleValidationError([Issue(Position(str(p)), "", "no bundle files (*.yaml) here")])
+        raise BundleValidationError(
+            [Issue(Position(str(p)), "", "no bundle files (*.yaml) here", Code.NO_DOCUMENT)]
+        )
     doc, positions = merge_documents(docs, str(p))
     return build_bundle(doc, positions)
 

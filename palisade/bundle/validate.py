@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from palisade.bundle import cel_ext as cel
 from palisade.bundle.checker import Checker, typename
+from palisade.bundle.codes import Code
 from palisade.bundle.errors import BundleValidationError
 from palisade.bundle.globs import glob_problem, is_glob
 from palisade.bundle.schema import (
@@ -70,7 +71,11 @@ def _tool(c: Checker, path: Path, raw: Any) -> Tool | None:
     risk = c.enum_value(d["risk"], (*path, "risk"), Risk) if "risk" in d else None
     pinned = c.string(d, "pinned", path)
     if pinned and not _SHA256.match(pinned):
-        c.err((*path, "pinned"), "must be 'sha256:' followed by 64 lowercase hex digits")
+        c.err(
+            (*path, "pinned"),
+            "must be 'sha256:' followed by 64 lowercase hex digits",
+            code=Code.BAD_FORMAT,
+        )
     return Tool(
         name=c.name(d, "name", path),
         risk=risk,
@@ -92,10 +97,15 @@ def _server(c: Checker, path: Path, raw: Any) -> Server | None:
             c.err(
                 (*path, "serverRequests", i),
                 f"{kind!r} is not one of {', '.join(SERVER_REQUEST_KINDS)}",
+                code=Code.NOT_A_CHOICE,
             )
     for i, image in enumerate(images):
         if not _SHA256.match(image):
-            c.err((*path, "images", i), "must be an image digest 'sha256:<64 hex digits>'")
+            c.err(
+                (*path, "images", i),
+                "must be an image digest 'sha256:<64 hex digits>'",
+                code=Code.BAD_FORMAT,
+            )
     tools: list[Tool] = []
     tool_names: list[tuple[Path, str]] = []
     for p, raw_t in c.items(d, "tools", path):
@@ -135,7 +145,11 @@ def _quota(c: Checker, path: Path, raw: Any) -> GpuQuota | None:
     mig: dict[str, int] = {}
     raw_mig = d.get("migInstances") or {}
     if not isinstance(raw_mig, dict):
-        c.err((*path, "migInstances"), f"must be a mapping, got {typename(raw_mig)}")
+        c.err(
+            (*path, "migInstances"),
+            f"must be a mapping, got {typename(raw_mig)}",
+            code=Code.WRONG_TYPE,
+        )
     else:
         for profile in raw_mig:
             n = c.integer(raw_mig, profile, (*path, "migInstances"), None)
@@ -181,7 +195,11 @@ def _agent(c: Checker, path: Path, raw: Any) -> Agent | None:
             service_account=c.string(i, "serviceAccount", p),
         )
         if not ident.service_account and not (ident.issuer and ident.subject):
-            c.err(p, "needs either 'serviceAccount' or both 'issuer' and 'subject'")
+            c.err(
+                p,
+                "needs either 'serviceAccount' or both 'issuer' and 'subject'",
+                code=Code.COMBINATION,
+            )
         identities.append(ident)
     return Agent(
         id=c.name(d, "id", path),
@@ -210,6 +228,7 @@ def _cluster_credential(c: Checker, path: Path, d: dict[str, Any]) -> ClusterCre
         c.err(
             (*path, "serviceAccount"),
             f"{ref!r} is not '<namespace>/<name>' of a ServiceAccount",
+            code=Code.BAD_FORMAT,
         )
         return None
     return ClusterCredential(service_account=ref)
@@ -223,7 +242,11 @@ def _match(c: Checker, path: Path, raw: Any) -> Match:
         return Match()
     for key in ("servers", "tools", "risk", "agents", "tenants"):
         if d.get(key) == []:
-            c.err((*path, key), "an empty list matches nothing; leave the field out to match any")
+            c.err(
+                (*path, key),
+                "an empty list matches nothing; leave the field out to match any",
+                code=Code.COMBINATION,
+            )
     risks = tuple(
         r for p, v in c.items(d, "risk", path) if (r := c.enum_value(v, p, Risk)) is not None
     )
@@ -231,7 +254,7 @@ def _match(c: Checker, path: Path, raw: Any) -> Match:
     for k, v in labels.items():
         problem = glob_problem(v)
         if problem:
-            c.err((*path, "labels", k), f"bad glob {v!r}: {problem}")
+            c.err((*path, "labels", k), f"bad glob {v!r}: {problem}", code=Code.GLOB)
     return Match(
         servers=c.strings(d, "servers", path, globs=True),
         tools=c.strings(d, "tools", path, globs=True),
@@ -271,15 +294,23 @@ def _rule(c: Checker, path: Path, raw: Any) -> Rule | None:
     decision = c.enum(d, "decision", path, Decision, Decision.DENY)
     approvers = c.integer(d, "approvers", path, 1, minimum=1) or 1
     if approvers > MAX_APPROVERS:
-        c.err((*path, "approvers"), f"must be at most {MAX_APPROVERS}, got {approvers}")
+        c.err(
+            (*path, "approvers"),
+            f"must be at most {MAX_APPROVERS}, got {approvers}",
+            code=Code.OUT_OF_RANGE,
+        )
         approvers = 1
     if "approvers" in d and decision is not Decision.REQUIRE_APPROVAL:
-        c.err((*path, "approvers"), "only a require_approval rule has approvers")
+        c.err(
+            (*path, "approvers"),
+            "only a require_approval rule has approvers",
+            code=Code.COMBINATION,
+        )
     when = c.string(d, "when", path)
     if when:
         problem = check_cel(when)
         if problem:
-            c.err((*path, "when"), problem)
+            c.err((*path, "when"), problem, code=Code.EXPRESSION)
     return Rule(
         id=c.name(d, "id", path),
         decision=decision,
@@ -374,11 +405,15 @@ def _refs(c: Checker, path: Path, patterns: tuple[str, ...], known: set[str], wh
     for i, pat in enumerate(patterns):
         if is_glob(pat):
             if known and not any(fnmatchcase(k, pat) for k in known):
-                c.err((*path, i), f"glob {pat!r} matches no declared {what}")
+                c.err((*path, i), f"glob {pat!r} matches no declared {what}", code=Code.GLOB)
         elif pat not in known:
             close = difflib.get_close_matches(pat, sorted(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            c.err((*path, i), f"unknown {what} {pat!r}{hint} (declare it under spec.{what}s)")
+            c.err(
+                (*path, i),
+                f"unknown {what} {pat!r}{hint} (declare it under spec.{what}s)",
+                code=Code.UNKNOWN_REFERENCE,
+            )
 
 
 def _tool_refs(
@@ -410,7 +445,11 @@ def _tool_refs(
     for i, pat in enumerate(m.tools):
         if is_glob(pat):
             if not any(fnmatchcase(k, pat) for k in known):
-                c.err((*path, i), f"glob {pat!r} matches no registered tool of the servers matched")
+                c.err(
+                    (*path, i),
+                    f"glob {pat!r} matches no registered tool of the servers matched",
+                    code=Code.GLOB,
+                )
         elif pat not in known:
             close = difflib.get_close_matches(pat, sorted(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -418,6 +457,7 @@ def _tool_refs(
                 (*path, i),
                 f"unknown tool {pat!r}{hint} (no server this rule can match registers it;"
                 " unregistered tools are denied before rules run)",
+                code=Code.UNKNOWN_REFERENCE,
             )
 
 
@@ -450,10 +490,12 @@ def build_bundle(doc: Any, positions: Positions) -> Bundle:
         raise BundleValidationError(c.issues)
     if "apiVersion" in root and root["apiVersion"] != API_VERSION:
         c.err(
-            ("apiVersion",), f"unsupported apiVersion {root['apiVersion']!r}; use {API_VERSION!r}"
+            ("apiVersion",),
+            f"unsupported apiVersion {root['apiVersion']!r}; use {API_VERSION!r}",
+            code=Code.KIND,
         )
     if "kind" in root and root["kind"] != KIND:
-        c.err(("kind",), f"kind must be {KIND!r}, got {root['kind']!r}")
+        c.err(("kind",), f"kind must be {KIND!r}, got {root['kind']!r}", code=Code.KIND)
     meta: dict[str, Any] = {}
     if "metadata" in root:  # (its absence is already reported)
         meta = c.obj(root["metadata"], ("metadata",), ["name"], _METADATA_OPTIONAL) or {}
@@ -462,6 +504,7 @@ def build_bundle(doc: Any, positions: Positions) -> Bundle:
         c.err(
             ("metadata", "name"),
             f"{name!r} is not a DNS-1123 label (lowercase letters, digits and '-', at most 63)",
+            code=Code.BAD_FORMAT,
         )
     labels = c.str_map(meta, "labels", ("metadata",))
     c.str_map(meta, "annotations", ("metadata",))
@@ -512,7 +555,11 @@ def build_bundle(doc: Any, positions: Positions) -> Bundle:
         if r is None:
             continue
         if r.id in _BUILTIN_RULE_IDS:
-            c.err((*p, "id"), f"rule id {r.id!r} is reserved for the engine; pick another")
+            c.err(
+                (*p, "id"),
+                f"rule id {r.id!r} is reserved for the engine; pick another",
+                code=Code.RESERVED,
+            )
         mp = (*p, "match")
         _refs(c, (*mp, "servers"), r.match.servers, server_names, "server")
         _tool_refs(c, (*mp, "tools"), r.match, servers, tool_memo)
@@ -523,7 +570,11 @@ def build_bundle(doc: Any, positions: Positions) -> Bundle:
         if a is None:
             continue
         if a.tenant and a.tenant not in tenant_names:
-            c.err((*p, "tenant"), f"unknown tenant {a.tenant!r} (declare it under spec.tenants)")
+            c.err(
+                (*p, "tenant"),
+                f"unknown tenant {a.tenant!r} (declare it under spec.tenants)",
+                code=Code.UNKNOWN_REFERENCE,
+            )
         for i, ident in enumerate(a.identities):
             key = (ident.issuer, ident.subject, ident.service_account)
             owner = owners.setdefault(key, a.id)
@@ -531,6 +582,7 @@ def build_bundle(doc: Any, positions: Positions) -> Bundle:
                 c.err(
                     (*p, "identities", i),
                     f"this identity already maps to agent {owner!r}; one identity, one agent",
+                    code=Code.DUPLICATE,
                 )
     for mp, m in budget_items:
         _refs(c, (*mp, "servers"), m.servers, server_names, "server")
@@ -548,13 +600,25 @@ def build_bundle(doc: Any, positions: Positions) -> Bundle:
     for (p, _), t in zip(x_items, tests, strict=True):
         if t is not None and t.gpu is not None:
             if t.gpu.tenant not in quotas:
-                c.err((*p, "gpu", "tenant"), f"unknown tenant {t.gpu.tenant!r}")
+                c.err(
+                    (*p, "gpu", "tenant"),
+                    f"unknown tenant {t.gpu.tenant!r}",
+                    code=Code.UNKNOWN_REFERENCE,
+                )
             elif quotas[t.gpu.tenant] is None:
-                c.err((*p, "gpu", "tenant"), f"tenant {t.gpu.tenant!r} has no gpuQuota to test")
+                c.err(
+                    (*p, "gpu", "tenant"),
+                    f"tenant {t.gpu.tenant!r} has no gpuQuota to test",
+                    code=Code.COMBINATION,
+                )
         if t is not None and t.expect.rule and t.expect.rule not in known_rules:
             close = difflib.get_close_matches(t.expect.rule, sorted(known_rules), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            c.err((*p, "expect", "rule"), f"test expects unknown rule {t.expect.rule!r}{hint}")
+            c.err(
+                (*p, "expect", "rule"),
+                f"test expects unknown rule {t.expect.rule!r}{hint}",
+                code=Code.UNKNOWN_REFERENCE,
+            )
 
     if c.issues:
         raise BundleValidationError(c.issues)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from palisade.bundle.checker import Checker, typename
+from palisade.bundle.codes import Code
 from palisade.bundle.schema import BundleTest, GpuUsage, TestCall, TestExpect
 from palisade.bundle.yamlpos import Path
 from palisade.policy.types import Decision, Risk
@@ -33,7 +34,11 @@ def _gpu_test(c: Checker, path: Path, d: Mapping[str, Any]) -> BundleTest | None
     mig: dict[str, int] = {}
     raw_mig = gpu_d.get("migInstances") or {}
     if not isinstance(raw_mig, dict):
-        c.err((*gp, "migInstances"), f"must be a mapping, got {typename(raw_mig)}")
+        c.err(
+            (*gp, "migInstances"),
+            f"must be a mapping, got {typename(raw_mig)}",
+            code=Code.WRONG_TYPE,
+        )
     else:
         for profile in raw_mig:
             n = c.integer(raw_mig, profile, (*gp, "migInstances"), None)
@@ -46,10 +51,11 @@ def _gpu_test(c: Checker, path: Path, d: Mapping[str, Any]) -> BundleTest | None
                 (*ep, "violations", i),
                 f"{v!r} is not a quota limit; use gpus, gpuMemoryBytes, powerWatts,"
                 " allocatedDevicesOnly or migInstances/<profile>",
+                code=Code.NOT_A_CHOICE,
             )
     for key in ("repeat", "everySeconds"):
         if key in d:
-            c.err((*path, key), "applies to call tests only")
+            c.err((*path, key), "applies to call tests only", code=Code.COMBINATION)
     return BundleTest(
         name=c.name(d, "name", path),
         call=None,
@@ -74,6 +80,7 @@ def read_test(c: Checker, path: Path, raw: Any) -> BundleTest | None:
             path,
             "needs exactly one of 'call' (a tool call to decide) or 'gpu' (a tenant's GPU"
             " usage to check against its quota)",
+            code=Code.COMBINATION,
         )
         return None
     if "gpu" in d:
@@ -98,7 +105,7 @@ def read_test(c: Checker, path: Path, raw: Any) -> BundleTest | None:
         return None
     args = call_d.get("arguments", {})
     if not isinstance(args, dict):
-        c.err((*cp, "arguments"), f"must be a mapping, got {typename(args)}")
+        c.err((*cp, "arguments"), f"must be a mapping, got {typename(args)}", code=Code.WRONG_TYPE)
         args = {}
     else:
         try:
@@ -108,6 +115,7 @@ def read_test(c: Checker, path: Path, raw: Any) -> BundleTest | None:
                 (*cp, "arguments"),
                 "must hold only JSON values (strings, numbers, booleans, null, lists, mappings);"
                 " quote YAML dates and timestamps",
+                code=Code.WRONG_TYPE,
             )
             args = {}
     declared = (

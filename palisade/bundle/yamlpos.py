@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from palisade.bundle.codes import Code
 from palisade.bundle.errors import BundleValidationError, Issue, Position
 
 #: A field path from the document root: ("spec", "rules", 2, "match").
@@ -88,7 +89,12 @@ def _convert(
             key_pos = Position(source, key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             if not isinstance(key, str):
                 issues.append(
-                    Issue(key_pos, path_str(path), f"mapping keys must be strings, got {key!r}")
+                    Issue(
+                        key_pos,
+                        path_str(path),
+                        f"mapping keys must be strings, got {key!r}",
+                        Code.WRONG_TYPE,
+                    )
                 )
                 continue
             if index < merged_count:
@@ -104,6 +110,7 @@ def _convert(
                         path_str((*path, key)),
                         f"key {key!r} appears twice in one mapping (first at line {first.line});"
                         " remove one",
+                        Code.DUPLICATE,
                     )
                 )
                 continue
@@ -126,7 +133,9 @@ def load_yaml(text: str | bytes, source: str) -> list[tuple[Any, Positions]]:
     try:
         loader = _Loader(text)
     except yaml.YAMLError as exc:
-        raise BundleValidationError([Issue(Position(source), "", f"YAML error: {exc}")]) from None
+        raise BundleValidationError(
+            [Issue(Position(source), "", f"YAML error: {exc}", Code.YAML)]
+        ) from None
     try:
         while loader.check_node():
             node = loader.get_node()
@@ -137,17 +146,30 @@ def load_yaml(text: str | bytes, source: str) -> list[tuple[Any, Positions]]:
             docs.append((value, Positions(source, marks)))
     except _TooBig:
         raise BundleValidationError(
-            [Issue(Position(source), "", f"document expands to more than {MAX_VALUES} values")]
+            [
+                Issue(
+                    Position(source),
+                    "",
+                    f"document expands to more than {MAX_VALUES} values",
+                    Code.TOO_LARGE,
+                )
+            ]
         ) from None
     except RecursionError:
-        raise BundleValidationError([Issue(Position(source), "", "nested too deeply")]) from None
+        raise BundleValidationError(
+            [Issue(Position(source), "", "nested too deeply", Code.TOO_LARGE)]
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         pos = Position(source, mark.line + 1, mark.column + 1) if mark else Position(source)
         what = exc.problem or exc.context or "invalid YAML"
-        raise BundleValidationError([Issue(pos, "", f"YAML syntax error: {what}")]) from None
+        raise BundleValidationError(
+            [Issue(pos, "", f"YAML syntax error: {what}", Code.YAML)]
+        ) from None
     except yaml.YAMLError as exc:
-        raise BundleValidationError([Issue(Position(source), "", f"YAML error: {exc}")]) from None
+        raise BundleValidationError(
+            [Issue(Position(source), "", f"YAML error: {exc}", Code.YAML)]
+        ) from None
     finally:
         loader.dispose()
     if issues:

@@ -23,67 +23,106 @@ from palisade.bundle import (
     verify_bundle,
 )
 from palisade.bundle.canonical import bundle_digest
+from palisade.bundle.codes import DESCRIPTIONS, Code
 from palisade.bundle.lint import lint_warnings
-from palisade.cli.output import add_output_flag
+from palisade.cli.output import Column, add_output_flag, emit
 
 
 def _err(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+def _lint_one(path: str) -> dict[str, Any]:
+    """One file's lint result as a document: errors, warnings, and what it holds."""
+    doc: dict[str, Any] = {"file": path, "errors": [], "warnings": []}
+    try:
+        bundle = load_file(path)
+    except BundleValidationError as exc:
+        doc["errors"] = [i.as_dict() for i in exc.issues]
+        doc["text"] = [str(i) for i in exc.issues]
+        return doc
+    warnings = lint_warnings(bundle)
+    doc["warnings"] = [w.as_dict() for w in warnings]
+    doc["text"] = [f"{path}: {w}" for w in warnings]
+    doc.update(
+        name=bundle.name,
+        digest=bundle_digest(bundle),
+        rules=len(bundle.rules),
+        servers=len(bundle.servers),
+        agents=len(bundle.agents),
+        tests=len(bundle.tests),
+    )
+    return doc
+
+
 def cmd_lint(ns: argparse.Namespace) -> int:
-    bad = 0
-    for path in ns.files:
-        try:
-            bundle = load_file(path)
-        except BundleValidationError as exc:
-            bad += 1
-            for issue in exc.issues:
-                print(issue)
-            continue
-        warnings = lint_warnings(bundle)
-        for w in warnings:
-            print(f"{path}: {w}")
-        if warnings and ns.strict:
-            bad += 1
-        elif not ns.quiet:
+    results = [_lint_one(str(path)) for path in ns.files]
+    bad = sum(1 for r in results if r["errors"] or (ns.strict and r["warnings"]))
+    if ns.output in ("json", "yaml"):
+        for r in results:
+            r.pop("text")
+        emit(ns.output, {"files": results, "ok": not bad})
+        return 1 if bad else 0
+    for r in results:
+        problems = [*r["errors"], *r["warnings"]]
+        for line, problem in zip(r.pop("text"), problems, strict=True):
+            print(line)
+            if ns.output == "wide":
+                print(f"    {problem['code']}: {DESCRIPTIONS[Code(problem['code'])]}")
+        if not r["errors"] and not ns.quiet and not (ns.strict and r["warnings"]):
             print(
-                f"{path}: ok ({len(bundle.rules)} rules, {len(bundle.servers)} servers,"
-                f" {len(bundle.agents)} agents, {len(bundle.tests)} tests) {bundle_digest(bundle)}"
+                f"{r['file']}: ok ({r['rules']} rules, {r['servers']} servers,"
+                f" {r['agents']} agents, {r['tests']} tests) {r['digest']}"
             )
     return 1 if bad else 0
 
 
-def cmd_test(ns: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
+TEST_COLUMNS = (
+    Column("", "result", style=lambda v: "green" if v == "PASS" else "red"),
+    Column("TEST", "test"),
+    Column("OUTCOME", "outcome"),
+    Column("RULE", "rule"),
+    Column("PROBLEM", "problem"),
+)
 
+
+def cmd_test(ns: argparse.Namespace) -> int:
     from palisade.policy.bundletests import run_tests
 
     try:
         bundle = load_file(ns.file)
     except BundleValidationError as exc:
-        for issue in exc.issues:
-            print(issue)
+        if ns.output in ("json", "yaml"):
+            emit(ns.output, {"file": str(ns.file), "errors": [i.as_dict() for i in exc.issues]})
+        else:
+            for issue in exc.issues:
+                print(issue)
         return 1
     results = run_tests(bundle)
-    console = Console(width=160)
-    table = Table(title=f"{ns.file}: {bundle.name}", title_justify="left")
-    for col in ("", "test", "outcome", "rule", "problem"):
-        table.add_column(col)
-    for r in results:
-        table.add_row(
-            "[green]PASS[/]" if r.passed else "[red]FAIL[/]",
-            r.test.name,
-            r.outcome,
-            r.rule,
-            r.problem,
-        )
-    console.print(table)
+    rows = [
+        {
+            "result": "PASS" if r.passed else "FAIL",
+            "test": r.test.name,
+            "passed": r.passed,
+            "outcome": r.outcome,
+            "rule": r.rule,
+            "problem": r.problem,
+        }
+        for r in results
+    ]
     failed = sum(1 for r in results if not r.passed)
-    console.print(f"{len(results) - failed} passed, {failed} failed")
-    if not results:
-        console.print("the bundle has no tests (spec.tests)")
+    doc = {
+        "file": str(ns.file),
+        "bundle": bundle.name,
+        "passed": len(results) - failed,
+        "failed": failed,
+        "results": rows,
+    }
+    emit(ns.output, doc, rows=rows, columns=TEST_COLUMNS, title=f"{ns.file}: {bundle.name}")
+    if ns.output not in ("json", "yaml"):
+        print(f"{len(results) - failed} passed, {failed} failed")
+        if not results:
+            print("the bundle has no tests (spec.tests)")
     return 1 if failed else 0
 
 
@@ -100,9 +139,9 @@ def cmd_sign(ns: argparse.Namespace) -> int:
             print(issue)
         return 1
     signed = sign_bundle(bundle, keys, ns.revision)
-    Path(ns.output).write_bytes(to_bytes(signed))
+    Path(ns.out).write_bytes(to_bytes(signed))
     kids = ", ".join(s.key_id for s in signed.signatures)
-    print(f"{ns.output}: revision {signed.revision} {signed.digest} signed by {kids}")
+    print(f"{ns.out}: revision {signed.revision} {signed.digest} signed by {kids}")
     return 0
 
 
@@ -218,10 +257,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="bundle file or directory")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors and warnings")
     p.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
+    add_output_flag(p)
     p.set_defaults(func=cmd_lint)
 
     p = sub.add_parser("test", help="run the tests inside a bundle")
     p.add_argument("file", metavar="FILE")
+    add_output_flag(p)
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("decide", help="decide one call with a bundle and explain (dry run)")
@@ -258,7 +299,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--key", action="append", required=True, help="Ed25519 private key PEM (repeatable)"
     )
     p.add_argument("--revision", type=int, default=1, help="monotonic revision (default 1)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.add_argument("--out", required=True, metavar="FILE", help="where to write the signed bundle")
     p.set_defaults(func=cmd_sign)
 
     p = sub.add_parser("verify", help="verify a signed bundle against trusted public keys")

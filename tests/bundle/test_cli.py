@@ -64,7 +64,8 @@ def test_keys_sign_and_verify_work_together_and_tampering_is_caught(
     assert "PRIVATE" not in capsys.readouterr().out
     out = tmp_path / "b.signed"
     assert (
-        main(["bundle", "sign", "--key", str(key), EXAMPLE, "--revision", "4", "-o", str(out)]) == 0
+        main(["bundle", "sign", "--key", str(key), EXAMPLE, "--revision", "4", "--out", str(out)])
+        == 0
     )
     capsys.readouterr()
     assert main(["bundle", "verify", "--trusted", str(pub), str(out)]) == 0

@@ -29,7 +29,7 @@ def test_a_rule_after_a_catch_all_is_reported() -> None:
         """)
     assert [str(w) for w in lint_warnings(b)] == [
         "spec.rules[3]: warning: rule 'late' can never decide: rule 'everything'"
-        " (spec.rules[2]) matches every call it matches and comes first",
+        " (spec.rules[2]) matches every call it matches and comes first [PW001]",
     ]
 
 

@@ -9,9 +9,15 @@ from tests.policy.kit import BASE, spec_yaml
 
 
 def issues_of(text: str) -> list[str]:
+    """The issues as printed, less their code (which each must have)."""
     with pytest.raises(BundleValidationError) as exc:
         load_bytes(text, "bad.yaml")
-    return [str(i) for i in exc.value.issues]
+    out = []
+    for issue in exc.value.issues:
+        shown, tail = str(issue), f" [{issue.code}]"
+        assert issue.code and shown.endswith(tail), shown
+        out.append(shown[: -len(tail)])
+    return out
 
 
 def only_issue(text: str) -> str:

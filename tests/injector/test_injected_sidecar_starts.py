@@ -352,7 +352,7 @@ async def test_without_a_distributor_the_sidecar_runs_on_the_signed_bundle_confi
     done = await asyncio.to_thread(
         subprocess.run,
         [palisade, "bundle", "sign", "--key", str(peers.tmp / "signing.pem"),
-         "-o", str(signed), str(policy)],
+         "--out", str(signed), str(policy)],
         capture_output=True, text=True, timeout=60, env=python_env(),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
