@@ -154,3 +154,10 @@ seccompProfile:
 {{- range . }}{{ $words = append $words (squote .) }}{{ end -}}
 {{- join " " $words -}}
 {{- end -}}
+
+{{/* A default (YAML text) with a component's overrides merged over it:
+     include with (dict "base" (include "..." .) "over" $values.securityContext). */}}
+{{- define "palisade.merged" -}}
+{{- $base := .base | fromYaml | default dict -}}
+{{- toYaml (mergeOverwrite $base (deepCopy (.over | default dict))) -}}
+{{- end -}}
