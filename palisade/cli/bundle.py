@@ -78,7 +78,7 @@ def cmd_lint(ns: argparse.Namespace) -> int:
 
 
 TEST_COLUMNS = (
-    Column("", "result", style=lambda v: "green" if v == "PASS" else "red"),
+    Column("RESULT", "result", style=lambda v: "green" if v == "PASS" else "red"),
     Column("TEST", "test"),
     Column("OUTCOME", "outcome"),
     Column("RULE", "rule"),

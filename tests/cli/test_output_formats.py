@@ -185,3 +185,18 @@ def test_the_fleet_flags_may_come_before_or_after_the_subcommand(
     assert [r["id"] for r in before] == [r["id"] for r in after] == ["gpu-node-1"]
     mixed = run(capsys, "fleet", "--url", populated.url, "bundles", "-o", "yaml")
     assert yaml.safe_load(mixed)["bundles"][0]["revision"] == 1
+
+
+EXAMPLE = str(Path(__file__).parents[2] / "examples" / "payments-bundle.yaml")
+
+
+def test_bundle_lint_and_test_print_every_format(capsys: pytest.CaptureFixture[str]) -> None:
+    lint = json.loads(run(capsys, "bundle", "lint", EXAMPLE, "-o", "json"))
+    assert lint["ok"] is True and lint["files"][0]["errors"] == []
+    assert yaml.safe_load(run(capsys, "bundle", "lint", EXAMPLE, "-o", "yaml")) == lint
+    assert run(capsys, "bundle", "lint", EXAMPLE).startswith(f"{EXAMPLE}: ok (")
+    tested = json.loads(run(capsys, "bundle", "test", EXAMPLE, "-o", "json"))
+    assert yaml.safe_load(run(capsys, "bundle", "test", EXAMPLE, "-o", "yaml")) == tested
+    assert [r["test"] for r in tested["results"]]
+    table = table_headers(run(capsys, "bundle", "test", EXAMPLE))
+    assert table[0] == ["RESULT", "TEST", "OUTCOME", "RULE", "PROBLEM"]
