@@ -245,6 +245,7 @@ def _problems(
         firewall, firewall_state = choices.firewall(
             annotations, ns_labels, label, upstream, port, sidecar.pod_firewall
         )
+        upstream_credential = choices.upstream_credential(annotations)
     except Unacceptable as exc:
         return [str(exc)]
     ours = {sidecar.container_name, sidecar.init_container_name}
@@ -288,6 +289,7 @@ def _problems(
             [c for c in containers if c.get("name") not in ours],
             [c for c in inits if _as_dict(c).get("name") not in ours],
         ),
+        upstream_credential=upstream_credential,
     )
     problems: list[str] = []
     if status_fields(annotations) != json.loads(plan.status):
