@@ -49,7 +49,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from injector import choices, patch, probes, provenance, shapes, updates
+from injector import choices, overrides, patch, probes, provenance, shapes, updates
 from injector.choices import OFF_VALUES, Unacceptable
 from injector.plan import (
     ANNOTATION_INJECT,
@@ -334,8 +334,18 @@ def _plan(
             annotations, ns_labels, label, upstream, sidecar_port, sidecar.pod_firewall
         )
         upstream_credential = choices.upstream_credential(annotations)
+        pod_overrides, override_warnings = overrides.overrides(
+            annotations, sidecar, required=ns_labels.get(LABEL_INJECT) == "required"
+        )
     except Unacceptable as exc:
         return Refuse(str(exc))
+    warnings += [f"palisade: pod {label}: {w}" for w in override_warnings]
+    if pod_overrides.vault is not None and not patch.uses_kube_api(sidecar):
+        return Refuse(
+            f"pod {label}: {overrides.ANNOTATION_VAULT_SECRET} needs the sidecar's"
+            " ServiceAccount token to log in to Vault, which this injector's identity mode"
+            " 'none' does not mount"
+        )
     if upstream_credential and not patch.uses_kube_api(sidecar):
         return Refuse(
             f"pod {label}: {choices.ANNOTATION_UPSTREAM_CREDENTIAL}: {upstream_credential} needs "
@@ -377,7 +387,7 @@ def _plan(
     volumes = _as_list(spec.get("volumes"))
     taken = sorted(
         {str(_as_dict(v).get("name")) for v in volumes}
-        & {v["name"] for v in patch.volumes(sidecar, bool(firewall))}
+        & {v["name"] for v in patch.volumes(sidecar, bool(firewall), pod_overrides)}
     )
     if taken:
         return Refuse(
@@ -434,6 +444,7 @@ def _plan(
         guaranteed=shapes.guaranteed(containers, inits),
         termination_grace_s=_grace(spec.get("terminationGracePeriodSeconds")),
         upstream_credential=upstream_credential,
+        overrides=pod_overrides,
     )
 
 

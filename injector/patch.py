@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from injector import probes
+from injector.overrides import Overrides
 from injector.plan import (
     ANNOTATION_STATUS,
     AUDIT_DIR,
@@ -34,6 +35,7 @@ from injector.plan import (
     VOLUME_INIT_RUN,
     VOLUME_KUBE_API,
     VOLUME_SOCKET,
+    VOLUME_UPSTREAM_CREDENTIAL,
     Plan,
 )
 from injector.review import PatchOp
@@ -44,6 +46,7 @@ SOCKET_FILE = f"{SOCKET_DIR}/check.sock"
 KUBE_API_DIR = "/var/run/secrets/palisade.dev/kube-api"
 IN_CLUSTER_API = "https://kubernetes.default.svc"
 BUNDLE_SOURCE_DIR = "/etc/palisade/bundle"
+UPSTREAM_CREDENTIAL_DIR = "/var/run/secrets/palisade.dev/upstream"
 #: The packet filter's resources (requests, limits).
 INIT_REQUESTS = {"cpu": "10m", "memory": "32Mi"}
 INIT_LIMITS = {"cpu": "500m", "memory": "64Mi"}
@@ -80,8 +83,13 @@ def uses_kube_api(sidecar: SidecarSettings) -> bool:
     return sidecar.identity != "none" or bool(sidecar.distributor)
 
 
-def volumes(sidecar: SidecarSettings | None = None, firewall: bool = False) -> list[dict[str, Any]]:
-    """The volumes the sidecar (and the packet filter) need, in the order they are added."""
+def volumes(
+    sidecar: SidecarSettings | None = None,
+    firewall: bool = False,
+    pod: Overrides | None = None,
+) -> list[dict[str, Any]]:
+    """The volumes the sidecar (and the packet filter) need, in the order they are added;
+    ``pod``: the pod's own overrides (a credential Secret)."""
     found: list[dict[str, Any]] = [
         {"name": VOLUME_SOCKET, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
         {"name": VOLUME_BUNDLES, "emptyDir": {"sizeLimit": "64Mi"}},
@@ -126,6 +134,18 @@ def volumes(sidecar: SidecarSettings | None = None, firewall: bool = False) -> l
     if firewall:
         found.append(
             {"name": VOLUME_INIT_RUN, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
+        )
+    if pod is not None and pod.credential_secret is not None:
+        name, key = pod.credential_secret
+        found.append(
+            {
+                "name": VOLUME_UPSTREAM_CREDENTIAL,
+                "secret": {
+                    "secretName": name,
+                    "items": [{"key": key, "path": "credential"}],
+                    "defaultMode": 0o440,
+                },
+            }
         )
     return found
 
@@ -172,8 +192,28 @@ def sidecar_args(plan: Plan, sidecar: SidecarSettings) -> list[str]:
         args += ["--upstream-credential", plan.upstream_credential]
         args += ["--kube-api-server", IN_CLUSTER_API, "--kube-token-file", f"{KUBE_API_DIR}/token"]
         args += ["--kube-ca-file", f"{KUBE_API_DIR}/ca.crt"]
+    args += override_args(plan.overrides)
     # Extra arguments last: a later flag wins, so the chart can override any of these.
     return args + list(sidecar.extra_args)
+
+
+def override_args(pod: Overrides) -> list[str]:
+    """The sidecar flags of a pod's annotations (injector/overrides.py)."""
+    args: list[str] = []
+    if pod.quarantine:
+        args += ["--quarantine", pod.quarantine]
+    if pod.credential_secret is not None:
+        args += ["--upstream-credential-file", f"{UPSTREAM_CREDENTIAL_DIR}/credential"]
+    if pod.vault is not None:
+        v = pod.vault
+        args += ["--vault-addr", v.addr, "--vault-kv-mount", v.mount]
+        args += ["--vault-secret-path", v.path, "--vault-secret-field", v.field]
+        args += ["--vault-role", v.role, "--vault-sa-token-file", f"{KUBE_API_DIR}/token"]
+    if pod.credential_header:
+        args += ["--upstream-credential-header", pod.credential_header]
+        if pod.credential_header.lower() != "authorization":
+            args += ["--upstream-credential-scheme", ""]  # another header: the value as it is
+    return args
 
 
 def resources(
@@ -236,6 +276,14 @@ def sidecar_container(plan: Plan, sidecar: SidecarSettings) -> dict[str, Any]:
         )
     if uses_kube_api(sidecar):
         mounts.append({"name": VOLUME_KUBE_API, "mountPath": KUBE_API_DIR, "readOnly": True})
+    if plan.overrides.credential_secret is not None:
+        mounts.append(
+            {
+                "name": VOLUME_UPSTREAM_CREDENTIAL,
+                "mountPath": UPSTREAM_CREDENTIAL_DIR,
+                "readOnly": True,
+            }
+        )
     if plan.probe_rewrites:
         env.append(
             {"name": "PALISADE_APP_PROBES", "value": probes.sidecar_table(plan.probe_rewrites)}
@@ -257,8 +305,14 @@ def sidecar_container(plan: Plan, sidecar: SidecarSettings) -> dict[str, Any]:
         "livenessProbe": _probe("/healthz", plan.sidecar_port, 10, 3),
         "readinessProbe": _probe("/readyz", plan.sidecar_port, 5, 3),
         "resources": resources(
-            {"cpu": sidecar.cpu_request, "memory": sidecar.memory_request},
-            {"cpu": sidecar.cpu_limit, "memory": sidecar.memory_limit},
+            {
+                "cpu": plan.overrides.cpu_request or sidecar.cpu_request,
+                "memory": plan.overrides.memory_request or sidecar.memory_request,
+            },
+            {
+                "cpu": plan.overrides.cpu_limit or sidecar.cpu_limit,
+                "memory": plan.overrides.memory_limit or sidecar.memory_limit,
+            },
             plan.guaranteed,
         ),
         "securityContext": {
@@ -352,7 +406,7 @@ def build(plan: Plan, sidecar: SidecarSettings) -> list[PatchOp]:
     # The model refused any pod that already has a volume of one of these names:
     # a pod's own volume is never reused (a writable hostPath as the audit spool).
     firewall = bool(plan.firewall_ports)
-    added = volumes(sidecar, firewall)
+    added = volumes(sidecar, firewall, plan.overrides)
     if not plan.has_volumes:
         ops.append({"op": "add", "path": "/spec/volumes", "value": added})
     else:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from injector.overrides import Overrides
 from injector.probes import ProbeRewrite
 
 LABEL_INJECT = "palisade.dev/inject"
@@ -36,6 +37,8 @@ VOLUME_KUBE_API = "palisade-kube-api"
 VOLUME_INIT_RUN = "palisade-init-run"
 #: Without a distributor, the bundle ConfigMap (``--sidecar-bundle-configmap``).
 VOLUME_BUNDLE_SOURCE = "palisade-bundle"
+#: The Secret key of ``palisade.dev/upstream-credential-secret``, for the sidecar only.
+VOLUME_UPSTREAM_CREDENTIAL = "palisade-upstream-credential"
 SOCKET_DIR = "/var/run/palisade"
 BUNDLE_DIR = "/var/lib/palisade/bundles"
 AUDIT_DIR = "/var/lib/palisade/audit"
@@ -102,6 +105,8 @@ class Plan:
     """The pod's ``terminationGracePeriodSeconds`` as received (None: not set)."""
     upstream_credential: str = ""
     """``palisade.dev/upstream-credential`` (``kube-token-request``), or "" for none."""
+    overrides: Overrides = field(default_factory=Overrides)
+    """What the pod's other annotations change in its sidecar (injector/overrides.py)."""
 
 
 Decision = Plan | Skip | Refuse

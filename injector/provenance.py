@@ -27,7 +27,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from injector import choices, patch, quantity, shapes
+from injector import choices, overrides, patch, quantity, shapes
 from injector.choices import Unacceptable
 from injector.plan import (
     LABEL_TENANT,
@@ -246,6 +246,8 @@ def _problems(
             annotations, ns_labels, label, upstream, port, sidecar.pod_firewall
         )
         upstream_credential = choices.upstream_credential(annotations)
+        required = ns_labels.get("palisade.dev/inject") == "required"
+        pod_overrides, _ = overrides.overrides(annotations, sidecar, required=required)
     except Unacceptable as exc:
         return [str(exc)]
     ours = {sidecar.container_name, sidecar.init_container_name}
@@ -290,6 +292,7 @@ def _problems(
             [c for c in inits if _as_dict(c).get("name") not in ours],
         ),
         upstream_credential=upstream_credential,
+        overrides=pod_overrides,
     )
     problems: list[str] = []
     if status_fields(annotations) != json.loads(plan.status):
@@ -321,7 +324,7 @@ def _problems(
     elif init is not None:
         problems.append(f"a container named {sidecar.init_container_name!r} but no packet filter")
     by_name = {_as_dict(v).get("name"): _as_dict(v) for v in volumes}
-    for volume in patch.volumes(sidecar, bool(firewall)):
+    for volume in patch.volumes(sidecar, bool(firewall), pod_overrides):
         got_volume = by_name.get(volume["name"])
         if got_volume is None or normalized_volume(got_volume) != normalized_volume(volume):
             problems.append(f"volume {volume['name']!r}")

@@ -33,6 +33,7 @@ from injector.plan import (
     INJECT_VALUES,
     LABEL_INJECT,
     LABEL_MCP_SERVER,
+    VOLUME_UPSTREAM_CREDENTIAL,
     Refuse,
     Skip,
     status_fields,
@@ -67,7 +68,7 @@ def _volumes(spec: Mapping[str, Any], names: frozenset[str]) -> dict[str, Any]:
 
 def _our_volume_names(sidecar: SidecarSettings) -> frozenset[str]:
     every = patch.volumes(sidecar, firewall=True)
-    return frozenset(v["name"] for v in every)
+    return frozenset({*(v["name"] for v in every), VOLUME_UPSTREAM_CREDENTIAL})
 
 
 def tampering(

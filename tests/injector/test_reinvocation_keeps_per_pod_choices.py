@@ -20,7 +20,23 @@ PER_POD = {
     "palisade.dev/protect-ports": "9090",
     "palisade.dev/upstream-credential": "kube-token-request",
     "palisade.dev/sidecar-port": "7000",
+    "palisade.dev/quarantine": "off",
+    "palisade.dev/sidecar-cpu-request": "200m",
+    "palisade.dev/sidecar-memory-limit": "512Mi",
 }
+#: Credential sources exclude one another: each is its own case.
+SOURCES = {
+    "secret": {
+        "palisade.dev/upstream-credential-secret": "github-mcp/token",
+        "palisade.dev/upstream-credential-header": "X-API-Key",
+    },
+    "vault": {
+        "palisade.dev/vault-secret": "secret/mcp/github#token",
+        "palisade.dev/vault-role": "github-mcp",
+        "palisade.dev/vault-addr": "https://openbao.vault.svc:8200",
+    },
+}
+WITHOUT_KUBE_TOKEN = {k: v for k, v in PER_POD.items() if k != "palisade.dev/upstream-credential"}
 
 
 def admit(obj: dict[str, Any], settings: InjectionSettings) -> dict[str, Any]:
@@ -32,8 +48,12 @@ def admit(obj: dict[str, Any], settings: InjectionSettings) -> dict[str, Any]:
 @pytest.mark.parametrize("native", ["never", "always"])
 @pytest.mark.parametrize(
     "annotations",
-    [*({k: v} for k, v in PER_POD.items()), PER_POD],
-    ids=[*PER_POD, "all"],
+    [
+        *({k: v} for k, v in PER_POD.items()),
+        PER_POD,
+        *({**WITHOUT_KUBE_TOKEN, **source} for source in SOURCES.values()),
+    ],
+    ids=[*PER_POD, "all", *(f"all-with-{name}" for name in SOURCES)],
 )
 def test_an_injected_pod_admitted_again_is_left_as_it_is(
     annotations: dict[str, str], native: str
