@@ -443,7 +443,8 @@ class ControlPlane:
     def create_namespace(
         self, name: str, labels: Mapping[str, str] | None = None, *, timeout: float = 60
     ) -> None:
-        """Create (or relabel) a namespace and wait for its ``default`` ServiceAccount.
+        """Create (or relabel) a namespace and wait for its ``default`` ServiceAccount;
+        one still Terminating (deleted by an earlier test) is waited out and made anew.
 
         Pods cannot be created in a namespace before the ServiceAccount
         admission plugin finds that account; the controller manager makes it.
@@ -452,18 +453,34 @@ class ControlPlane:
         body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
         if labels:
             body["metadata"] = {"name": name, "labels": dict(labels)}
-        try:
-            self.request("POST", "/api/v1/namespaces", body)
-        except ApiError as e:
-            if e.status != 409:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.request("POST", "/api/v1/namespaces", body)
+                break
+            except ApiError as e:
+                if e.status != 409:
+                    raise
+            # It exists; one an earlier test deleted is still Terminating and takes no
+            # new objects: wait until it is gone and make it afresh.
+            try:
+                phase = self.request("GET", f"/api/v1/namespaces/{name}")["status"].get("phase")
+            except ApiError as e:
+                if e.status == 404:
+                    continue
                 raise
-            if labels:
-                self.request(
-                    "PATCH",
-                    f"/api/v1/namespaces/{name}",
-                    {"metadata": {"labels": dict(labels)}},
-                    content_type="application/merge-patch+json",
-                )
+            if phase != "Terminating":
+                if labels:
+                    self.request(
+                        "PATCH",
+                        f"/api/v1/namespaces/{name}",
+                        {"metadata": {"labels": dict(labels)}},
+                        content_type="application/merge-patch+json",
+                    )
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"namespace {name} still Terminating after {timeout:g}s")
+            time.sleep(0.2)
         sa_path = f"/api/v1/namespaces/{name}/serviceaccounts/default"
         if self._kcm is None or not self._kcm.running():
             with contextlib.suppress(ApiError):
