@@ -184,22 +184,16 @@ class _HubCollector(Collector):
         for (kind, state), n in sorted(fleet.clients.items()):
             clients.add_metric([kind, state], n)
         yield clients
-        nacking = GaugeMetricFamily(
+        yield _by_kind(
             "palisade_distributor_clients_nacking",
             "Clients whose latest answer is a NACK (running their last good bundle)",
-            labels=["kind"],
+            fleet.nacking,
         )
-        for kind, n in sorted(fleet.nacking.items()):
-            nacking.add_metric([kind], n)
-        yield nacking
-        behind = GaugeMetricFamily(
+        yield _by_kind(
             "palisade_distributor_clients_behind",
             "Live clients not on the served revision",
-            labels=["kind"],
+            fleet.behind,
         )
-        for kind, n in sorted(fleet.behind.items()):
-            behind.add_metric([kind], n)
-        yield behind
         yield GaugeMetricFamily(
             "palisade_distributor_approvals_pending",
             "Approval requests waiting for a person",
@@ -226,3 +220,10 @@ class _HubCollector(Collector):
         for reason in sorted(set(hub.audit_refused) | set(intake.REASONS)):
             refused.add_metric([reason], hub.audit_refused.get(reason, 0))
         yield refused
+
+
+def _by_kind(name: str, documentation: str, counts: Mapping[str, int]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=["kind"])
+    for kind, n in sorted(counts.items()):
+        family.add_metric([kind], n)
+    return family

@@ -33,25 +33,11 @@ if found; then
   exit 0
 fi
 
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "setup: no PostgreSQL server binaries (initdb) found and no apt-get;" \
-    "install PostgreSQL and set PALISADE_PG_BINDIR" >&2
-  exit 1
-fi
-as_root=()
-if [ "$(id -u)" != "0" ]; then
-  if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    as_root=(sudo -n)
-  else
-    echo "setup: PostgreSQL server binaries missing; run as root:" \
-      "apt-get install -y postgresql (or set PALISADE_PG_BINDIR)" >&2
-    exit 1
-  fi
-fi
+# shellcheck source=../lib-apt.sh
+. "$(dirname "$0")/../lib-apt.sh"
 start=$(date +%s)
-export DEBIAN_FRONTEND=noninteractive
-"${as_root[@]}" apt-get update -q >/dev/null
-"${as_root[@]}" apt-get install -y -q --no-install-recommends postgresql >/dev/null
+apt_install "PostgreSQL server binaries (initdb)" \
+  "install PostgreSQL and set PALISADE_PG_BINDIR" postgresql
 if ! found; then
   echo "setup: apt-get installed postgresql but initdb was not found" >&2
   exit 1

@@ -33,41 +33,11 @@ if found; then
   exit 0
 fi
 
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "setup: prometheus/promtool not found and no apt-get; install Prometheus and" \
-    "set PALISADE_PROMETHEUS_BINDIR" >&2
-  exit 1
-fi
-as_root=()
-if [ "$(id -u)" != "0" ]; then
-  if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    as_root=(sudo -n)
-  else
-    echo "setup: prometheus missing; run as root: apt-get install -y prometheus" \
-      "(or set PALISADE_PROMETHEUS_BINDIR)" >&2
-    exit 1
-  fi
-fi
+# shellcheck source=../lib-apt.sh
+. "$(dirname "$0")/../lib-apt.sh"
 start=$(date +%s)
-export DEBIAN_FRONTEND=noninteractive
-# policy-rc.d 101: the package must not start its own service (nothing here runs one).
-policy=/usr/sbin/policy-rc.d
-created_policy=0
-if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\nexit 101\n' | "${as_root[@]}" tee "$policy" >/dev/null
-  "${as_root[@]}" chmod +x "$policy"
-  created_policy=1
-fi
-status=0
-{ "${as_root[@]}" apt-get update -q >/dev/null &&
-  "${as_root[@]}" apt-get install -y -q --no-install-recommends prometheus >/dev/null; } || status=$?
-if [ "$created_policy" = "1" ]; then
-  "${as_root[@]}" rm -f "$policy"
-fi
-if [ "$status" != "0" ]; then
-  echo "setup: apt-get install prometheus failed ($status)" >&2
-  exit 1
-fi
+apt_install "prometheus/promtool" \
+  "install Prometheus and set PALISADE_PROMETHEUS_BINDIR" prometheus
 if ! found; then
   echo "setup: apt-get installed prometheus but prometheus/promtool were not found" >&2
   exit 1

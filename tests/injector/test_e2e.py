@@ -11,6 +11,7 @@ other test's namespaces.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -190,20 +191,30 @@ class Injector:
         return self.proc.log_tail(60) if self.proc else ""
 
 
-@pytest.fixture(scope="module")
-def injector(kube: ControlPlane) -> Iterator[Injector]:
+@contextlib.contextmanager
+def running_injector(
+    kube: ControlPlane, config: str = CONFIG, group: str = "injector", secret: str = SECRET
+) -> Iterator[Injector]:
+    """An injector process behind its own webhook configuration (for ``group``'s
+    namespaces), both removed afterwards."""
     kube.create_namespace(OWN_NAMESPACE)
     port = free_port()
     path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
-    kube.request("POST", path, webhook_configuration(port))
+    kube.request("POST", path, webhook_configuration(port, config, group))
     with tempfile.TemporaryDirectory(prefix="palisade-injector-") as tmp:
-        proc = Injector(kube, port, Path(tmp))
+        proc = Injector(kube, port, Path(tmp), config, secret)
         try:
             proc.start()
             yield proc
         finally:
             proc.stop()
-            kube.request("DELETE", f"{path}/{CONFIG}")
+            kube.request("DELETE", f"{path}/{config}")
+
+
+@pytest.fixture(scope="module")
+def injector(kube: ControlPlane) -> Iterator[Injector]:
+    with running_injector(kube) as proc:
+        yield proc
 
 
 def namespace(kube: ControlPlane, mode: str | None, group: str = "injector", **extra: str) -> str:

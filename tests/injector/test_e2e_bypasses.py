@@ -10,25 +10,21 @@ A ``palisade injector`` process of its own, registered like the chart registers 
 from __future__ import annotations
 
 import copy
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.harness.controlplane import ApiError, ControlPlane
-from tests.harness.process import free_port
 from tests.injector.test_e2e import (
-    OWN_NAMESPACE,
     SIDECAR,
     Injector,
     create,
     mcp_pod,
     namespace,
+    running_injector,
     sidecars,
     status,
-    webhook_configuration,
 )
 
 pytestmark = pytest.mark.e2e
@@ -40,17 +36,8 @@ PATH = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
 @pytest.fixture(scope="module")
 def guard(kube: ControlPlane) -> Iterator[Injector]:
-    kube.create_namespace(OWN_NAMESPACE)
-    port = free_port()
-    kube.request("POST", PATH, webhook_configuration(port, CONFIG, GROUP))
-    with tempfile.TemporaryDirectory(prefix="palisade-injector-") as tmp:
-        proc = Injector(kube, port, Path(tmp), CONFIG, f"{CONFIG}-tls")
-        try:
-            proc.start()
-            yield proc
-        finally:
-            proc.stop()
-            kube.request("DELETE", f"{PATH}/{CONFIG}")
+    with running_injector(kube, CONFIG, GROUP, f"{CONFIG}-tls") as proc:
+        yield proc
 
 
 def ns(kube: ControlPlane, mode: str) -> str:

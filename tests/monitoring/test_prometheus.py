@@ -34,7 +34,7 @@ from mcp.shared.exceptions import MCPError
 
 from tests.harness.controlplane import ControlPlane
 from tests.harness.peers import free_port, stop
-from tests.injector.test_e2e import OWN_NAMESPACE, Injector, mcp_pod, webhook_configuration
+from tests.injector.test_e2e import Injector, mcp_pod, running_injector
 from tests.monitoring.promtool import ALERTS, DASHBOARDS, binary
 from tests.sidecar.fleet.conftest import World, make_world, mcp_client, policy
 
@@ -160,20 +160,9 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 
 @pytest.fixture
-def injector(kube: ControlPlane, tmp_path: Path) -> Iterator[Injector]:
-    kube.create_namespace(OWN_NAMESPACE)
-    port = free_port()
-    path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
-    kube.request("POST", path, webhook_configuration(port, name=CONFIG, group="monitoring"))
-    workdir = tmp_path / "injector"
-    workdir.mkdir()
-    proc = Injector(kube, port, workdir, config=CONFIG, secret=SECRET)
-    try:
-        proc.start()
+def injector(kube: ControlPlane) -> Iterator[Injector]:
+    with running_injector(kube, CONFIG, "monitoring", SECRET) as proc:
         yield proc
-    finally:
-        proc.stop()
-        kube.request("DELETE", f"{path}/{CONFIG}")
 
 
 async def until_all(check: Any, within: float, what: str) -> Any:
