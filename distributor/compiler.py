@@ -36,12 +36,15 @@ class SourceError:
     line: int
     field: str
     message: str
+    #: the lint code (palisade/bundle/codes.py); empty for problems that are not a bundle's
+    code: str = ""
 
     def __str__(self) -> str:
         where = f"{self.source}:{self.line}" if self.line else self.source
-        return (
+        text = (
             f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
         )
+        return f"{text} [{self.code}]" if self.code else text
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +52,7 @@ class SourceError:
             "line": self.line,
             "field": self.field,
             "message": self.message,
+            "code": self.code,
         }
 
 
@@ -67,7 +71,10 @@ class Compiled:
 
 # -- compile (parsing, validation and merge are palisade.bundle's) --------------
 def _errors(issues: Sequence[Issue]) -> list[SourceError]:
-    return [SourceError(i.position.source, i.position.line, i.field, i.message) for i in issues]
+    return [
+        SourceError(i.position.source, i.position.line, i.field, i.message, str(i.code))
+        for i in issues
+    ]
 
 
 def compile_bundle(sources: Iterable[tuple[str, str]]) -> Compiled:

@@ -63,7 +63,10 @@ class BundleState:
 
 
 def _listing(errors: Sequence[SourceError]) -> str:
-    text = "; ".join(f"{e.field or '-'} (line {e.line}): {e.message}" for e in errors)
+    text = "; ".join(
+        f"{e.field or '-'} (line {e.line}): {e.message}" + (f" [{e.code}]" if e.code else "")
+        for e in errors
+    )
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
 
 

@@ -125,7 +125,8 @@ def _print_bundles(fmt: str, body: dict[str, Any]) -> None:
     if err:
         print("last source error (the previous revision is still served):", file=sys.stderr)
         for e in err.get("errors") or ():
-            print(f"  {e['file']}:{e['line']}: {e['field']}: {e['message']}", file=sys.stderr)
+            code = f" [{e['code']}]" if e.get("code") else ""
+            print(f"  {e['file']}:{e['line']}: {e['field']}: {e['message']}{code}", file=sys.stderr)
     gate = body.get("replay")
     if gate and gate.get("verdict") in ("flagged", "refused"):
         print(

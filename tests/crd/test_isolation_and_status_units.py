@@ -121,3 +121,13 @@ def test_last_transition_time_moves_only_when_status_does() -> None:
     assert with_transition_times({}, new, lambda: "T2")["conditions"][0]["lastTransitionTime"] == (
         "T2"
     )
+
+
+def test_a_refused_source_carries_its_lint_code_into_the_status() -> None:
+    bad = rules("b").replace("decision: deny", "decision: perhaps")
+    out = isolate([("a", SERVERS), ("b", bad)], {})
+    (problem,) = out.rejected["b"]
+    assert problem.code == "PB014" and str(problem).endswith("[PB014]")
+    assert problem.as_dict()["code"] == "PB014"
+    s = status_for("b", BundleState(generation=1, own_errors=(problem,)), 1, "sha256:x", 0, 0)
+    assert "[PB014]" in s["conditions"][0]["message"]
