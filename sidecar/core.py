@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from palisade.audit.record import OUTCOME_KIND, Entry
+from palisade.audit.redact import ALL_FIELDS
 from palisade.policy.types import Call, Decision, Verdict
 from sidecar import gate, jsonrpc
 from sidecar.audit import AuditSink
@@ -72,6 +73,8 @@ SERVER_REQUESTS = {
 _TEXT_REQUESTS = frozenset({"sampling/createMessage", "elicitation/create"})
 #: ``kind`` of the audit record of a server's request.
 SERVER_REQUEST_KIND = "server_request"
+#: ``kind`` of the audit record of the client's answer to one.
+SERVER_REQUEST_ANSWER_KIND = "server_request_answer"
 
 #: Sends one JSON-RPC message to the upstream on the stream's session (a refusal).
 Reply = Callable[[dict[str, Any]], None]
@@ -171,6 +174,8 @@ class ProxyCore:
     approvals: ApprovalDesk | None = None
     #: Outcome records being written (not cancelled at shutdown, unlike ``background``).
     _outcomes: set[asyncio.Task[None]] = field(default_factory=set)
+    #: Server requests passed to clients of a server without sessions, by client.
+    _sessionless_asked: dict[Any, Session] = field(default_factory=dict)
 
     # -- identity and input -------------------------------------------------------
 
@@ -962,11 +967,74 @@ class ProxyCore:
                 }
                 reply({"jsonrpc": "2.0", "id": doc["id"], "error": error})
             return None
+        book = self._answers_book(session_id, principal)
+        if book is not None:
+            book.ask(doc["id"], method)
         if under is not None:  # roots/list under an untrusted call: none of its params
             return {"jsonrpc": "2.0", "id": doc["id"], "method": method}
         if self.outputs is not None:
             return self.outputs.rewrite_notification(doc, untrusted=False)  # redacted
         return doc
+
+    def _answers_book(self, session_id: str, principal: Principal) -> Session | None:
+        """Where the server requests passed to this client are kept: its session, or
+        (a server without sessions) a book per principal, bounded."""
+        owner = owner_of(principal)
+        if session_id:
+            s = self.sessions.peek(session_id)
+            return s if s is not None and s.owner == owner else None
+        book = self._sessionless_asked.get(owner)
+        if book is None:
+            book = self._sessionless_asked[owner] = Session(owner=owner)
+            while len(self._sessionless_asked) > 1024:
+                self._sessionless_asked.pop(next(iter(self._sessionless_asked)))
+        return book
+
+    async def check_answer(self, msg: Message, principal: Principal, session_id: str) -> None:
+        """A client's answer goes upstream only when it answers a request the server sent
+        and the sidecar passed to this client, once; it is audited like a call (the
+        answer's content as a digest only: it may hold what a user typed). Raises
+        :class:`BadMessage` (audited as bad input) for any other."""
+        book = self._answers_book(session_id, principal)
+        method = book.answered(msg.id) if book is not None else None
+        if method is None:
+            raise BadMessage(
+                jsonrpc.POLICY_DENIED,
+                "this answers no request the server sent through Palisade to this client",
+                400,
+                msg.id,
+            )
+        doc = msg.body
+        answer = doc.get("result") if "result" in doc else {"error": doc.get("error")}
+        snap = self.policy.snapshot
+        entry = Entry(
+            agent=principal.agent,
+            tenant=principal.tenant,
+            on_behalf_of=principal.on_behalf_of,
+            server=self.settings.server_name,
+            tool=method,
+            session=session_id,
+            arguments=answer if isinstance(answer, dict) else {"value": answer},
+            decision="allow",
+            rule_id="server-requests",
+            reason=f"answers the server's {method} request",
+            bundle_revision=snap.revision if snap is not None else 0,
+            request_id=str(msg.id)[:200],
+            dev_identity=principal.dev_mode,
+            kind=SERVER_REQUEST_ANSWER_KIND,
+            details={"error": "error" in doc},
+        )
+        try:
+            await self.audit.commit(entry, (ALL_FIELDS,))  # every field redacted; the digest stays
+        except Exception:
+            log.exception("audit write failed; refusing the client's answer")
+            self.metrics.decisions.audit_failures.inc()
+            raise BadMessage(
+                jsonrpc.UPSTREAM_UNAVAILABLE,
+                "the audit log cannot be written; the answer is withheld (fail closed)",
+                503,
+                msg.id,
+            ) from None
 
     def match_answer(
         self,

@@ -294,6 +294,8 @@ class LegacyHandlers:
                 call_id = ""
                 if msg.method in CONTENT_METHODS and msg.is_request:
                     call_id = await core.audit_read(msg, principal, key)
+                elif msg.is_response:  # the client answers a request of the server's
+                    await core.check_answer(msg, principal, key)
                 pending = core.pending_for(msg, principal, call_id)
             if pending is not None:
                 pending.started = asyncio.get_running_loop().time()

@@ -166,6 +166,26 @@ class Session:
     #: SSE event ids seen on a request's POST stream -> that request: a stream resumed
     #: with ``Last-Event-ID`` continues that request's stream (bounded, oldest go).
     events: OrderedDict[str, Pending] = field(default_factory=OrderedDict)
+    #: Requests the server sent the client and the sidecar passed, by their id's keys,
+    #: with their method: the client may answer only these, once (bounded, oldest go).
+    asked: OrderedDict[frozenset[IdKey], str] = field(default_factory=OrderedDict)
+
+    def ask(self, request_id: object, method: str, limit: int = 256) -> None:
+        """The server's request ``request_id`` went to the client: an answer may come."""
+        keys = id_keys(request_id)
+        if keys:
+            self.asked[keys] = method
+            while len(self.asked) > limit:
+                self.asked.popitem(last=False)
+
+    def answered(self, answer_id: object) -> str | None:
+        """The method of the passed server request this answers (forgotten now), or None."""
+        keys = id_keys(answer_id)
+        for asked, method in self.asked.items():
+            if asked & keys:
+                del self.asked[asked]
+                return method
+        return None
 
     @property
     def agent(self) -> str:

@@ -138,6 +138,8 @@ class StreamableHandlers:
                 call_id = ""
                 if msg.method in CONTENT_METHODS and msg.is_request:
                     call_id = await core.audit_read(msg, principal, session_id)
+                elif msg.is_response:  # the client answers a request of the server's
+                    await core.check_answer(msg, principal, session_id)
                 pending = core.pending_for(msg, principal, call_id)
         except BadMessage as exc:
             return core.bad_input(exc, principal, session_id)
