@@ -99,3 +99,18 @@ def test_the_node_agents_defaults_keep_only_kill() -> None:
     c = one(render(), "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["KILL"]}
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_the_audit_store_url_comes_from_a_secret_and_never_from_values() -> None:
+    plain = pod_of(render(), "Deployment", "distributor")
+    assert all(e["name"] != "PALISADE_AUDIT_STORE" for e in plain["containers"][0]["env"])
+    pod = pod_of(
+        render({"distributor": {"auditStore": {"secretName": "audit-pg"}}}),
+        "Deployment",
+        "distributor",
+    )
+    (env,) = [e for e in pod["containers"][0]["env"] if e["name"] == "PALISADE_AUDIT_STORE"]
+    assert env == {
+        "name": "PALISADE_AUDIT_STORE",
+        "valueFrom": {"secretKeyRef": {"name": "audit-pg", "key": "url"}},
+    }
