@@ -30,6 +30,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
     from distributor.server import Distributor
 
 log = logging.getLogger(__name__)
+#: The fleet gauges of /metrics are read from the store at most this often (seconds).
+FLEET_READ_EVERY_S = 1.0
 
 DIST_KEY = web.AppKey("distributor", object)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -112,19 +115,23 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text: this replica's tallies and the fleet now (distributor/metrics.py)."""
     dist = _dist(request)
-    store = dist.store.store
-    rows = await dist.store.call(store.clients)
-    pending = await dist.store.call(store.approvals, "pending")
-    cur = dist.hub.current
-    dist.hub.metrics.fleet = fleet_gauges(
-        rows,
-        pending,
-        now=dist.clock(),
-        revision=cur.revision if cur else 0,
-        grace_s=dist.settings.heartbeat_grace_s,
-        gone_after_s=dist.settings.gone_after_s,
-    )
-    body = generate_latest(dist.hub.metrics.registry)
+    m = dist.hub.metrics
+    async with m.fleet_lock:  # the store is read at most once a second, however many scrape
+        if time.monotonic() - m.fleet_read_at >= FLEET_READ_EVERY_S:
+            store = dist.store.store
+            rows = await dist.store.call(store.clients)
+            pending = await dist.store.call(store.approvals, "pending")
+            cur = dist.hub.current
+            m.fleet = fleet_gauges(
+                rows,
+                pending,
+                now=dist.clock(),
+                revision=cur.revision if cur else 0,
+                grace_s=dist.settings.heartbeat_grace_s,
+                gone_after_s=dist.settings.gone_after_s,
+            )
+            m.fleet_read_at = time.monotonic()
+    body = generate_latest(m.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -13,6 +13,7 @@ not listed (``palisade fleet`` lists it).
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -131,6 +132,9 @@ class HubMetrics:
             registry=r,
         )
         self.fleet = FleetGauges()
+        #: when ``fleet`` was last read from the store (monotonic), and who reads it now
+        self.fleet_read_at = float("-inf")
+        self.fleet_lock = asyncio.Lock()
         #: Sources refused now, and whether the fleet is held on its last revision
         #: (every source failed to compile together); set by the server.
         self.source_state: Callable[[], tuple[int, bool]] = lambda: (0, False)

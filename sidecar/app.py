@@ -23,6 +23,8 @@ refused, before routing or inside the HTTP parser, leaves an audit record.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +38,8 @@ from sidecar.legacy import LegacyHandlers
 from sidecar.streamable import StreamableHandlers
 
 CORE_KEY: web.AppKey[ProxyCore] = web.AppKey("palisade_core", ProxyCore)
+#: The upstream is probed for readiness at most this often (seconds).
+PROBE_EVERY_S = 1.0
 
 
 #: Extra readiness from outside the proxy (the fleet link): problems, and a status document.
@@ -68,6 +72,19 @@ def build_app(
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
+    probed: list[float | bool] = [float("-inf"), False]  # when, and what the upstream said
+    probe_lock = asyncio.Lock()
+
+    async def upstream_answers() -> bool:
+        """The upstream probe, at most once a second however many ask (/readyz, /metrics):
+        a flood of unauthenticated probes never becomes a flood upstream."""
+        async with probe_lock:
+            now = time.monotonic()
+            if now - float(probed[0]) >= PROBE_EVERY_S:
+                probed[1] = await core.upstream.answers(s.mcp_path)
+                probed[0] = time.monotonic()
+            return bool(probed[1])
+
     async def readiness_report() -> tuple[list[str], dict[str, Any]]:
         snap = core.policy.snapshot
         problems = []
@@ -75,7 +92,7 @@ def build_app(
             problems.append("shutting down")
         if snap is None:
             problems.append("no verified bundle is active")
-        if not await core.upstream.answers(s.mcp_path):
+        if not await upstream_answers():
             problems.append("the upstream MCP server does not answer")
         extra: dict[str, Any] = {}
         if readiness is not None:
