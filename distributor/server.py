@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 class Source(Protocol):
     def snapshots(self) -> AsyncIterator[Snapshot]: ...
 
+    def published(self) -> None:
+        """The last snapshot was published (not refused by validation or the replay gate)."""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -265,6 +268,8 @@ class Distributor:
         if new:
             log.info("published revision", extra={"revision": rev.revision, "digest": rev.digest})
         self.hub.set_current(rev)
+        if self.source is not None:
+            self.source.published()
         await self._report_status([])
 
     async def _hold(self, errors: list[SourceError]) -> None:

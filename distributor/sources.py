@@ -46,6 +46,9 @@ def _is_policy_file(root: Path, path: Path) -> bool:
 
 
 class FileSource:
+    def published(self) -> None:
+        """Files keep no last valid text: each snapshot is the directory as it is."""
+
     def __init__(self, directory: str | Path, *, interval_s: float = 1.0) -> None:
         self.dir = Path(directory)
         self.interval_s = interval_s
@@ -138,6 +141,8 @@ class CrdSource:
         self.rejected: dict[str, tuple[SourceError, ...]] = {}
         self.substituted: frozenset[str] = frozenset()
         self.left_out: frozenset[str] = frozenset()
+        #: From the last snapshot: (text, generation) of what compiled, until published.
+        self._proposed: dict[str, tuple[str, int]] = {}
 
     def current(self) -> Snapshot:
         """Every resource's spec as it is now."""
@@ -155,17 +160,27 @@ class CrdSource:
         result = isolate(current, known)
         self.rejected = dict(result.rejected)
         self.substituted, self.left_out = result.substituted, result.left_out
+        # What compiled becomes each resource's last valid text only once it is published
+        # (:meth:`published`): the replay gate may still refuse it.
+        self._proposed = {}
         if not result.held:
             now = dict(current)
             for name, text in result.sources:
                 if now.get(name) == text:
-                    self.last_valid[name] = text
                     gen = generation_of(self.objects[name].get("metadata") or {}, "generation")
-                    self.valid_generation[name] = gen
+                    self._proposed[name] = (text, gen)
         for name in set(self.last_valid) - set(self.objects):
             self.last_valid.pop(name, None)
             self.valid_generation.pop(name, None)
         return list(result.sources)
+
+    def published(self) -> None:
+        """The last snapshot was published: what it held is each resource's last valid."""
+        for name, (text, gen) in self._proposed.items():
+            if name in self.objects:
+                self.last_valid[name] = text
+                self.valid_generation[name] = gen
+        self._proposed = {}
 
     async def _list(self) -> tuple[list[dict[str, Any]], str]:
         if self.namespace:

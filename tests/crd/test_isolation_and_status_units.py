@@ -131,3 +131,39 @@ def test_a_refused_source_carries_its_lint_code_into_the_status() -> None:
     assert problem.as_dict()["code"] == "PB014"
     s = status_for("b", BundleState(generation=1, own_errors=(problem,)), 1, "sha256:x", 0, 0)
     assert "[PB014]" in s["conditions"][0]["message"]
+
+
+def _cr(name: str, generation: int, spec: dict[str, object]) -> dict[str, object]:
+    return {
+        "apiVersion": "palisade.dev/v1alpha1",
+        "kind": "PolicyBundle",
+        "metadata": {"name": name, "namespace": "ns", "generation": generation},
+        "spec": spec,
+    }
+
+
+def test_a_text_becomes_last_valid_only_once_published_not_when_the_gate_refuses_it() -> None:
+    from distributor.sources import CrdSource
+
+    servers = yaml.safe_load(SERVERS)["spec"]
+
+    def rule(decision: str, reason: str) -> dict[str, object]:
+        return {"rules": [{"id": "b-r", "decision": decision, "reason": reason}]}
+
+    source = CrdSource(object(), namespace="ns")
+    key = "policybundle/ns/b"
+    source.objects = {
+        "policybundle/ns/a": _cr("a", 1, servers),
+        key: _cr("b", 1, rule("deny", "published")),
+    }
+    source.snapshot()
+    assert key not in source.valid_generation, "compiled is not yet published"
+    source.published()
+    assert source.valid_generation[key] == 1
+    source.objects[key] = _cr("b", 2, rule("deny", "refused by the replay gate"))
+    source.snapshot()  # compiles; the gate refuses it: published() is not called
+    assert source.valid_generation[key] == 1
+    source.objects[key] = _cr("b", 3, rule("perhaps", "broken"))
+    served = dict(source.snapshot())
+    assert "published" in served[key] and "refused" not in served[key]
+    assert source.substituted == frozenset({key})

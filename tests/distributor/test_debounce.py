@@ -19,6 +19,9 @@ class BurstSource:
         self.n = n
         self.done = asyncio.Event()
 
+    def published(self) -> None:
+        pass
+
     async def snapshots(self) -> AsyncIterator[Snapshot]:
         for i in range(self.n):
             yield [("payments.yaml", bundle_yaml(reason=f"edit {i}"))]
