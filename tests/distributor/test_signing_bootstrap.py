@@ -199,6 +199,7 @@ class TestGeneratedKey:
         replicas = _start_together(keys, ["race-a", "race-b"])
         try:
             (kid,) = keys.secret_keys()
+            await eventually(lambda: bool(keys.published()), 15, "the public key published")
             assert key_id(load_public_key(keys.published().encode())) == kid
             logs = [r.log_path.read_text() for r in replicas]
             assert sum("generated a signing key" in log for log in logs) == 1, logs
@@ -215,8 +216,11 @@ class TestGeneratedKey:
     async def test_a_restart_keeps_the_key_and_publishes_nothing_new(self, keys: Keys) -> None:
         first = keys.start("first")
         (kid,) = keys.secret_keys()
+        # the public half is published a moment after the key is written: wait for it
+        await eventually(lambda: bool(keys.published()), 15, "the public key published")
         first.stop()
         published = keys.published()
+        assert key_id(load_public_key(published.encode())) == kid
         second = keys.start("second")
         try:
             assert keys.secret_keys() == [kid]
